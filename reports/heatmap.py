@@ -33,14 +33,11 @@ def grid(results: list[dict], suite: str = "needle") -> pd.DataFrame:
 
 
 def max_position_x(lengths: list[int], max_positions: int | None) -> float | None:
-    """Where the model's max positions falls on the column axis (between cells), or None."""
+    """x of the boundary after the last column that fits in ``max_positions`` (None if all fit)."""
     if not max_positions or not lengths or max_positions >= lengths[-1]:
         return None
-    if max_positions < lengths[0]:
-        return -0.5
-    i = max(k for k, v in enumerate(lengths) if v <= max_positions)
-    nxt = lengths[i + 1]
-    return i + (max_positions - lengths[i]) / (nxt - lengths[i]) if nxt > lengths[i] else i + 0.5
+    inside = sum(1 for v in lengths if v <= max_positions)
+    return inside - 0.5
 
 
 def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None):
@@ -59,7 +56,7 @@ def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None):
     ax.set_xlabel("Context length (tokens)")
     ax.set_ylabel("Needle depth")
     mean = float(np.nanmean(values)) if values.size else float("nan")
-    ax.set_title(f"{title}\nmean score {mean:.3f}", fontsize=10)
+    ax.set_title(f"{title} · mean {mean:.3f}", fontsize=10)
     x = max_position_x(lengths, max_positions)
     if x is not None:
         ax.axvline(x, color="white", linestyle="--", linewidth=2)
@@ -77,11 +74,12 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
         return []
     model = manifest.get("model", {})
     rope = model.get("rope_parameters", {})
-    rope_txt = f"RoPE {rope.get('rope_type', 'default')} θ={rope.get('rope_theta', '?'):g}" if rope else ""
+    max_pos = model.get("effective_max_positions")
+    rope_txt = f"RoPE {rope.get('rope_type', 'default')} θ={rope.get('rope_theta', 0):g}" if rope else "RoPE ?"
     if rope.get("factor"):
         rope_txt += f" ×{rope['factor']:g}"
-    title = f"{model.get('name', run_dir.name)} — {suite} ({rope_txt})"
-    fig = draw(table, title, model.get("effective_max_positions"))
+    title = f"{model.get('name', run_dir.name)}\n{suite} · {rope_txt} · max positions {max_pos} (dashed)"
+    fig = draw(table, title, max_pos)
     fig.tight_layout()
     out_dir = Path(out_dir or run_dir)
     paths = []

@@ -129,6 +129,7 @@ class NeedleSuite:
         """Tokenize enough haystack (with char offsets) for ``n_tokens``; repeat a short one, once."""
         if len(self._hay_offsets) >= n_tokens + 8:
             return
+        n_tokens = max(n_tokens, max(self.config.lengths))  # size for the whole grid at once
         text = self.haystack.text
         chars = min(len(text), max(4096, n_tokens * 8))
         while True:
@@ -151,10 +152,12 @@ class NeedleSuite:
         text, offs = self._hay_text, self._hay_offsets
         cut = offs[n_hay - 1][1]
         at = round(n_hay * depth / 100)
-        pos = cut if at >= n_hay else offs[at][0]
-        ends = self.config.sentence_ends
-        while pos > 0 and not (text[pos - 1] in ends and (pos >= cut or text[pos].isspace())):
-            pos -= 1
+        pos = cut
+        if at < n_hay:  # depth 100 appends at the very end, as Kamradt's test does
+            pos = offs[at][0]
+            ends = self.config.sentence_ends
+            while pos > 0 and not (text[pos - 1] in ends and text[pos].isspace()):
+                pos -= 1
         head, tail = text[:pos].rstrip(), text[pos:cut].lstrip()
         needle = self.config.needle
         if not head:

@@ -1,0 +1,151 @@
+"""The CLI end to end on a tiny random Llama, and its one-line errors for bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.cli import main
+from tests.conftest import harness_cli
+
+FIELDS = {"suite", "key", "length", "tokens", "depth", "score", "scores", "output", "seconds"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    args = ["run", "--model", str(tiny_model_dir), "--suite", "needle", "--lengths", "256,512",
+            "--depths", "0,100", "--dtype", "fp32", "--out", str(out)]
+    proc = harness_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    return out, args, proc
+
+
+def test_two_by_two_grid_end_to_end(tiny_run):
+    out, _, proc = tiny_run
+    manifest = json.loads((out / "manifest.json").read_text())
+    for key in ("config", "config_hash", "model", "versions", "git_revision", "machine", "created"):
+        assert key in manifest
+    assert manifest["model"]["rope_parameters"]["rope_theta"] == 10000.0
+    assert manifest["model"]["effective_max_positions"] == 2048
+    assert manifest["config"]["suites"]["needle"]["lengths"] == [256, 512]
+    assert manifest["config"]["suites"]["needle"]["haystack"]["name"] == "kjv"
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(FIELDS <= set(r) for r in rows)
+    assert {(r["length"], r["depth"]) for r in rows} == {(256, 0), (256, 100), (512, 0), (512, 100)}
+    assert all(abs(r["tokens"] - r["length"]) <= 0.01 * r["length"] for r in rows)
+    assert set(rows[0]["scores"]) == {"paper", "rouge1_f", "exact"}
+    assert (out / "needle_heatmap.png").stat().st_size > 0 and (out / "needle_heatmap.pdf").stat().st_size > 0
+    assert "4 cells, 4 to run" in proc.stderr and "prompt tokens" in proc.stderr
+
+
+def test_rerun_skips_finished_cells(tiny_run):
+    out, args, _ = tiny_run
+    before = (out / "results.jsonl").read_text()
+    proc = harness_cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "0 to run" in proc.stderr
+    assert (out / "results.jsonl").read_text() == before
+
+
+def test_report_redraws_from_the_store_alone(tiny_run, tmp_path):
+    out, _, _ = tiny_run
+    proc = harness_cli("report", str(out), "--out", str(tmp_path / "figs"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "figs" / "needle_heatmap.png").stat().st_size > 0
+    assert "transformers" not in proc.stderr
+
+
+def _one_line_error(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--suite", "bogus"], "known: needle"),
+    (["--preset", "huge"], "known: paper, quick, tiny"),
+    (["--lengths", "-1k"], "--lengths"),
+    (["--lengths", "0"], "--lengths"),
+    (["--lengths", "ten"], "--lengths"),
+    (["--depths", "101"], "outside 0-100"),
+    (["--depths", "abc"], "--depths"),
+    (["--rope-scaling", "linear"], "--rope-scaling"),
+    (["--rope-scaling", "cubic:2"], "--rope-scaling"),
+    (["--rope-theta", "-5"], "--rope-theta"),
+    (["--rope-theta", "big"], "rope-theta"),
+])
+def test_bad_flags_exit_2_with_one_line(capsys, tmp_path, tiny_model_dir, extra, message):
+    out = tmp_path / "never"
+    err = _one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--out", str(out), *extra])
+    assert message in err
+    assert not out.exists()
+
+
+def test_bad_model_paths(capsys, tmp_path):
+    err = _one_line_error(capsys, ["run", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert "neither a known model" in err
+    (tmp_path / "notamodel").mkdir()
+    err = _one_line_error(capsys, ["run", "--model", str(tmp_path / "notamodel"), "--out", str(tmp_path / "o")])
+    assert "no config.json" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_haystack_file(capsys, tmp_path, tiny_model_dir):
+    (tmp_path / "empty.txt").write_text("  \n")
+    err = _one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--haystack", str(tmp_path / "empty.txt"),
+                                   "--out", str(tmp_path / "o")])
+    assert "is empty" in err and not (tmp_path / "o").exists()
+
+
+def test_unwritable_run_dir(capsys, tmp_path, tiny_model_dir):
+    (tmp_path / "file").write_text("x")
+    err = _one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--lengths", "256", "--depths", "0",
+                                   "--out", str(tmp_path / "file" / "run")])
+    assert "cannot write" in err
+
+
+def test_run_dir_with_a_different_config(capsys, tiny_run, tiny_model_dir):
+    out, _, _ = tiny_run
+    before = (out / "results.jsonl").read_text()
+    err = _one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--lengths", "256,1k", "--depths", "0,100",
+                                   "--dtype", "fp32", "--out", str(out)])
+    assert "different config" in err and "lengths" in err
+    assert (out / "results.jsonl").read_text() == before
+
+
+def test_sigkill_mid_grid_then_rerun_holds_every_cell_once(tiny_model_dir, tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "harness", "run", "--model", str(tiny_model_dir), "--lengths", "256:1k:6",
+            "--depths", "0:100:5", "--dtype", "fp32", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ))
+    results = out / "results.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and results.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the grid finished before it could be killed: " + proc.stderr.read()[-500:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = results.read_bytes()
+    assert partial.endswith(b"\n")  # only whole lines, whatever the moment of the kill
+    done_before = [json.loads(line)["key"] for line in partial.splitlines()]
+    assert 3 <= len(done_before) < 30
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{30 - len(done_before)} to run" in rerun.stderr
+    final = results.read_bytes()
+    assert final.startswith(partial)  # finished cells were neither redone nor rewritten
+    keys = [json.loads(line)["key"] for line in final.splitlines()]
+    assert len(keys) == 30 and len(set(keys)) == 30

@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from harness.errors import UserError
+from harness.store import RunStore
+
+
+def _manifest(lengths):
+    return {"config": {"suites": {"needle": {"lengths": lengths}}}, "model": {"name": "m"}}
+
+
+def test_append_resume_and_refuse_a_different_config(tmp_path):
+    store = RunStore.open(tmp_path / "run", _manifest([1, 2]))
+    store.append({"suite": "needle", "key": "a", "score": 1.0})
+    store.append({"suite": "needle", "key": "b", "score": 0.5})
+    again = RunStore.open(tmp_path / "run", _manifest([1, 2]))
+    assert again.done("needle") == {"a", "b"}
+    with pytest.raises(UserError, match=r"different config \(differs in: suites.needle.lengths\)"):
+        RunStore.open(tmp_path / "run", _manifest([1, 2, 3]))
+
+
+def test_torn_last_line_is_dropped_and_cut_on_reopen(tmp_path):
+    store = RunStore.open(tmp_path / "run", _manifest([1]))
+    store.append({"suite": "needle", "key": "a"})
+    with open(store.results_path, "ab") as fh:  # what a power cut mid-write could leave
+        fh.write(b'{"suite":"needle","key":"b","sc')
+    assert [r["key"] for r in store.results()] == ["a"]
+    reopened = RunStore.open(tmp_path / "run", _manifest([1]))
+    reopened.append({"suite": "needle", "key": "b"})
+    lines = reopened.results_path.read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["a", "b"]
+
+
+def test_manifest_is_written_whole(tmp_path):
+    RunStore.open(tmp_path / "run", _manifest([1]))
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["manifest.json"]  # no temp files left behind
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config_hash"]

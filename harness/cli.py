@@ -72,8 +72,6 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
     scaling = models.parse_rope_scaling(rope_scaling)
     models.check_rope_theta(rope_theta)
     models.resolve(model_spec)  # fail fast on a bad path, before anything slow
-    if lengths is None and depths is None and preset is None:
-        preset = None  # the suite's default preset
     _quiet_libraries()
 
     from harness.backends.hf import HFBackend
@@ -94,7 +92,9 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
         loaded = models.load(model_spec, rope_theta=rope_theta, rope_scaling=scaling, dtype=dtype, device=device)
     info = loaded.info
     config = {
-        "model": {k: info[k] for k in ("path", "dtype", "rope_parameters", "max_position_embeddings")},
+        # The embedded model by name (its cache path is the user's), a local one by absolute path.
+        "model": {"id": model_spec if model_spec in models.EMBEDDED else str(Path(info["path"]).resolve()),
+                  **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")}},
         "suites": {"needle": needle_cfg.to_dict()},
     }
     store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
@@ -107,9 +107,9 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
                     "anyway: where retrieval breaks is what the grid shows", ", ".join(format_length(n) for n in beyond),
                     needle_cfg.max_new_tokens, loaded.max_positions)
     backend = HFBackend(loaded)
+    builders = {"needle": lambda: needle.NeedleSuite(needle_cfg, hay, loaded.tokenizer)}
     for name in suites:
-        suite = needle.NeedleSuite(needle_cfg, hay, loaded.tokenizer)
-        run_suite(suite, backend, store, console)
+        run_suite(builders[name](), backend, store, console, loaded.model.config)
     results = list(store.results())
     for path in heatmap.write(store.path, results, store.read_manifest()):
         console.print(f"heatmap: {path}")

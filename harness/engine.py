@@ -9,17 +9,20 @@ from harness import flops
 from harness.store import RunStore
 
 
-def run_suite(suite, backend, store: RunStore, console: Console) -> int:
-    """Evaluate every cell of ``suite`` not yet in ``store``; returns how many ran."""
+def run_suite(suite, backend, store: RunStore, console: Console, model_config) -> int:
+    """Evaluate every cell of ``suite`` not yet in ``store``; returns how many ran.
+
+    ``model_config`` (the HF config) sizes the FLOP estimate printed before the grid starts.
+    """
     cells = suite.cells()
     done = store.done(suite.name)
     todo = [c for c in cells if c.key not in done]
-    config = backend.model.config
     new = suite.config.max_new_tokens
     prompt_tokens = sum(c.length for c in todo)
-    cost = sum(flops.prefill_flops(config, c.length) + flops.decode_flops(config, c.length, new) for c in todo)
+    cost = sum(flops.prefill_flops(model_config, c.length) + flops.decode_flops(model_config, c.length, new) for c in todo)
+    already = len(cells) - len(todo)
     console.print(f"[bold]{suite.name}[/]: {len(cells)} cells, {len(todo)} to run"
-                  f"{f' ({len(done & {c.key for c in cells})} already done)' if len(todo) < len(cells) else ''}; "
+                  f"{f' ({already} already done)' if already else ''}; "
                   f"{prompt_tokens:,} prompt tokens + up to {len(todo) * new:,} generated; "
                   f"about {cost / 1e12:,.1f} TFLOP")
     if not todo:

@@ -43,14 +43,17 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def check_writable(path: Path) -> None:
-    """Refuse an --out we cannot create or write, before any work starts."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"--out: cannot write to {str(path)!r} ({exc.strerror or exc}); give a writable directory") from None
+    """Refuse an --out we could not create or write, before any work starts (creates nothing)."""
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out: {str(path)!r} is a file, not a directory; give a writable directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out: cannot create {str(path)!r}: {str(existing)!r} is a file; give a writable directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out: cannot write to {str(existing)!r} (permission denied); give a writable directory")
 
 
 class RunStore:
@@ -83,6 +86,7 @@ class RunStore:
             store._repair()
             return store
         check_writable(store.path)
+        store.path.mkdir(parents=True, exist_ok=True)
         if store.results_path.exists() and store.results_path.stat().st_size:
             raise UserError(f"--out: {str(path)!r} has results.jsonl but no manifest.json; use another --out")
         atomic.write_text(store.manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")

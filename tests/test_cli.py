@@ -110,7 +110,8 @@ def test_unwritable_run_dir(capsys, tmp_path, tiny_model_dir):
     (tmp_path / "file").write_text("x")
     err = _one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--lengths", "256", "--depths", "0",
                                    "--out", str(tmp_path / "file" / "run")])
-    assert "cannot write" in err
+    assert "--out: cannot create" in err and "is a file" in err
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_run_dir_with_a_different_config(capsys, tiny_run, tiny_model_dir):

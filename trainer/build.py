@@ -1,0 +1,88 @@
+"""``harness data build``: source -> tokenized corpus -> mixture plan -> packed shards + stats.
+
+The output directory holds ``shards/*.parquet``, ``stats.json``, ``mixture.png`` and
+``manifest.json`` (written last: its presence means the build is complete). The same config in
+the same directory is a no-op; a different one is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from harness import atomic
+from harness.errors import UserError
+from harness.store import diff_keys, check_writable, config_hash
+from harness.trainer import corpus, mixture, packing, stats
+
+
+def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: str, seed: int, out: Path,
+          num_proc: int | None = None, max_bad_fraction: float = 0.01, read_factor: float = 20.0,
+          console: Console | None = None) -> dict:
+    console = console or Console(stderr=True)
+    if seq_len < 1:
+        raise UserError(f"--seq-len: {seq_len} must be positive (e.g. 8k, 32k)")
+    if tokens < 1:
+        raise UserError(f"--tokens: {tokens} must be positive (e.g. 5M)")
+    if tokens < seq_len:
+        raise UserError(f"--tokens: {tokens:,} is below one sequence of --seq-len {seq_len:,}")
+    strat = mixture.resolve(strategy, seq_len)
+    check_writable(out)
+    tok = packing.load_tokenizer(tokenizer)
+    src = corpus.open_source(source, max_bad_fraction=max_bad_fraction)
+    embedded = getattr(src, "manifest", None) or {}
+    held_out = embedded.get("held_out", [])
+    read_tokens = None if source.startswith("embedded") else int(tokens * read_factor)
+    corpus_key = {"source": src.describe(), "corpus_manifest": config_hash(embedded) if embedded else None,
+                  "tokenizer": packing.vocab_hash(tok), "eos": tok.eos_token_id, "exclude": sorted(held_out),
+                  "read_tokens": read_tokens}
+    config = {"corpus": corpus_key, "strategy": strat.to_dict(), "tokens": tokens, "seq_len": seq_len,
+              "seed": seed, "tokenizer_name": tokenizer}
+    digest = config_hash(config)
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("config_hash") == digest:
+            console.print(f"{out}: already built with this config ({digest}); nothing to do")
+            return old
+        diff = diff_keys(old.get("config", {}), config)
+        raise UserError(f"--out: {str(out)!r} holds a build with a different config "
+                        f"(differs in: {', '.join(diff[:6]) or 'config'}); use another --out or remove it")
+    packing.ensure_documents(src, held_out)
+    started = time.perf_counter()
+    console.print(f"data build: {strat.name} · {tokens:,} tokens · seq_len {seq_len:,} · seed {seed} · {src.name}")
+    ds = packing.tokenize_corpus(src, tok, key=corpus_key, exclude=held_out, read_tokens=read_tokens,
+                                 num_proc=num_proc)
+    domains = np.asarray(ds["domain"])
+    lengths = np.asarray(ds["n_tokens"], dtype=np.int64)
+    the_plan = mixture.plan(strat, domains, lengths, tokens, seed)
+    summary = stats.compute(the_plan, domains, lengths, strategy=strat.name, seq_len=seq_len)
+    if embedded:
+        summary["stand_in_domains"] = sorted({s["domain"] for s in embedded.get("sources", {}).values()
+                                              if s.get("stand_in")})
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        packed = packing.pack(the_plan, ds, seq_len, out, progress)
+    atomic.write_text(out / "stats.json", json.dumps(summary, indent=2) + "\n")
+    stats.plot(summary, out / "mixture.png")
+    manifest = {"config": config, "config_hash": digest, "tokenizer": {"name": tokenizer, "class": type(tok).__name__,
+                "vocab_hash": packing.vocab_hash(tok), "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id},
+                "strategy": strat.name, "seed": seed, "seq_len": seq_len, **packed,
+                "corpus_documents": int(len(ds)), "held_out": held_out,
+                "seconds": round(time.perf_counter() - started, 2)}
+    atomic.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    console.print(stats.table(summary))
+    return manifest
+
+
+def load_stats(path: Path) -> dict:
+    f = Path(path) / "stats.json"
+    if not f.is_file():
+        raise UserError(f"{str(path)!r} is not a data build directory (no stats.json); run `harness data build` first")
+    return json.loads(f.read_text())

@@ -1,0 +1,189 @@
+"""Corpus readers: every source becomes a stream of :class:`Document` {id, domain, text, source}.
+
+Sources (``--source`` values):
+- ``embedded`` or ``embedded:DIR``: the seven-domain corpus built by ``harness data corpus``;
+- ``slimpajama:DIR``: SlimPajama / RedPajama ``*.jsonl`` and ``*.jsonl.zst`` files under DIR,
+  domain from ``meta.redpajama_set_name``; streamed file by file, line by line, so a directory of
+  hundreds of GB is never loaded;
+- ``jsonl:PATH`` (a file or a directory of ``*.jsonl[.gz|.zst]``): any jsonl with configurable
+  text and domain fields (dotted paths such as ``meta.source``);
+- ``hf:DIR``: a ``datasets`` directory written by ``save_to_disk``.
+
+Sources are re-iterable (each iteration reopens its files), so a mixture can take a second
+epoch over a domain that cannot fill its budget. Malformed lines are counted and skipped; more
+than ``max_bad_fraction`` of them is an error.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from harness.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DOMAINS = ("commoncrawl", "c4", "github", "book", "arxiv", "wikipedia", "stackexchange")
+REDPAJAMA = {
+    "RedPajamaCommonCrawl": "commoncrawl", "RedPajamaC4": "c4", "RedPajamaGithub": "github",
+    "RedPajamaBook": "book", "RedPajamaArXiv": "arxiv", "RedPajamaWikipedia": "wikipedia",
+    "RedPajamaStackExchange": "stackexchange",
+}
+KINDS = ("embedded", "slimpajama", "jsonl", "hf")
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    domain: str
+    text: str
+    source: str
+
+
+def domain_name(value: str) -> str:
+    """Map SlimPajama's set names (and case variants) onto ours; other names pass through."""
+    if value in REDPAJAMA:
+        return REDPAJAMA[value]
+    low = value.lower()
+    return low if low in DOMAINS else value
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        raw = open(path, "rb")
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _field(obj: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            return None
+        obj = obj[part]
+    return obj
+
+
+class JsonlSource:
+    """Documents from jsonl files (plain, .gz or .zst), streamed line by line."""
+
+    def __init__(self, name: str, files: list[Path], text_field: str = "text", domain_field: str = "domain",
+                 id_field: str | None = "id", max_bad_fraction: float = 0.01, default_domain: str | None = None):
+        if not files:
+            raise UserError(f"--source {name}: no .jsonl, .jsonl.gz or .jsonl.zst files found")
+        self.name, self.files = name, files
+        self.text_field, self.domain_field, self.id_field = text_field, domain_field, id_field
+        self.max_bad_fraction = max_bad_fraction
+        self.default_domain = default_domain
+        self.manifest: dict | None = None  # the embedded corpus's manifest, when that is the source
+        self.seen = self.bad = 0
+
+    def describe(self) -> dict:
+        return {"name": self.name, "files": [str(f) for f in self.files], "text_field": self.text_field,
+                "domain_field": self.domain_field}
+
+    def __iter__(self) -> Iterator[Document]:
+        self.seen = self.bad = 0
+        for path in self.files:
+            with _open_text(path) as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    self.seen += 1
+                    try:
+                        obj = json.loads(line)
+                        text = _field(obj, self.text_field)
+                        domain = _field(obj, self.domain_field) if self.domain_field else None
+                        domain = domain if domain is not None else self.default_domain
+                        if not isinstance(text, str) or not isinstance(domain, str):
+                            raise ValueError("missing text or domain")
+                    except (ValueError, TypeError):
+                        self.bad += 1
+                        continue
+                    doc_id = _field(obj, self.id_field) if self.id_field else None
+                    yield Document(str(doc_id) if doc_id is not None else f"{path.name}:{lineno}",
+                                   domain_name(domain), text, self.name)
+        self._check_bad()
+
+    def _check_bad(self) -> None:
+        if not self.bad:
+            return
+        fraction = self.bad / max(self.seen, 1)
+        if fraction > self.max_bad_fraction:
+            raise UserError(f"--source {self.name}: {self.bad} of {self.seen} lines ({fraction:.1%}) are not "
+                            f"JSON objects with a string {self.text_field!r} and {self.domain_field!r}; "
+                            f"allowed up to {self.max_bad_fraction:.1%} (--max-bad-fraction)")
+        log.warning("%s: skipped %d malformed lines of %d (%.2f%%)", self.name, self.bad, self.seen, 100 * fraction)
+
+
+class HFSource:
+    def __init__(self, path: Path, text_field: str = "text", domain_field: str = "domain"):
+        import datasets
+
+        try:
+            self.ds = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as exc:
+            raise UserError(f"--source hf:{path}: not a datasets directory written by save_to_disk ({exc})") from None
+        if isinstance(self.ds, datasets.DatasetDict):
+            self.ds = datasets.concatenate_datasets(list(self.ds.values()))
+        missing = [f for f in (text_field, domain_field) if f.split(".")[0] not in self.ds.column_names]
+        if missing:
+            raise UserError(f"--source hf:{path}: no column {missing[0]!r}; columns: {', '.join(self.ds.column_names)}")
+        self.name, self.path, self.text_field, self.domain_field = f"hf:{path}", path, text_field, domain_field
+
+    def describe(self) -> dict:
+        return {"name": self.name, "rows": len(self.ds)}
+
+    def __iter__(self) -> Iterator[Document]:
+        for i, row in enumerate(self.ds):
+            yield Document(str(row.get("id", i)), domain_name(str(_field(row, self.domain_field))),
+                           _field(row, self.text_field), self.name)
+
+
+def _jsonl_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")))
+    return []
+
+
+def open_source(spec: str, *, text_field: str = "text", domain_field: str | None = None,
+                max_bad_fraction: float = 0.01):
+    """Parse a ``--source`` value and return a re-iterable source of Documents."""
+    kind, _, arg = spec.partition(":")
+    accepted = "embedded, embedded:DIR, slimpajama:DIR, jsonl:PATH, hf:DIR"
+    if kind not in KINDS:
+        raise UserError(f"--source: unknown {spec!r}; accepted: {accepted}")
+    if kind == "embedded":
+        from harness.trainer import embedded
+
+        root = Path(arg) if arg else embedded.build()
+        manifest = root / "manifest.json"
+        if not manifest.is_file():
+            raise UserError(f"--source {spec}: {root} has no manifest.json (build it with `harness data corpus`)")
+        meta = json.loads(manifest.read_text())
+        files = [root / s["file"] for s in meta["sources"].values()]
+        source = JsonlSource(f"embedded:{root}", files, max_bad_fraction=max_bad_fraction)
+        source.manifest = meta
+        return source
+    if not arg:
+        raise UserError(f"--source {kind}: needs a path ({kind}:PATH); accepted: {accepted}")
+    path = Path(arg).expanduser()
+    if not path.exists():
+        raise UserError(f"--source {spec}: {path} does not exist")
+    if kind == "hf":
+        return HFSource(path, text_field, domain_field or "domain")
+    files = _jsonl_files(path)
+    if kind == "slimpajama":
+        return JsonlSource(spec, files, "text", domain_field or "meta.redpajama_set_name", id_field=None,
+                           max_bad_fraction=max_bad_fraction)
+    return JsonlSource(spec, files, text_field, domain_field or "domain", max_bad_fraction=max_bad_fraction)

@@ -1,0 +1,232 @@
+"""The paper's five data-mixture strategies (Fu et al. 2024, section 3) and user mixtures.
+
+A strategy is three choices: target domain weights, a length rule, and the scope the rule acts
+in. Applied to the token lengths of a corpus's documents, it yields a *plan*: an ordered list of
+segments (document, start token, end token) holding exactly the token budget.
+
+| name          | weights                        | length rule                              | scope      |
+|---------------|--------------------------------|------------------------------------------|------------|
+| cut_4k        | target shares                  | cut every document into 4K-token pieces  | per domain |
+| cut_target    | target shares                  | cut into seq_len pieces                  | per domain |
+| per_source    | target shares                  | keep a < 4K document with p = 0.1        | per domain |
+| global        | target shares, before the rule | keep a < 4K document with p = 0.1        | global     |
+| upsample_abg  | ArXiv, Book, GitHub at 0.6     | keep a < 4K document with p = 0.1        | per domain |
+
+- *per domain*: each domain fills its own budget (weight x total) from its documents, shuffled
+  with the seed; a domain that runs out starts another epoch over its documents (repetition,
+  reported per domain). The last document taken is truncated to fit the budget exactly.
+- *global*: domains are drawn in proportion to their weights (the natural stream of a corpus
+  with that mix), the length rule drops documents regardless of domain, and the total budget is
+  filled: domains with long documents gain share (the paper's point against it).
+- Cut pieces and documents are shuffled together before packing, so no more than the cut length
+  of one document ever sits in a row.
+The keep probability 0.1 and the 4K threshold are the reference code's (``down_sample_ratio``);
+the upsample weights are its ``UPSAMPLE_CODE_ARXIV_BOOK`` (about 22.5% each after normalising).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from harness.errors import UserError
+from harness.trainer.corpus import DOMAINS
+
+log = logging.getLogger(__name__)
+
+# The paper's SlimPajama domain shares (Table 1 / DESIGN.md).
+PAPER_SHARES = {"commoncrawl": 0.67, "c4": 0.15, "github": 0.045, "wikipedia": 0.045, "book": 0.045,
+                "arxiv": 0.025, "stackexchange": 0.02}
+SHORT = 4096
+KEEP_SHORT = 0.1
+ABG_WEIGHT = 0.6
+STRATEGIES = ("cut_4k", "cut_target", "per_source", "global", "upsample_abg")
+RULES = ("cut", "upsample_long", "none")
+SCOPES = ("per_domain", "global")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    weights: dict[str, float]
+    rule: str = "none"
+    cut: int | None = None
+    scope: str = "per_domain"
+    short: int = SHORT
+    keep_short: float = KEEP_SHORT
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _normalise(weights: dict[str, float], what: str) -> dict[str, float]:
+    for name, w in weights.items():
+        if not isinstance(w, (int, float)) or w < 0:
+            raise UserError(f"{what}: weight of {name!r} is {w!r}; weights must be non-negative numbers")
+    total = float(sum(weights.values()))
+    if total <= 0:
+        raise UserError(f"{what}: all weights are zero; give at least one positive domain weight")
+    return {k: v / total for k, v in weights.items() if v > 0}
+
+
+def builtin(name: str, seq_len: int, shares: dict[str, float] = PAPER_SHARES) -> Strategy:
+    if name == "cut_4k":
+        return Strategy(name, _normalise(shares, name), "cut", cut=SHORT)
+    if name == "cut_target":
+        return Strategy(name, _normalise(shares, name), "cut", cut=seq_len)
+    if name == "per_source":
+        return Strategy(name, _normalise(shares, name), "upsample_long")
+    if name == "global":
+        return Strategy(name, _normalise(shares, name), "upsample_long", scope="global")
+    if name == "upsample_abg":
+        weights = {d: (ABG_WEIGHT if d in ("arxiv", "book", "github") else w) for d, w in shares.items()}
+        return Strategy(name, _normalise(weights, name), "upsample_long")
+    raise UserError(f"--strategy: unknown {name!r}; known: {', '.join(STRATEGIES)}, or a mixture YAML file")
+
+
+def from_yaml(path: Path, seq_len: int) -> Strategy:
+    """A user mixture: ``name``, ``weights: {domain: w}``, ``length_rule: {type, ...}``, ``scope``.
+
+    length_rule types: ``none``; ``cut`` with ``length`` (tokens, or ``target`` = seq_len);
+    ``upsample_long`` with ``threshold`` (default 4096) and ``keep_short`` (default 0.1).
+    """
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"--strategy {path}: cannot read the mixture YAML ({exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("weights"), dict):
+        raise UserError(f"--strategy {path}: needs a 'weights' mapping of domain -> weight")
+    unknown = [d for d in spec["weights"] if d not in DOMAINS]
+    if unknown:
+        raise UserError(f"--strategy {path}: unknown domain {unknown[0]!r}; known: {', '.join(DOMAINS)}")
+    rule = spec.get("length_rule") or {"type": "none"}
+    kind = rule.get("type", "none")
+    if kind not in RULES:
+        raise UserError(f"--strategy {path}: length_rule type {kind!r} unknown; known: {', '.join(RULES)}")
+    scope = spec.get("scope", "per_domain")
+    if scope not in SCOPES:
+        raise UserError(f"--strategy {path}: scope {scope!r} unknown; known: {', '.join(SCOPES)}")
+    cut = None
+    if kind == "cut":
+        cut = seq_len if rule.get("length", "target") == "target" else int(rule["length"])
+        if cut < 1:
+            raise UserError(f"--strategy {path}: cut length must be positive")
+    keep = float(rule.get("keep_short", KEEP_SHORT))
+    if not 0 < keep <= 1:
+        raise UserError(f"--strategy {path}: keep_short {keep} must be in (0, 1]")
+    return Strategy(str(spec.get("name", Path(path).stem)), _normalise(spec["weights"], str(path)), kind,
+                    cut=cut, scope=scope, short=int(rule.get("threshold", SHORT)), keep_short=keep)
+
+
+def resolve(name_or_path: str, seq_len: int) -> Strategy:
+    if name_or_path in STRATEGIES:
+        return builtin(name_or_path, seq_len)
+    if name_or_path.endswith((".yaml", ".yml")) and Path(name_or_path).is_file():
+        return from_yaml(Path(name_or_path), seq_len)
+    return builtin(name_or_path, seq_len)  # raises with the list of known ones
+
+
+@dataclass
+class Plan:
+    """Ordered segments ``(doc, start, end)`` plus per-domain bookkeeping for the statistics."""
+
+    segments: np.ndarray  # int64 [n, 3]
+    weights: dict[str, float]
+    epochs: dict[str, int] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+
+class _Stream:
+    """One domain's documents in seeded random order, epoch after epoch."""
+
+    def __init__(self, docs: np.ndarray, rng: np.random.Generator):
+        self.docs, self.rng, self.epoch, self.order, self.pos = docs, rng, 0, np.empty(0, np.int64), 0
+
+    def next(self) -> int:
+        if self.pos >= len(self.order):
+            self.order, self.pos = self.rng.permutation(self.docs), 0
+            self.epoch += 1
+        self.pos += 1
+        return int(self.order[self.pos - 1])
+
+
+def plan(strategy: Strategy, domains: list[str] | np.ndarray, lengths: np.ndarray, budget: int, seed: int) -> Plan:
+    """Choose segments of the corpus (``domains[i]``, ``lengths[i]`` per document) for ``budget`` tokens."""
+    domains = np.asarray(domains)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    present = {d for d in strategy.weights if np.any((domains == d) & (lengths > 0))}
+    missing = sorted(set(strategy.weights) - present)
+    if not present:
+        raise UserError(f"strategy {strategy.name}: the corpus has none of the domains it weights "
+                        f"({', '.join(strategy.weights)})")
+    if missing:
+        log.warning("strategy %s: the corpus has no documents for %s; their weight goes to the other domains",
+                    strategy.name, ", ".join(missing))
+    weights = _normalise({d: w for d, w in strategy.weights.items() if d in present}, strategy.name)
+    streams = {d: _Stream(np.flatnonzero((domains == d) & (lengths > 0)), np.random.default_rng([seed, i]))
+               for i, d in enumerate(sorted(weights))}
+
+    def keep(doc: int) -> bool:
+        if strategy.rule != "upsample_long" or lengths[doc] >= strategy.short:
+            return True
+        return rng.random() < strategy.keep_short
+
+    taken: list[tuple[int, int, int]] = []
+    if strategy.scope == "per_domain":
+        budgets = _split_budget(weights, budget)
+        for d in sorted(weights):
+            left = budgets[d]
+            while left > 0:
+                doc = streams[d].next()
+                if keep(doc):
+                    n = int(min(lengths[doc], left))
+                    taken.append((doc, 0, n))
+                    left -= n
+    else:  # global: draw domains by weight (token deficit), filter regardless of domain
+        drawn = dict.fromkeys(weights, 0)
+        left = budget
+        while left > 0:
+            d = min(weights, key=lambda k: (drawn[k] / weights[k], k))
+            doc = streams[d].next()
+            drawn[d] += int(lengths[doc])
+            if keep(doc):
+                n = int(min(lengths[doc], left))
+                taken.append((doc, 0, n))
+                left -= n
+    if strategy.rule == "cut":
+        taken = [(doc, s, min(s + strategy.cut, e)) for doc, _, e in taken for s in range(0, e, strategy.cut)]
+    segments = np.array(taken, dtype=np.int64).reshape(-1, 3)
+    segments = segments[rng.permutation(len(segments))]
+    if strategy.rule == "cut":
+        _separate(segments)
+    return Plan(segments, weights, {d: s.epoch for d, s in streams.items()}, missing)
+
+
+def _separate(segments: np.ndarray) -> None:
+    """Reorder in place so no two neighbours come from one document (where others remain).
+
+    A shuffle alone can leave two pieces of one document side by side, which would put more
+    than the cut length of it in a row: exactly what cutting is meant to prevent.
+    """
+    n = len(segments)
+    for i in range(n - 1):
+        if segments[i + 1, 0] != segments[i, 0]:
+            continue
+        later = np.flatnonzero(segments[i + 2:, 0] != segments[i, 0])
+        if len(later):
+            j = i + 2 + int(later[0])
+            segments[[i + 1, j]] = segments[[j, i + 1]]
+
+
+def _split_budget(weights: dict[str, float], budget: int) -> dict[str, int]:
+    """Integer per-domain budgets that sum exactly to ``budget`` (largest remainders)."""
+    raw = {d: w * budget for d, w in weights.items()}
+    out = {d: int(v) for d, v in raw.items()}
+    for d in sorted(raw, key=lambda k: (out[k] - raw[k], k))[: budget - sum(out.values())]:
+        out[d] += 1
+    return out

@@ -1,0 +1,168 @@
+"""Tokenize a corpus once, then pack a mixture plan into fixed-length training sequences.
+
+Tokenization runs through ``datasets.map(num_proc=...)`` with the model's fast tokenizer; each
+document gets EOS appended. The tokenized corpus is cached by (source, tokenizer) so every
+strategy built from the same corpus reuses it. Packing concatenates the plan's segments in order
+and cuts the stream into ``seq_len`` sequences; each stores ``input_ids``, ``doc_lens`` (the
+lengths of the document pieces inside it, summing to ``seq_len``, for per-document attention
+masks) and ``domains`` (one per piece). Shards are Parquet, written atomically; the same plan
+gives byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from harness import atomic
+from harness.errors import UserError
+from harness.paths import cache_dir
+from harness.trainer.mixture import Plan
+
+log = logging.getLogger(__name__)
+SHARD_TOKENS = 1 << 27  # about 134M tokens per Parquet shard
+
+
+def load_tokenizer(spec: str):
+    """``smollm2-135m`` or a directory with a (fast) tokenizer."""
+    from transformers import AutoTokenizer
+
+    from harness import models
+
+    path = models.resolve(spec) if spec in models.EMBEDDED else Path(spec).expanduser()
+    if not Path(path).is_dir():
+        raise UserError(f"--tokenizer: {spec!r} is neither {', '.join(models.EMBEDDED)} nor a directory")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--tokenizer: no tokenizer loads from {path} ({str(exc).splitlines()[0]})") from None
+    if not tok.is_fast:
+        raise UserError(f"--tokenizer: {path} has no fast tokenizer (tokenizer.json); packing needs one")
+    if tok.eos_token_id is None:
+        raise UserError(f"--tokenizer: {path} defines no EOS token to separate documents")
+    return tok
+
+
+def vocab_hash(tok) -> str:
+    blob = json.dumps(sorted(tok.get_vocab().items()), separators=(",", ":")).encode()
+    return hashlib.sha256(blob + type(tok).__name__.encode()).hexdigest()[:16]
+
+
+def _generate(source, exclude: list[str], read_tokens: int | None):
+    skip = set(exclude)
+    read = 0
+    for doc in source:
+        if doc.id in skip:
+            continue
+        yield {"id": doc.id, "domain": doc.domain, "text": doc.text}
+        read += len(doc.text) // 4  # a cheap token estimate, only to cap reading huge sources
+        if read_tokens and read >= read_tokens:
+            break
+
+
+def ensure_documents(source, exclude: list[str] = ()) -> None:
+    """Fail fast, reading one document, when a source yields nothing usable."""
+    if next(_generate(source, exclude, None), None) is None:
+        raise UserError(f"--source {source.name}: no readable documents")
+
+
+def _tokenize(batch: dict, tokenizer: Any, eos: int) -> dict:
+    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+    for row in ids:
+        row.append(eos)
+    return {"input_ids": ids, "n_tokens": [len(r) for r in ids]}
+
+
+def tokenize_corpus(source, tok, *, key: dict, exclude: list[str] = (), read_tokens: int | None = None,
+                    num_proc: int | None = None):
+    """The corpus as a ``datasets.Dataset`` {id, domain, input_ids, n_tokens}, cached by ``key``."""
+    import datasets
+
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = cache_dir("tokenized") / digest
+    if (path / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(path))
+    ensure_documents(source, exclude)
+    work = cache_dir("tokenized", ".work", digest)
+    text_features = datasets.Features({"id": datasets.Value("string"), "domain": datasets.Value("string"),
+                                       "text": datasets.Value("string")})
+    raw = datasets.Dataset.from_generator(_generate, gen_kwargs={"source": source, "exclude": list(exclude),
+                                                                  "read_tokens": read_tokens},
+                                          features=text_features, cache_dir=str(work))
+    num_proc = num_proc or min(os.cpu_count() or 1, max(1, len(raw) // 1000))
+    features = datasets.Features({"id": datasets.Value("string"), "domain": datasets.Value("string"),
+                                  "input_ids": datasets.Sequence(datasets.Value("int32")),
+                                  "n_tokens": datasets.Value("int64")})
+    tokenized = raw.map(_tokenize, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
+                        remove_columns=["text"], features=features, desc="tokenizing",
+                        fn_kwargs={"tokenizer": tok, "eos": tok.eos_token_id})
+    tmp = path.with_name(f".{digest}.tmp")
+    tokenized.save_to_disk(str(tmp))
+    os.replace(tmp, path)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return datasets.load_from_disk(str(path))
+
+
+def flat_tokens(ds) -> tuple[np.ndarray, np.ndarray]:
+    """All token ids as one array and each document's start offset (zero-copy where possible)."""
+    column = ds.data.column("input_ids").combine_chunks()
+    offsets = np.asarray(column.offsets.to_numpy(), dtype=np.int64)
+    values = column.values.to_numpy()
+    return values, offsets
+
+
+def pack(plan: Plan, ds, seq_len: int, out_dir: Path, progress=None) -> dict:
+    """Write the plan as ``shards/part-NNNNN.parquet``; returns {sequences, shards, tokens}."""
+    values, offsets = flat_tokens(ds)
+    domains = np.asarray(ds["domain"])
+    seg = plan.segments
+    seg_len = seg[:, 2] - seg[:, 1]
+    n_seq = int(seg_len.sum()) // seq_len
+    if n_seq == 0:
+        raise UserError(f"--tokens: the budget ({int(seg_len.sum()):,} tokens) is below one sequence of --seq-len {seq_len:,}")
+    # Where each segment starts in the concatenated stream, and where each sequence starts.
+    ends = np.cumsum(seg_len)
+    starts = ends - seg_len
+    per_shard = max(1, SHARD_TOKENS // seq_len)
+    shard_dir = out_dir / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("input_ids", pa.list_(pa.int32())), ("doc_lens", pa.list_(pa.int32())),
+                        ("domains", pa.list_(pa.string()))])
+    files = []
+    task = progress.add_task("packing", total=n_seq) if progress else None
+    for shard, first in enumerate(range(0, n_seq, per_shard)):
+        rows = {"input_ids": [], "doc_lens": [], "domains": []}
+        for s in range(first, min(first + per_shard, n_seq)):
+            lo, hi = s * seq_len, (s + 1) * seq_len
+            i, j = np.searchsorted(ends, lo, side="right"), np.searchsorted(ends, hi, side="left")
+            pieces, lens, doms = [], [], []
+            for k in range(i, j + 1):
+                a, b = max(lo, starts[k]), min(hi, ends[k])
+                if b <= a:
+                    continue
+                doc, d0 = int(seg[k, 0]), int(seg[k, 1])
+                base = offsets[doc] + d0 + (a - starts[k])
+                pieces.append(values[base:base + (b - a)])
+                lens.append(int(b - a))
+                doms.append(str(domains[doc]))
+            rows["input_ids"].append(np.concatenate(pieces))
+            rows["doc_lens"].append(lens)
+            rows["domains"].append(doms)
+        table = pa.table(rows, schema=schema)
+        dest = shard_dir / f"part-{shard:05d}.parquet"
+        with atomic.atomic_path(dest) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
+        files.append(dest.name)
+        if progress:
+            progress.advance(task, len(rows["doc_lens"]))
+    return {"sequences": n_seq, "shards": files, "tokens": n_seq * seq_len}

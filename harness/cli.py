@@ -179,7 +179,7 @@ def data_corpus(out, force) -> None:
 @click.option("--seq-len", "seq_len", required=True, help="Sequence length in tokens: 8k, 32k (k = 1024).")
 @click.option("--tokenizer", default="smollm2-135m", show_default=True, help="smollm2-135m or a model/tokenizer directory.")
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--num-proc", default=None, type=int, help="Tokenizer processes (default: CPU count).")
+@click.option("--num-proc", default=None, type=int, help="Tokenizer worker processes (default: one process; its Rust encoder uses every core).")
 @click.option("--max-bad-fraction", default=0.01, show_default=True, type=float,
               help="Fail when more than this fraction of jsonl lines are malformed.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))

@@ -142,3 +142,15 @@ def test_source_with_no_readable_documents(capsys, tmp_path, smollm2_dir):
     err = _err(capsys, ["data", "build", "--source", f"jsonl:{f}", "--strategy", "per_source", "--tokens", "10k",
                         "--seq-len", "1k", "--tokenizer", str(smollm2_dir), "--out", str(tmp_path / "o")])
     assert "no readable documents" in err
+
+
+def test_excluded_documents_are_read_once_and_left_out(text_corpus, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGCTX_HARNESS_CACHE", str(tmp_path))  # no cached tokenization to reuse
+    # datasets splits list-valued gen_kwargs into shards: a list of exclusions once made every
+    # document come back once per excluded id. The corpus must be read exactly once.
+    src = corpus.open_source(f"jsonl:{text_corpus[0]}")
+    exclude = ["book-0", "c4-3", "wikipedia-7"]
+    ds = packing.tokenize_corpus(src, tokenizer, key={"test": "exclusions", "exclude": exclude}, exclude=exclude)
+    ids = ds["id"]
+    assert len(ids) == len(text_corpus[1]) - 3 and len(set(ids)) == len(ids)
+    assert not set(exclude) & set(ids)

@@ -22,7 +22,13 @@ from rich.console import Console
 from harness.errors import UserError
 from harness.values import format_length, parse_names
 
-console = Console(stderr=True)
+def _console(stderr: bool) -> Console:
+    out = Console(stderr=stderr)
+    # Piped into logs or CI, rich assumes 80 columns and truncates tables: give it room.
+    return out if out.is_terminal else Console(stderr=stderr, width=140)
+
+
+console = _console(stderr=True)
 log = logging.getLogger("harness")
 
 
@@ -207,7 +213,7 @@ def data_stats(build_dir, as_json) -> None:
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
-        Console().print(stats.table(summary))
+        _console(stderr=False).print(stats.table(summary))
 
 
 def main(argv: list[str] | None = None) -> None:

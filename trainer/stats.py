@@ -73,8 +73,10 @@ def table(stats: dict):
     """A rich table: one row per domain, source vs mixture."""
     from rich.table import Table
 
+    stand_in = stats.get("stand_in_domains")
     t = Table(title=f"mixture {stats['strategy']} · {stats['total_tokens']:,} tokens · seq_len {stats['seq_len']:,} · "
-                    f"long(>4K) {stats['long_4k_share']:.1%} (source {stats['source_long_4k_share']:.1%})")
+                    f"long(>4K) {stats['long_4k_share']:.1%} (source {stats['source_long_4k_share']:.1%})",
+              caption=f"stand-ins (documentation, not web crawl): {', '.join(stand_in)}" if stand_in else None)
     for col in ("domain", "tokens", "share", "target", "source share", ">4K", "source >4K", ">32K", "repeat"):
         t.add_column(col, justify="left" if col == "domain" else "right")
     for d, s in stats["domains"].items():
@@ -112,8 +114,10 @@ def plot(stats: dict, dest: Path) -> Path:
     ax2.set_xlabel("document length (tokens, log2 bins)")
     ax2.set_ylabel("share of mixture tokens")
     ax2.set_title(f"Length mix: {stats['long_4k_share']:.0%} of tokens in >4K documents")
-    ax2.legend(fontsize=7)
-    fig.suptitle(f"{stats['strategy']} · {stats['total_tokens']:,} tokens")
+    ax2.legend(fontsize=7, loc="upper left")
+    stand_in = stats.get("stand_in_domains")
+    note = f"\nstand-ins (documentation, not web crawl): {', '.join(stand_in)}" if stand_in else ""
+    fig.suptitle(f"{stats['strategy']} · {stats['total_tokens']:,} tokens{note}", fontsize=10)
     fig.tight_layout()
     with atomic.atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

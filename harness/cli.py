@@ -3,6 +3,7 @@
     harness run    --model PATH|smollm2-135m --suite needle [--preset quick] [--lengths ..] [--depths ..]
     harness report RUN_DIR... [--out DIR]
     harness data   corpus | build --strategy per_source --tokens 5M --seq-len 8k --out DIR | stats DIR
+    harness train  --base PATH|smollm2-135m --data SHARDS --seq-len 8k --rope-theta 5e5 --tokens 50M --out DIR
 
 User mistakes end with one line on stderr and exit code 2; ``harness --debug`` shows tracebacks.
 """
@@ -147,6 +148,72 @@ def report(run_dirs, out) -> None:
             console.print(f"{run_dir}: no needle results yet")
         for path in paths:
             click.echo(str(path))
+
+
+@cli.command()
+@click.option("--base", default=None, metavar="PATH|smollm2-135m", help="The model to continue pretraining.")
+@click.option("--from-scratch", "from_scratch", type=click.Choice(["tiny"]), default=None,
+              help="Build a small Llama (SmolLM2's tokenizer) and pretrain it instead of loading --base.")
+@click.option("--data", "data_dir", default=None, help="Shards from `harness data build` (from-scratch: built if omitted).")
+@click.option("--seq-len", "seq_len", default=None, help="Training length in tokens, e.g. 8k (from-scratch default 512).")
+@click.option("--tokens", "budget", default=None, help="Token budget, e.g. 50k, 5M, 1B (from-scratch default 300k).")
+@click.option("--rope-theta", type=float, default=None, help="Raise the RoPE base before training (the paper's method), e.g. 5e5.")
+@click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR", help="Or scale RoPE: linear|dynamic|yarn with a factor > 1.")
+@click.option("--lr", type=float, default=None, help="Constant learning rate after warm-up (default 2e-5; from-scratch 1e-3).")
+@click.option("--batch-tokens", default=None, help="Tokens per optimizer step (default: the paper's 4M, capped at tokens/10).")
+@click.option("--micro-batch", default=1, show_default=True, type=int, help="Sequences per forward pass per process.")
+@click.option("--warmup-steps", default=None, type=int, help="Linear warm-up steps (default 5% of steps, at most 20).")
+@click.option("--engine", default="torch", show_default=True, help="torch (plain/DDP) or deepspeed.")
+@click.option("--deepspeed-config", default=None, help="DeepSpeed JSON (default: trainer/ds_zero3.json, ZeRO-3).")
+@click.option("--doc-mask", is_flag=True, help="Mask attention per document (default: cross-document, as the paper).")
+@click.option("--no-grad-ckpt", is_flag=True, help="Disable gradient checkpointing.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch engine): faster steps after a slow first one.")
+@click.option("--dtype", default="bf16", show_default=True, help="bf16 (autocast), fp32 or fp16.")
+@click.option("--save-every", default=0, show_default=True, type=int, help="Checkpoint every N steps (0: final only).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--local_rank", "--local-rank", "local_rank", default=None, hidden=True, help="Set by the deepspeed launcher.")
+def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scaling, lr, batch_tokens, micro_batch,
+          warmup_steps, engine, deepspeed_config, doc_mask, no_grad_ckpt, compile_, dtype, save_every, seed, resume,
+          out, local_rank) -> None:
+    """Continual pretraining with RoPE extension on packed shards (torch or DeepSpeed)."""
+    from harness import models
+    from harness.trainer import loop
+    from harness.values import parse_budget, parse_length
+
+    if bool(base) == bool(from_scratch):
+        raise UserError("train: give exactly one of --base PATH|smollm2-135m or --from-scratch tiny")
+    length = parse_length(seq_len or ("512" if from_scratch else ""), "--seq-len") if (seq_len or from_scratch) else None
+    if length is None:
+        raise UserError("--seq-len: required with --base (e.g. 8k)")
+    tokens = parse_budget(budget or ("300k" if from_scratch else ""), "--tokens") if (budget or from_scratch) else None
+    if tokens is None:
+        raise UserError("--tokens: required with --base (e.g. 50M)")
+    if engine not in loop.ENGINES:
+        raise UserError(f"--engine: unknown {engine!r}; known: {', '.join(loop.ENGINES)}")
+    scaling = models.parse_rope_scaling(rope_scaling)
+    models.check_rope_theta(rope_theta)
+    _quiet_libraries()
+    if data_dir is None:
+        if not from_scratch:
+            raise UserError("--data: required with --base (shards from `harness data build`)")
+        from harness.paths import cache_dir
+        from harness.trainer import build
+
+        data_dir = cache_dir("data", f"tiny-cut_target-{length}")
+        build.build(source="embedded", strategy="cut_target", tokens=max(tokens, 2_000_000), seq_len=length,
+                    tokenizer="smollm2-135m", seed=seed, out=Path(data_dir), console=console)
+    cfg = loop.TrainConfig(
+        base=base or "", data=str(data_dir), seq_len=length, tokens=tokens, out=str(out), rope_theta=rope_theta,
+        rope_scaling=scaling, lr=lr if lr is not None else (1e-3 if from_scratch else 2e-5),
+        batch_tokens=parse_budget(batch_tokens, "--batch-tokens") if batch_tokens else (8 * length if from_scratch else None),
+        micro_batch=micro_batch, warmup_steps=warmup_steps, engine=engine, deepspeed_config=deepspeed_config,
+        doc_mask=doc_mask, grad_ckpt=not no_grad_ckpt, compile=compile_, dtype=dtype, save_every=save_every, seed=seed,
+        from_scratch=from_scratch)
+    final = loop.train(cfg, resume=resume, console=console)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(str(final))
 
 
 @cli.group()

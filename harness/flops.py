@@ -34,3 +34,31 @@ def decode_flops(config: Any, context: int, steps: int) -> float:
     """Forward FLOPs for ``steps`` single-token steps after ``context`` cached tokens."""
     pairs = steps * context + steps * (steps + 1) / 2
     return 2.0 * dense_params(config) * steps + 4.0 * attention_width(config) * pairs
+
+
+def train_flops(config: Any, seq_len: int) -> float:
+    """FLOPs to train on one sequence: forward + backward (2x forward), no recomputation counted."""
+    return 3.0 * prefill_flops(config, seq_len)
+
+
+def measure_peak(device: str = "cpu", dtype=None, seconds: float = 0.5) -> float:
+    """Achievable matmul FLOP/s on this device and dtype: square GEMMs timed for ``seconds``."""
+    import time
+
+    import torch
+
+    dtype = dtype or torch.bfloat16
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):  # warm-up
+        a @ b
+    if device != "cpu":
+        torch.cuda.synchronize()
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return 2.0 * n ** 3 * reps / (time.perf_counter() - start)

@@ -143,8 +143,8 @@ def apply_rope(config: Any, rope_theta: float | None, rope_scaling: tuple[str, f
         kind, factor = rope_scaling
         params["rope_type"] = kind
         params["factor"] = factor
-        if kind in ("yarn", "dynamic"):
-            params.setdefault("original_max_position_embeddings", config.max_position_embeddings)
+        # The length the scaling is relative to (yarn and dynamic read it; for linear it records it).
+        params.setdefault("original_max_position_embeddings", config.max_position_embeddings)
     config.rope_parameters = params
     return params
 
@@ -190,6 +190,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     trained_max = int(config.max_position_embeddings)
     rope = apply_rope(config, check_rope_theta(rope_theta), rope_scaling)
     factor = float(rope.get("factor", 1.0)) if rope.get("rope_type", "default") != "default" else 1.0
+    original = int(rope.get("original_max_position_embeddings", trained_max))
     attn = attn_implementation(dev)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -213,9 +214,9 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
         "rope_overrides": {"rope_theta": rope_theta,
                            "rope_scaling": list(rope_scaling) if rope_scaling else None},
         "max_position_embeddings": trained_max,
-        # Positions the model is meant to handle with the RoPE in force: the trained length times
-        # the scaling factor; a changed theta alone does not say how far it reaches.
-        "effective_max_positions": int(trained_max * factor),
+        # Positions the model is meant to handle with the RoPE in force: its trained length, or the
+        # length the scaling is relative to times the factor; a changed theta alone says nothing.
+        "effective_max_positions": max(trained_max, int(original * factor)),
         "tokenizer": {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
                       "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
     }

@@ -1,0 +1,188 @@
+"""The continual-pretraining trainer on real tiny models and real packed shards (CPU)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness import models
+from harness.cli import main
+from harness.errors import UserError
+from harness.trainer import build, loop
+from harness.trainer import shards as shard_io
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, kjv, smollm2_dir):
+    """128 packed sequences of 128 tokens of KJV text, four domains (real text, real tokenizer)."""
+    root = tmp_path_factory.mktemp("train-data")
+    text = kjv.text
+    with open(root / "docs.jsonl", "w") as fh:
+        for i, domain in enumerate(["book", "c4", "wikipedia", "github"] * 10):
+            fh.write(json.dumps({"id": f"d{i}", "domain": domain, "text": text[i * 3000:(i + 1) * 3000 + 500 * (i % 3)]}) + "\n")
+    out = root / "shards"
+    build.build(source=f"jsonl:{root / 'docs.jsonl'}", strategy="cut_target", tokens=128 * 128, seq_len=128,
+                tokenizer=str(smollm2_dir), seed=0, out=out)
+    return out
+
+
+def _cfg(tiny_model_dir, shards, out, **kw):
+    base = dict(base=str(tiny_model_dir), data=str(shards), seq_len=128, tokens=128 * 8 * 12, out=str(out),
+                lr=3e-3, batch_tokens=128 * 8, warmup_steps=1, dtype="fp32", grad_ckpt=False)
+    base.update(kw)
+    return loop.TrainConfig(**base)
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_model_fits_a_tiny_packed_set(tiny_model_dir, shards, tmp_path):
+    # 8 sequences seen 80 times: a 2-layer model must memorise them far below its start (~10.8).
+    data = shards.parent / "tiny8"
+    if not data.exists():
+        build.build(source=f"jsonl:{shards.parent / 'docs.jsonl'}", strategy="cut_target", tokens=8 * 128,
+                    seq_len=128, tokenizer=str(tiny_model_dir), seed=0, out=data)
+    final = loop.train(_cfg(tiny_model_dir, data, tmp_path / "fit", tokens=128 * 8 * 80, lr=1e-2, micro_batch=8))
+    losses = _losses(tmp_path / "fit")
+    assert losses[0] > 10.0 and losses[-1] < 2.5, losses[::10]
+    record = json.loads((tmp_path / "fit" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["tokens_per_s"] > 0 and 0 < record["mfu"] < 1 and record["grad_norm"] > 0
+    assert list((tmp_path / "fit" / "tensorboard").glob("events.out.tfevents.*"))
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(final).config.vocab_size == 49152
+
+
+def test_resume_gives_the_uninterrupted_losses(tiny_model_dir, shards, tmp_path):
+    whole = tmp_path / "whole"
+    loop.train(_cfg(tiny_model_dir, shards, whole, save_every=6))
+    split = tmp_path / "split"
+    cfg = _cfg(tiny_model_dir, shards, split, save_every=6)
+    loop.train(cfg, stop_after=6)
+    assert len(_losses(split)) == 6 and (split / "checkpoints" / "step-000006" / "model.safetensors").is_file()
+    loop.train(cfg, resume=True)
+    a, b = _losses(whole), _losses(split)
+    assert len(a) == len(b) == 12
+    assert b == pytest.approx(a, rel=1e-5, abs=1e-5)
+    with pytest.raises(UserError, match="different config"):
+        loop.train(_cfg(tiny_model_dir, shards, split, save_every=6, lr=1e-3), resume=True)
+    with pytest.raises(UserError, match="add --resume"):
+        loop.train(cfg)
+
+
+def test_document_masking_matches_documents_run_separately(tiny_model_dir):
+    loaded = models.load(str(tiny_model_dir), dtype="fp32")
+    model = loaded.model
+    torch.manual_seed(0)
+    docs = [torch.randint(100, 40000, (n,)) for n in (40, 70, 18)]
+    batch = shard_io.Batch(torch.cat(docs)[None], [[40, 70, 18]])
+    with torch.no_grad():
+        packed = model(input_ids=batch.input_ids, position_ids=shard_io.position_ids(batch.doc_lens),
+                       use_cache=False).logits[0]
+        start = 0
+        for doc in docs:
+            alone = model(input_ids=doc[None], use_cache=False).logits[0]
+            assert torch.allclose(packed[start:start + len(doc)], alone, atol=1e-4)
+            start += len(doc)
+        # Without the per-document positions attention crosses documents: the later ones differ.
+        crossed = model(input_ids=batch.input_ids, use_cache=False).logits[0]
+        assert not torch.allclose(crossed[40:110], packed[40:110], atol=1e-2)
+    labels = shard_io.labels(batch, doc_mask=True)
+    assert labels[0, 40] == -100 and labels[0, 110] == -100 and labels[0, 0] != -100
+
+
+def test_rope_settings_are_written_and_read_back(tiny_model_dir, shards, tmp_path):
+    final = loop.train(_cfg(tiny_model_dir, shards, tmp_path / "rope", tokens=128 * 8 * 2, rope_theta=5e5,
+                            rope_scaling=("linear", 2.0), grad_ckpt=True, dtype="bf16"))
+    config = json.loads((final / "config.json").read_text())
+    assert config["rope_parameters"]["rope_theta"] == 5e5 and config["rope_parameters"]["factor"] == 2.0
+    info = models.load(str(final), dtype="fp32").info  # no flags: the checkpoint carries its RoPE
+    assert info["rope_parameters"]["rope_theta"] == 5e5 and info["rope_parameters"]["rope_type"] == "linear"
+    assert info["effective_max_positions"] == 4096
+
+
+def test_deepspeed_zero3_two_cpu_processes(tiny_model_dir, shards, tmp_path):
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "harness", "train", "--base", str(tiny_model_dir), "--data", str(shards), "--seq-len", "128",
+           "--tokens", str(128 * 4 * 3), "--batch-tokens", str(128 * 4), "--engine", "deepspeed", "--dtype", "fp32",
+           "--no-grad-ckpt", "--lr", "1e-3", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(_losses(out)) == 3
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(out / "final")
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert trained.config.vocab_size == start.config.vocab_size
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(trained.state_dict()[name], start.state_dict()[name])  # it trained
+    assert (out / "final" / "deepspeed").is_dir()  # optimizer state, for --resume
+
+
+def _err(capsys, argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err and err[-1].startswith("error: "), err
+    return err[-1]
+
+
+def test_bad_training_input(capsys, tiny_model_dir, shards, tmp_path):
+    args = ["train", "--base", str(tiny_model_dir), "--data", str(shards), "--dtype", "fp32"]
+    assert "above the shards'" in _err(capsys, [*args, "--seq-len", "256", "--tokens", "10k", "--out", str(tmp_path / "a")])
+    assert "smaller than one batch" in _err(capsys, [*args, "--seq-len", "128", "--tokens", "1000",
+                                                     "--batch-tokens", "1024", "--out", str(tmp_path / "b")])
+    assert "known: torch, deepspeed" in _err(capsys, [*args, "--seq-len", "128", "--tokens", "10k", "--engine", "jax",
+                                                      "--out", str(tmp_path / "c")])
+    assert "does not exist" in _err(capsys, [*args, "--seq-len", "128", "--tokens", "10k", "--engine", "deepspeed",
+                                             "--deepspeed-config", str(tmp_path / "nope.json"), "--out", str(tmp_path / "d")])
+    (tmp_path / "bad.json").write_text("{\"zero_optimization\": {\"stage\": 7}}")
+    assert "stage in 0-3" in _err(capsys, [*args, "--seq-len", "128", "--tokens", "10k", "--engine", "deepspeed",
+                                           "--deepspeed-config", str(tmp_path / "bad.json"), "--out", str(tmp_path / "e")])
+    (tmp_path / "file").write_text("x")
+    assert "--out" in _err(capsys, [*args, "--seq-len", "128", "--tokens", "10k", "--out", str(tmp_path / "file" / "x")])
+    # Shards from another tokenizer: their vocabulary hash does not match the base's.
+    other = tmp_path / "other-shards"
+    shutil.copytree(shards, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer"]["vocab_hash"] = "0123456789abcdef"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    err = _err(capsys, ["train", "--base", str(tiny_model_dir), "--data", str(other), "--seq-len", "128",
+                        "--tokens", "10k", "--out", str(tmp_path / "f")])
+    assert "not the base's tokenizer" in err
+    for name in "abcdef":
+        assert not (tmp_path / name / "final").exists()
+
+
+def test_chunked_loss_equals_transformers_loss_and_gradients(tiny_model_dir):
+    from harness.trainer.loss import ChunkedLossModel
+
+    model = models.load(str(tiny_model_dir), dtype="fp32").model.train()
+    torch.manual_seed(1)
+    ids = torch.randint(100, 40000, (2, 300))
+    labels = ids.clone()
+    labels[0, 50] = -100
+    ref = model(input_ids=ids, labels=labels, use_cache=False).loss
+    ref.backward()
+    ref_grad = model.model.layers[0].mlp.up_proj.weight.grad.clone()
+    model.zero_grad()
+    ours = ChunkedLossModel(model, chunk=64)(ids, labels)
+    ours.backward()
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert torch.allclose(model.model.layers[0].mlp.up_proj.weight.grad, ref_grad, atol=1e-6)
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tiny_model_dir, shards, tmp_path):
+    out = tmp_path / "nan"
+    with pytest.raises(loop.Diverged, match=r"loss became (nan|inf) at step \d+; training stopped; last good checkpoint: .*step-"):
+        loop.train(_cfg(tiny_model_dir, shards, out, lr=1e9, clip=1e12, save_every=1, tokens=128 * 8 * 8))
+    good = loop.latest_checkpoint(out)
+    assert good is not None and (good / "model.safetensors").is_file()
+    assert not list((out / "checkpoints").glob(".*.tmp")) and not (out / "final").exists()

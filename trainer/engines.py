@@ -1,0 +1,162 @@
+"""Training engines behind one small interface: ``torch`` (one process, or DDP under torchrun)
+and ``deepspeed`` (ZeRO stage from a JSON config; started with ``deepspeed`` or ``torchrun``).
+
+    engine.backward(input_ids, labels, position_ids) -> loss   # one micro-batch
+    engine.step() -> grad_norm                                 # once per global batch
+    engine.save(dir) / engine.load(dir)                        # optimizer, scheduler, weights
+    engine.full_state_dict() -> dict | None                    # HF weights, on rank 0
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from harness.errors import UserError
+from harness.trainer.loss import ChunkedLossModel
+
+DEFAULT_DS_CONFIG = Path(__file__).with_name("ds_zero3.json")
+
+
+def _optimizer(model, lr: float, weight_decay: float, warmup: int):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
+    # Linear warm-up, then constant: the paper's schedule (constant 2e-5).
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(1, warmup)))
+    return opt, sched
+
+
+class TorchEngine:
+    name = "torch"
+
+    def __init__(self, model, *, lr: float, weight_decay: float, warmup: int, accum: int, clip: float,
+                 dtype: torch.dtype, device: torch.device, world: int, loss_chunk: int = 1024,
+                 compile: bool = False):
+        self.model = model.to(device)
+        self.device, self.accum, self.clip = device, accum, clip
+        self.autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
+        # The loss in chunks of positions (trainer/loss.py), unless loss_chunk is 0: then the
+        # model's own forward(labels=...) computes it over the full logits.
+        self.wrapped = ChunkedLossModel(self.model, loss_chunk) if loss_chunk else self.model
+        if world > 1:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(self.wrapped)
+        if compile:  # inductor: fused kernels for norms, rotary, SiLU (C++/OpenMP on CPU, Triton on GPU)
+            self.wrapped = torch.compile(self.wrapped)
+        self.chunked = bool(loss_chunk)
+        self.opt, self.sched = _optimizer(self.model, lr, weight_decay, warmup)
+
+    def backward(self, input_ids, labels, position_ids) -> float:
+        ids, labels = input_ids.to(self.device), labels.to(self.device)
+        pos = None if position_ids is None else position_ids.to(self.device)
+        with self.autocast:
+            if self.chunked:
+                loss = self.wrapped(ids, labels, pos)
+            else:
+                loss = self.wrapped(input_ids=ids, labels=labels, position_ids=pos, use_cache=False).loss
+        (loss / self.accum).backward()
+        return float(loss.detach())
+
+    def step(self) -> float:
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip))
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return norm
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def save(self, path: Path, rank: int) -> None:
+        if rank == 0:
+            torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict()}, path / "optimizer.pt")
+
+    def load(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        weights = {}
+        for f in sorted(path.glob("*.safetensors")):
+            weights.update(load_file(str(f)))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:
+            raise UserError(f"--resume: {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        if self.model.config.tie_word_embeddings:
+            self.model.tie_weights()
+        state = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+
+    def full_state_dict(self, rank: int) -> dict | None:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if rank == 0 else None
+
+
+class DeepSpeedEngine:
+    """ZeRO partitions parameters and gathers them inside module forwards, so the loss stays the
+    model's own (the chunked loss reads the LM head's weight outside its forward)."""
+
+    name = "deepspeed"
+
+    def __init__(self, model, *, lr: float, weight_decay: float, warmup: int, accum: int, clip: float,
+                 dtype: torch.dtype, device: torch.device, world: int, micro_batch: int, config_path: Path | None):
+        try:
+            import deepspeed
+        except ImportError:
+            raise UserError("--engine deepspeed: DeepSpeed is not installed; "
+                            "pip install 'longctx-harness[gpu]' (or DS_BUILD_OPS=0 pip install deepspeed==0.19.8)") from None
+        config = load_ds_config(config_path)
+        config["train_micro_batch_size_per_gpu"] = micro_batch
+        config["gradient_accumulation_steps"] = accum
+        config["gradient_clipping"] = clip
+        config.setdefault("bf16", {})["enabled"] = dtype == torch.bfloat16
+        config.setdefault("fp16", {})["enabled"] = False
+        config["steps_per_print"] = 10 ** 9
+        opt, sched = _optimizer(model, lr, weight_decay, warmup)
+        self.engine, self.opt, _, self.sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                                                    config=config)
+        self.model, self.device, self.config = self.engine.module, self.engine.device, config
+        self._norm = 0.0
+
+    def backward(self, input_ids, labels, position_ids) -> float:
+        out = self.engine(input_ids=input_ids.to(self.device), labels=labels.to(self.device),
+                          position_ids=None if position_ids is None else position_ids.to(self.device), use_cache=False)
+        self.engine.backward(out.loss)
+        self.engine.step()  # DeepSpeed accumulates; it updates only at the accumulation boundary
+        return float(out.loss.detach())
+
+    def step(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None and math.isfinite(float(norm)) else float("nan")
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def save(self, path: Path, rank: int) -> None:
+        self.engine.save_checkpoint(str(path / "deepspeed"), tag="state")  # collective: every rank writes
+
+    def load(self, path: Path) -> None:
+        self.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
+
+    def full_state_dict(self, rank: int) -> dict | None:
+        if self.config.get("zero_optimization", {}).get("stage", 0) == 3:
+            state = self.engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
+        else:
+            state = self.engine.module.state_dict()
+        return {k: v.detach().cpu() for k, v in state.items()} if rank == 0 and state is not None else None
+
+
+def load_ds_config(path: Path | None) -> dict:
+    path = Path(path) if path else DEFAULT_DS_CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--deepspeed-config: {str(path)!r} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--deepspeed-config: {str(path)!r} is not valid JSON ({exc})") from None
+    stage = config.get("zero_optimization", {}).get("stage")
+    if not isinstance(config, dict) or stage not in (0, 1, 2, 3):
+        raise UserError(f"--deepspeed-config: {str(path)!r} needs zero_optimization.stage in 0-3")
+    return config

@@ -222,8 +222,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     # -- the run directory: a new run, or a resume of the same config ---------------------------
     digest = config_hash(cfg.hashed())
     saved = out / "train_config.json"
-    if saved.is_file():
-        old = json.loads(saved.read_text())
+    old = json.loads(saved.read_text()) if saved.is_file() else None
+    _barrier(world)  # every rank looks before rank 0 writes, so all of them take the same branch
+    if old is not None:
         if old.get("config_hash") != digest:
             raise UserError(f"--out: {str(out)!r} holds a training run with a different config "
                             f"(differs in: {', '.join(diff_keys(old.get('config', {}), cfg.hashed())[:6])}); "
@@ -235,6 +236,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(saved, json.dumps({"config": cfg.hashed(), "config_hash": digest}, indent=2) + "\n")
+    _barrier(world)
 
     # -- model and engine ------------------------------------------------------------------------
     model, base_name = _load_model(cfg, tokenizer, device)

@@ -58,74 +58,97 @@ def _slug(text: str) -> str:
 @cli.command()
 @click.option("--model", "model_spec", required=True, metavar="PATH|smollm2-135m",
               help="A local Hugging Face causal-LM directory, or smollm2-135m (the embedded default).")
-@click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle.")
+@click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle, loss.")
 @click.option("--preset", default=None, help="Grid preset from the suite's YAML: quick (default), paper, tiny.")
 @click.option("--lengths", default=None, help="Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
 @click.option("--depths", default=None, help="Needle depths in percent: 0,50,100 or 0:100:10.")
 @click.option("--haystack", default=None, help="kjv (default, public domain), pg-essays (the paper's), or a text file/dir.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template instead of the paper's base prompt.")
 @click.option("--max-new-tokens", type=int, default=None, help="Greedy tokens to generate (suite default: 50).")
+@click.option("--loss-bucket", default=None, help="Loss suite: tokens per position bucket (default 4k).")
 @click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
 @click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR", help="linear|dynamic|yarn with a factor > 1, e.g. linear:4.")
 @click.option("--dtype", default="bf16", show_default=True, help="bf16, fp32 or fp16.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
-def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_tokens, rope_theta,
+def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_tokens, loss_bucket, rope_theta,
         rope_scaling, dtype, device, out) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
     from harness import models, provenance
     from harness.tasks import SUITES
+    from harness.values import parse_length
 
     suites = parse_names(suite, list(SUITES), "--suite")
     scaling = models.parse_rope_scaling(rope_scaling)
     models.check_rope_theta(rope_theta)
+    bucket = parse_length(loss_bucket, "--loss-bucket") if loss_bucket else None
     models.resolve(model_spec)  # fail fast on a bad path, before anything slow
     _quiet_libraries()
 
     from harness.backends.hf import HFBackend
     from harness.engine import run_suite
-    from harness.reports import heatmap
     from harness.store import RunStore, check_writable
     from harness.tasks import haystack as haystacks
-    from harness.tasks import needle
+    from harness.tasks import loss, needle
 
-    spec = needle.load_spec()
-    hay = haystacks.load(haystack or spec["haystack"])
-    # Resolve the grid before loading the model: malformed flags fail in milliseconds.
-    needle_cfg = needle.resolve_config(preset=preset, lengths=lengths, depths=depths, chat=chat,
-                                       haystack=hay, max_new_tokens=max_new_tokens, spec=spec)
+    needle_cfg = hay = None
+    if "needle" in suites:
+        spec = needle.load_spec()
+        hay = haystacks.load(haystack or spec["haystack"])
+        # Resolve the grid before loading the model: malformed flags fail in milliseconds.
+        needle_cfg = needle.resolve_config(preset=preset, lengths=lengths, depths=depths, chat=chat,
+                                           haystack=hay, max_new_tokens=max_new_tokens, spec=spec)
     out = out or Path("runs") / _slug(Path(model_spec).name)
     check_writable(out)
     with console.status(f"loading {model_spec}"):
         loaded = models.load(model_spec, rope_theta=rope_theta, rope_scaling=scaling, dtype=dtype, device=device)
     info = loaded.info
+    suite_configs, builders = {}, {}
+    if needle_cfg is not None:
+        suite_configs["needle"] = needle_cfg.to_dict()
+        builders["needle"] = lambda: needle.NeedleSuite(needle_cfg, hay, loaded.tokenizer)
+    if "loss" in suites:
+        loss_cfg, texts = loss.resolve_config(max_length=loaded.max_positions, bucket=bucket)
+        suite_configs["loss"] = loss_cfg.to_dict()
+        builders["loss"] = lambda: loss.LossSuite(loss_cfg, texts, loaded.tokenizer)
     config = {
         # The embedded model by name (its cache path is the user's), a local one by absolute path.
         "model": {"id": model_spec if model_spec in models.EMBEDDED else str(Path(info["path"]).resolve()),
                   **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")}},
-        "suites": {"needle": needle_cfg.to_dict()},
+        "suites": suite_configs,
     }
     store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
     console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}, "
                   f"{info['attn_implementation']}, {info['device']}); RoPE {info['rope_parameters']}; "
                   f"max positions {info['effective_max_positions']}")
-    beyond = [n for n in needle_cfg.lengths if n + needle_cfg.max_new_tokens > loaded.max_positions]
-    if beyond:
-        log.warning("lengths %s (plus up to %d answer tokens) go past the model's %d positions; they run "
-                    "anyway: where retrieval breaks is what the grid shows", ", ".join(format_length(n) for n in beyond),
-                    needle_cfg.max_new_tokens, loaded.max_positions)
+    if needle_cfg is not None:
+        beyond = [n for n in needle_cfg.lengths if n + needle_cfg.max_new_tokens > loaded.max_positions]
+        if beyond:
+            log.warning("lengths %s (plus up to %d answer tokens) go past the model's %d positions; they run "
+                        "anyway: where retrieval breaks is what the grid shows",
+                        ", ".join(format_length(n) for n in beyond), needle_cfg.max_new_tokens, loaded.max_positions)
     backend = HFBackend(loaded)
-    builders = {"needle": lambda: needle.NeedleSuite(needle_cfg, hay, loaded.tokenizer)}
     for name in suites:
         run_suite(builders[name](), backend, store, console, loaded.model.config)
+    figures = _draw(store.path, list(store.results()), store.read_manifest(), None)
+    for path in figures:
+        console.print(f"figure: {path}")
     results = list(store.results())
-    for path in heatmap.write(store.path, results, store.read_manifest()):
-        console.print(f"heatmap: {path}")
-    summary = [r["score"] for r in results if r["suite"] == "needle"]
-    if summary:
-        console.print(f"needle mean score {sum(summary) / len(summary):.3f} over {len(summary)} cells")
-    click.echo(str(store.path / "needle_heatmap.png"))
+    scores = [r["score"] for r in results if r["suite"] == "needle"]
+    if scores:
+        console.print(f"needle mean score {sum(scores) / len(scores):.3f} over {len(scores)} cells")
+    for domain, buckets in loss.summary(results).items():
+        console.print(f"loss {domain}: " + ", ".join(f"{b} {v['loss']:.3f}" for b, v in buckets.items()))
+    if figures:
+        click.echo(str(figures[0]))
+
+
+def _draw(run_dir: Path, results: list[dict], manifest: dict, out: Path | None) -> list[Path]:
+    """Every figure the stored results support (PNG first of each pair)."""
+    from harness.reports import heatmap, loss_curves
+
+    return heatmap.write(run_dir, results, manifest, out) + loss_curves.write(run_dir, results, manifest, out)
 
 
 @cli.command()
@@ -134,7 +157,6 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
               help="Where to write figures (default: each run's own directory).")
 def report(run_dirs, out) -> None:
     """Redraw figures from stored results alone (no model is loaded)."""
-    from harness.reports import heatmap
     from harness.store import RunStore, check_writable
 
     for run_dir in run_dirs:
@@ -143,9 +165,9 @@ def report(run_dirs, out) -> None:
         target = out / _slug(run_dir.resolve().name) if out and len(run_dirs) > 1 else out
         if target:
             check_writable(target)
-        paths = heatmap.write(run_dir, list(store.results()), manifest, target)
+        paths = _draw(run_dir, list(store.results()), manifest, target)
         if not paths:
-            console.print(f"{run_dir}: no needle results yet")
+            console.print(f"{run_dir}: no results to draw yet")
         for path in paths:
             click.echo(str(path))
 

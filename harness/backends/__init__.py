@@ -26,3 +26,6 @@ class Backend(Protocol):
 
     def generate(self, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True) -> Generation:
         """Greedy continuation of ``ids``: at most ``max_new_tokens``, stopping at EOS if asked."""
+
+    def token_nll(self, ids: list[int]):
+        """Teacher-forced negative log-likelihood of ``ids[1:]``, one value per position."""

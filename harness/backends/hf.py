@@ -55,3 +55,22 @@ class HFBackend:
             out = self.model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
         text = self.tok.decode(new, skip_special_tokens=True).strip()
         return Generation(text=text, new_tokens=len(new), seconds=time.perf_counter() - start)
+
+    @torch.inference_mode()
+    def token_nll(self, ids: list[int], chunk: int = 2048) -> torch.Tensor:
+        """Teacher-forced negative log-likelihood of ``ids[1:]``, one value per position (fp32).
+
+        The sequence goes through the model in chunks with a KV cache, so memory holds one
+        chunk's logits at a time, never ``[len(ids), vocab]``.
+        """
+        device = self.model.device
+        seq = torch.tensor([ids], dtype=torch.long, device=device)
+        cache = DynamicCache(config=self.model.config)
+        out = []
+        for s in range(0, seq.shape[1] - 1, chunk):
+            part = seq[:, s:s + chunk]
+            logits = self.model(input_ids=part, cache=cache, use_cache=True).logits[0].float()
+            targets = seq[0, s + 1:s + 1 + part.shape[1]]
+            logits = logits[:len(targets)]
+            out.append(torch.logsumexp(logits, -1) - logits.gather(1, targets[:, None])[:, 0])
+        return torch.cat(out).cpu()

@@ -1,0 +1,141 @@
+"""Loss by length: per-domain teacher-forced loss on held-out long documents, bucketed by position.
+
+A cell is one held-out document, cut to the run's maximum length. Its result holds the mean
+loss and the token count of every position bucket (0-4K, 4K-8K, ...); the suite's summary is the
+token-weighted mean per domain and bucket. This is the paper's per-length validation loss
+(Table 5); as its Figure 4 shows, it can stay flat while retrieval fails, so read it beside the
+needle grid, never instead of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from harness.errors import UserError
+from harness.values import format_length
+
+log = logging.getLogger(__name__)
+SPEC_PATH = Path(__file__).with_name("loss.yaml")
+NAME = "loss"
+
+
+@dataclass(frozen=True)
+class Cell:
+    suite: str
+    key: str
+    length: int      # tokens fed (the document cut to max_length)
+    domain: str
+    doc_id: str
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    bucket: int
+    max_length: int
+    corpus: str
+    documents: tuple[tuple[str, str], ...]  # (id, domain), in corpus order
+    max_new_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["documents"] = [list(x) for x in self.documents]
+        return d
+
+
+def bucket_name(start: int, width: int) -> str:
+    return f"{format_length(start) if start else '0'}-{format_length(start + width)}"
+
+
+def _held_out(corpus_dir: Path) -> tuple[dict, dict[str, tuple[str, str]]]:
+    import gzip
+
+    manifest = json.loads((corpus_dir / "manifest.json").read_text())
+    wanted = set(manifest.get("held_out", []))
+    found: dict[str, tuple[str, str]] = {}
+    for src in manifest["sources"].values():
+        with gzip.open(corpus_dir / src["file"], "rt", encoding="utf-8") as fh:
+            for line in fh:
+                doc = json.loads(line)
+                if doc["id"] in wanted:
+                    found[doc["id"]] = (doc["domain"], doc["text"])
+    return manifest, found
+
+
+def resolve_config(*, max_length: int, bucket: int | None = None, spec: dict | None = None) -> tuple[LossConfig, dict]:
+    """The loss suite's config for a model that handles ``max_length`` positions, and the texts."""
+    from harness.trainer import embedded
+
+    spec = spec or yaml.safe_load(SPEC_PATH.read_text())
+    width = int(bucket or spec["bucket"])
+    if width < 1:
+        raise UserError(f"--loss-bucket: {width} must be positive")
+    length = int(spec["max_length"] or max_length)
+    corpus_dir = embedded.build()
+    _, docs = _held_out(corpus_dir)
+    if not docs:
+        raise UserError(f"suite loss: the corpus at {corpus_dir} lists no held-out documents")
+    ordered = tuple((doc_id, docs[doc_id][0]) for doc_id in sorted(docs, key=lambda i: (docs[i][0], i)))
+    cfg = LossConfig(bucket=width, max_length=length, corpus=str(corpus_dir), documents=ordered)
+    return cfg, {doc_id: text for doc_id, (_, text) in docs.items()}
+
+
+class LossSuite:
+    name = NAME
+
+    def __init__(self, config: LossConfig, texts: dict[str, str], tokenizer):
+        self.config, self.tok = config, tokenizer
+        self.ids = {doc_id: tokenizer(texts[doc_id], add_special_tokens=False)["input_ids"][:config.max_length]
+                    for doc_id, _ in config.documents}
+        longest = max(len(v) for v in self.ids.values())
+        for start in range(0, config.max_length, config.bucket):
+            if start >= longest:
+                log.warning("loss bucket %s is beyond every held-out document (the longest has %s tokens): skipped",
+                            bucket_name(start, config.bucket), f"{longest:,}")
+                break
+
+    def cells(self) -> list[Cell]:
+        return [Cell(NAME, f"{NAME}/{doc_id}", len(self.ids[doc_id]), domain, doc_id)
+                for doc_id, domain in self.config.documents]
+
+    def evaluate(self, cell: Cell, backend) -> dict:
+        started = time.perf_counter()
+        nll = backend.token_nll(self.ids[cell.doc_id])  # position p predicts token p + 1
+        width = self.config.bucket
+        buckets = {}
+        for start in range(0, len(nll), width):
+            part = nll[start:start + width]
+            buckets[bucket_name(start, width)] = {"loss": float(part.mean()), "tokens": int(len(part))}
+        mean = float(nll.mean())
+        return {"suite": NAME, "key": cell.key, "length": cell.length, "tokens": int(len(nll)),
+                "domain": cell.domain, "doc_id": cell.doc_id, "score": mean,
+                "scores": {"loss": mean, **{f"loss_{k}": v["loss"] for k, v in buckets.items()}},
+                "buckets": buckets, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def summary(results: list[dict]) -> dict[str, dict[str, dict]]:
+    """domain -> bucket -> {loss (token-weighted mean), tokens, documents}."""
+    out: dict[str, dict[str, dict]] = {}
+    for r in results:
+        if r.get("suite") != NAME:
+            continue
+        for name, b in r["buckets"].items():
+            cell = out.setdefault(r["domain"], {}).setdefault(name, {"sum": 0.0, "tokens": 0, "documents": 0})
+            cell["sum"] += b["loss"] * b["tokens"]
+            cell["tokens"] += b["tokens"]
+            cell["documents"] += 1
+    return {d: {b: {"loss": v["sum"] / v["tokens"], "tokens": v["tokens"], "documents": v["documents"]}
+                for b, v in sorted(bs.items(), key=lambda kv: _bucket_start(kv[0]))}
+            for d, bs in sorted(out.items())}
+
+
+def _bucket_start(name: str) -> int:
+    from harness.values import parse_length
+
+    head = name.split("-")[0]
+    return 0 if head == "0" else parse_length(head)

@@ -192,13 +192,14 @@ def report(run_dirs, out) -> None:
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch engine): faster steps after a slow first one.")
 @click.option("--dtype", default="bf16", show_default=True, help="bf16 (autocast), fp32 or fp16.")
 @click.option("--save-every", default=0, show_default=True, type=int, help="Checkpoint every N steps (0: final only).")
+@click.option("--peak-tflops", type=float, default=None, help="Declared peak TFLOP/s per process for MFU (default: measured).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--local_rank", "--local-rank", "local_rank", default=None, hidden=True, help="Set by the deepspeed launcher.")
 def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scaling, lr, batch_tokens, micro_batch,
-          warmup_steps, engine, deepspeed_config, doc_mask, no_grad_ckpt, compile_, dtype, save_every, seed, resume,
-          out, local_rank) -> None:
+          warmup_steps, engine, deepspeed_config, doc_mask, no_grad_ckpt, compile_, dtype, save_every, peak_tflops,
+          seed, resume, out, local_rank) -> None:
     """Continual pretraining with RoPE extension on packed shards (torch or DeepSpeed)."""
     from harness import models
     from harness.trainer import loop
@@ -206,12 +207,12 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
 
     if bool(base) == bool(from_scratch):
         raise UserError("train: give exactly one of --base PATH|smollm2-135m or --from-scratch tiny")
-    length = parse_length(seq_len or ("512" if from_scratch else ""), "--seq-len") if (seq_len or from_scratch) else None
-    if length is None:
-        raise UserError("--seq-len: required with --base (e.g. 8k)")
-    tokens = parse_budget(budget or ("300k" if from_scratch else ""), "--tokens") if (budget or from_scratch) else None
-    if tokens is None:
-        raise UserError("--tokens: required with --base (e.g. 50M)")
+    # From scratch the run has defaults sized for a CPU in minutes; a continued base needs both.
+    seq_len = seq_len or ("512" if from_scratch else None)
+    budget = budget or ("300k" if from_scratch else None)
+    if seq_len is None or budget is None:
+        raise UserError("train --base: --seq-len and --tokens are required (e.g. --seq-len 8k --tokens 50M)")
+    length, tokens = parse_length(seq_len, "--seq-len"), parse_budget(budget, "--tokens")
     if engine not in loop.ENGINES:
         raise UserError(f"--engine: unknown {engine!r}; known: {', '.join(loop.ENGINES)}")
     scaling = models.parse_rope_scaling(rope_scaling)
@@ -232,7 +233,7 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
         batch_tokens=parse_budget(batch_tokens, "--batch-tokens") if batch_tokens else (8 * length if from_scratch else None),
         micro_batch=micro_batch, warmup_steps=warmup_steps, engine=engine, deepspeed_config=deepspeed_config,
         doc_mask=doc_mask, grad_ckpt=not no_grad_ckpt, compile=compile_, dtype=dtype, save_every=save_every, seed=seed,
-        from_scratch=from_scratch)
+        peak_tflops=peak_tflops, from_scratch=from_scratch)
     final = loop.train(cfg, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(final))

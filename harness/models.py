@@ -149,7 +149,7 @@ def apply_rope(config: Any, rope_theta: float | None, rope_scaling: tuple[str, f
     return params
 
 
-def _display_name(path: Path) -> str:
+def display_name(path: Path) -> str:
     source = path / "SOURCE.json"
     if source.is_file():
         return json.loads(source.read_text()).get("name", path.name)
@@ -204,7 +204,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     info = {
         "spec": spec,
         "path": str(path),
-        "name": _display_name(path),
+        "name": display_name(path),
         "model_type": config.model_type,
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": str(DTYPES[dtype]).removeprefix("torch."),

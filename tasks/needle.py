@@ -189,11 +189,8 @@ class NeedleSuite:
         needle_at = start + needle_char
         needle_tok = next(i for i, (a, b) in enumerate(offsets) if b > needle_at)
         context_tok = next(i for i, (a, b) in enumerate(offsets) if b > start)
-        needle_len = len(self.tok(self.config.needle, add_special_tokens=False)["input_ids"])
-        hay_tokens = max(1, n_hay)
-        depth_actual = 100.0 * (needle_tok - context_tok) / hay_tokens
-        return Prompt(ids=list(ids), needle_token=needle_tok,
-                      depth_actual=round(min(100.0, max(0.0, depth_actual)), 2) if needle_len else 0.0)
+        depth_actual = 100.0 * (needle_tok - context_tok) / max(1, n_hay)
+        return Prompt(ids=list(ids), needle_token=needle_tok, depth_actual=round(min(100.0, max(0.0, depth_actual)), 2))
 
     # -- scoring --------------------------------------------------------------------------------
     def score(self, output: str) -> dict[str, float]:

@@ -59,6 +59,7 @@ class TrainConfig:
     grad_ckpt: bool = True
     loss_chunk: int = 1024            # positions per chunk of the LM-head loss; 0: transformers' loss
     compile: bool = False             # torch.compile the model (torch engine; first step compiles)
+    peak_tflops: float | None = None  # declared peak per process for MFU; None: measure a GEMM
     dtype: str = "bf16"
     save_every: int = 0               # 0: only the final checkpoint
     seed: int = 0
@@ -68,6 +69,7 @@ class TrainConfig:
         """What determines the run's numbers (the resume check compares this)."""
         d = asdict(self)
         d.pop("save_every")
+        d.pop("peak_tflops")
         d["rope_scaling"] = list(self.rope_scaling) if self.rope_scaling else None
         return d
 
@@ -125,7 +127,7 @@ def _load_model(cfg: TrainConfig, tokenizer, device: torch.device):
         # keeps the original length it is relative to in rope_parameters).
         config.max_position_embeddings = max(int(config.max_position_embeddings), cfg.seq_len)
         model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32, attn_implementation=attn)
-        name = models._display_name(path)
+        name = models.display_name(path)
     if cfg.grad_ckpt:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -267,7 +269,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
 
     # -- metrics ---------------------------------------------------------------------------------
     per_seq_flops = flops.train_flops(engine.model.config, cfg.seq_len)
-    peak = flops.measure_peak(device.type if device.type == "cpu" else str(device), dtype) * world
+    if cfg.peak_tflops:
+        peak = cfg.peak_tflops * 1e12 * world
+    else:
+        peak = flops.measure_peak(device.type if device.type == "cpu" else str(device), dtype) * world
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter

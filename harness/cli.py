@@ -58,7 +58,7 @@ def _slug(text: str) -> str:
 @cli.command()
 @click.option("--model", "model_spec", required=True, metavar="PATH|smollm2-135m",
               help="A local Hugging Face causal-LM directory, or smollm2-135m (the embedded default).")
-@click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle, loss.")
+@click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle, bookqa, loss.")
 @click.option("--preset", default=None, help="Grid preset from the suite's YAML: quick (default), paper, tiny.")
 @click.option("--lengths", default=None, help="Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
 @click.option("--depths", default=None, help="Needle depths in percent: 0,50,100 or 0:100:10.")
@@ -66,14 +66,15 @@ def _slug(text: str) -> str:
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template instead of the paper's base prompt.")
 @click.option("--max-new-tokens", type=int, default=None, help="Greedy tokens to generate (suite default: 50).")
 @click.option("--loss-bucket", default=None, help="Loss suite: tokens per position bucket (default 4k).")
+@click.option("--bookqa", "bookqa_file", default=None, help="BookQA: an InfiniteBench longbook_qa_eng jsonl (default: the offline set).")
 @click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
 @click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR", help="linear|dynamic|yarn with a factor > 1, e.g. linear:4.")
 @click.option("--dtype", default="bf16", show_default=True, help="bf16, fp32 or fp16.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
-def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_tokens, loss_bucket, rope_theta,
-        rope_scaling, dtype, device, out) -> None:
+def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_tokens, loss_bucket, bookqa_file,
+        rope_theta, rope_scaling, dtype, device, out) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
     from harness import models, provenance
     from harness.tasks import SUITES
@@ -90,7 +91,7 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
     from harness.engine import run_suite
     from harness.store import RunStore, check_writable
     from harness.tasks import haystack as haystacks
-    from harness.tasks import loss, needle
+    from harness.tasks import bookqa, loss, needle
 
     needle_cfg = hay = None
     if "needle" in suites:
@@ -99,6 +100,8 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
         # Resolve the grid before loading the model: malformed flags fail in milliseconds.
         needle_cfg = needle.resolve_config(preset=preset, lengths=lengths, depths=depths, chat=chat,
                                            haystack=hay, max_new_tokens=max_new_tokens, spec=spec)
+    if "bookqa" in suites:
+        bookqa_cfg, books, items = bookqa.resolve_config(preset=preset, lengths=lengths, bookqa=bookqa_file)
     out = out or Path("runs") / _slug(Path(model_spec).name)
     check_writable(out)
     with console.status(f"loading {model_spec}"):
@@ -108,6 +111,9 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
     if needle_cfg is not None:
         suite_configs["needle"] = needle_cfg.to_dict()
         builders["needle"] = lambda: needle.NeedleSuite(needle_cfg, hay, loaded.tokenizer)
+    if "bookqa" in suites:
+        suite_configs["bookqa"] = bookqa_cfg.to_dict()
+        builders["bookqa"] = lambda: bookqa.BookQASuite(bookqa_cfg, books, items, loaded.tokenizer)
     if "loss" in suites:
         loss_cfg, texts = loss.resolve_config(max_length=loaded.max_positions, bucket=bucket)
         suite_configs["loss"] = loss_cfg.to_dict()
@@ -138,6 +144,8 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
     scores = [r["score"] for r in results if r["suite"] == "needle"]
     if scores:
         console.print(f"needle mean score {sum(scores) / len(scores):.3f} over {len(scores)} cells")
+    for length, v in bookqa.summary(results)["by_length"].items():
+        console.print(f"bookqa {format_length(length)}: paper recall {v['paper']:.3f}, qa_f1 {v['qa_f1']:.3f} over {v['n']}")
     for domain, buckets in loss.summary(results).items():
         console.print(f"loss {domain}: " + ", ".join(f"{b} {v['loss']:.3f}" for b, v in buckets.items()))
     if figures:
@@ -148,7 +156,8 @@ def _draw(run_dir: Path, results: list[dict], manifest: dict, out: Path | None) 
     """Every figure the stored results support (PNG first of each pair)."""
     from harness.reports import heatmap, loss_curves
 
-    return heatmap.write(run_dir, results, manifest, out) + loss_curves.write(run_dir, results, manifest, out)
+    return (heatmap.write(run_dir, results, manifest, out) + heatmap.write(run_dir, results, manifest, out, "bookqa")
+            + loss_curves.write(run_dir, results, manifest, out))
 
 
 @cli.command()

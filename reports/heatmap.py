@@ -54,7 +54,7 @@ def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None):
                   rotation=45 if len(lengths) > 8 else 0, ha="right" if len(lengths) > 8 else "center")
     ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
     ax.set_xlabel("Context length (tokens)")
-    ax.set_ylabel("Needle depth")
+    ax.set_ylabel("Depth of the answer")
     mean = float(np.nanmean(values)) if values.size else float("nan")
     ax.set_title(f"{title} · mean {mean:.3f}", fontsize=10)
     x = max_position_x(lengths, max_positions)
@@ -62,7 +62,7 @@ def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None):
         ax.axvline(x, color="white", linestyle="--", linewidth=2)
         ax.axvline(x, color="black", linestyle=(0, (4, 4)), linewidth=1)
     cbar = (fig or ax.figure).colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cbar.set_label("score (fraction of needle words recalled)")
+    cbar.set_label("score (fraction of answer words recalled)")
     return fig or ax.figure
 
 

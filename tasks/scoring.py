@@ -6,6 +6,7 @@
 - ``rouge1_f``: ROUGE-1 F-measure with Porter stemming (``rouge-score``), the seed repo's number
   before its x10.
 - ``exact``: 1 if the normalised answer occurs as a contiguous word sequence in the output.
+- ``qa_f1``: InfiniteBench's QA metric: token F1 after SQuAD-style normalisation.
 """
 
 from __future__ import annotations
@@ -41,3 +42,24 @@ def rouge1_f(output: str, reference: str) -> float:
 def exact(output: str, answer: str) -> float:
     needle = " ".join(words(answer))
     return float(bool(needle) and f" {needle} " in f" {' '.join(words(output))} ")
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def _normalize_answer(text: str) -> list[str]:
+    """InfiniteBench / SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    return _ARTICLES.sub(" ", _PUNCT.sub("", text.lower())).split()
+
+
+def qa_f1(output: str, answer: str) -> float:
+    """InfiniteBench's ``qa_f1`` for one reference: token F1 of the normalised strings."""
+    from collections import Counter
+
+    pred, ref = _normalize_answer(output), _normalize_answer(answer)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)

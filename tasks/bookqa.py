@@ -1,0 +1,281 @@
+"""BookQA: answer a question about a whole book, middle-truncated to the target length.
+
+Two sources of items:
+- ``--bookqa FILE``: InfiniteBench ``longbook_qa_eng`` jsonl (``id``, ``context``, ``input``,
+  ``answer``), the paper's set (351 questions, about 192.6K tokens each);
+- the offline default, built here from public-domain plays in the embedded corpus (see
+  tasks/bookqa.yaml): speakers renamed, one cloze question per unique line naming one of them,
+  each answer's character offset recorded.
+A cell is (item, length). The context is cut to fit the prompt in ``length`` tokens, keeping the
+head and the tail (InfiniteBench's middle truncation); an offline item runs at a length only if
+its line survives the cut, and its depth is where that line sits in what remains.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from harness.errors import UserError
+from harness.tasks import scoring
+from harness.values import parse_lengths
+
+SPEC_PATH = Path(__file__).with_name("bookqa.yaml")
+NAME = "bookqa"
+FIELDS = ("context", "input", "answer")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    book: str                  # which context (key into the suite's books)
+    question: str
+    answers: tuple[str, ...]
+    offset: int | None = None  # character offset of the answer's line in the book (offline set)
+    span: int = 0              # that line's length in characters
+
+
+@dataclass(frozen=True)
+class Cell:
+    suite: str
+    key: str
+    length: int
+    item: str
+
+
+# -- the offline set -------------------------------------------------------------------------------
+def _speakers(text: str, n: int) -> list[str]:
+    """The ``n`` most frequent speaker tags ("OTHELLO." on its own line) that are names: a tag
+    whose word also occurs in lower case (DUCHESS, KING, CLOWN) is a role, not a name."""
+    tags = Counter(re.findall(r"^([A-Z][A-Z]{2,})\.$", text, flags=re.M))
+    lower = set(re.findall(r"\b[a-z]+\b", text))
+    names = [name for name, _ in tags.most_common() if name.lower() not in lower][:n]
+    if len(names) < n:
+        raise UserError(f"bookqa: found {len(names)} named speakers, {n} wanted (is this a play with NAME. tags?)")
+    return names
+
+
+def rename(text: str, speakers: list[str], names: list[str]) -> tuple[str, dict[str, str]]:
+    """Replace each speaker's name (any case) with an unused new name, throughout the text."""
+    taken = set(re.findall(r"[A-Za-z]+", text.lower()))
+    pool = [n for n in names if n.lower() not in taken]
+    if len(pool) < len(speakers):
+        raise UserError(f"bookqa: not enough unused replacement names ({len(pool)}) for {len(speakers)} speakers")
+    mapping = dict(zip(speakers, pool))
+
+    def sub(m: re.Match) -> str:
+        new = mapping[m.group(0).upper()]
+        return new.upper() if m.group(0).isupper() else new
+
+    pattern = re.compile(r"\b(" + "|".join(re.escape(s) for s in speakers) + r")\b", flags=re.I)
+    return pattern.sub(sub, text), {old: new for old, new in mapping.items()}
+
+
+def offline_items(spec: dict, corpus_dir: Path, seed: int = 0) -> tuple[dict[str, str], list[Item]]:
+    """The renamed books and their cloze questions (deterministic for a seed)."""
+    cfg = spec["offline"]
+    wanted = list(cfg["books"])
+    found: dict[str, str] = {}
+    manifest = json.loads((corpus_dir / "manifest.json").read_text())
+    for src in manifest["sources"].values():
+        if not any(w.startswith(f"{src['file'].split('.')[0]}/") for w in wanted):
+            continue
+        with gzip.open(corpus_dir / src["file"], "rt", encoding="utf-8") as fh:
+            for line in fh:
+                doc = json.loads(line)
+                if doc["id"] in wanted:
+                    found[doc["id"]] = doc["text"]
+    missing = [w for w in wanted if w not in found]
+    if missing:
+        raise UserError(f"bookqa: the embedded corpus at {corpus_dir} lacks {', '.join(missing)}")
+    rng = np.random.default_rng(seed)
+    books, items = {}, []
+    for book_id in wanted:
+        text, mapping = rename(found[book_id], _speakers(found[book_id], cfg["rename"]), list(cfg["names"]))
+        books[book_id] = text
+        new_names = sorted(mapping.values())
+        lines = Counter(text.split("\n"))
+        candidates = []
+        pos = 0
+        for line in text.split("\n"):
+            hits = [n for n in new_names if re.search(rf"\b{n}\b", line)]
+            if (len(hits) == 1 and len(re.findall(rf"\b{hits[0]}\b", line)) == 1 and lines[line] == 1
+                    and len(line.split()) >= cfg["min_words"] and not line.lstrip().startswith("[")):
+                candidates.append((pos, line, hits[0]))
+            pos += len(line) + 1
+        if len(candidates) < 25:
+            raise UserError(f"bookqa: {book_id} yields only {len(candidates)} questions (25 needed)")
+        # Up to questions_per_book, evenly spread through the book, a seeded pick in each stretch.
+        n = min(cfg["questions_per_book"], len(candidates))
+        edges = np.linspace(0, len(candidates), n + 1).astype(int)
+        for k, (a, b) in enumerate(zip(edges[:-1], edges[1:])):
+            pos, line, name = candidates[int(rng.integers(a, b))]
+            blanked = re.sub(rf"\b{name}\b", "____", line.strip())
+            items.append(Item(f"{book_id}/q{k:03d}", book_id,
+                              f'Which name is missing from this line of the book: "{blanked}"?', (name,),
+                              offset=pos, span=len(line)))
+    return books, items
+
+
+def read_infinitebench(path: Path) -> tuple[dict[str, str], list[Item]]:
+    """InfiniteBench longbook_qa_eng jsonl: one book per line with its question and answers."""
+    books, items = {}, []
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--bookqa: cannot read {str(path)!r} ({exc.strerror})") from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"--bookqa: {path} line {lineno} is not JSON") from None
+            missing = [f for f in FIELDS if f not in row]
+            if missing:
+                raise UserError(f"--bookqa: {path} line {lineno} has no {missing[0]!r} field "
+                                f"(InfiniteBench longbook_qa_eng rows need {', '.join(FIELDS)})")
+            answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
+            item_id = str(row.get("id", lineno))
+            books[item_id] = row["context"]
+            items.append(Item(item_id, item_id, row["input"], tuple(str(a) for a in answers)))
+    if not items:
+        raise UserError(f"--bookqa: {path} holds no rows")
+    return books, items
+
+
+# -- config and suite ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BookQAConfig:
+    lengths: tuple[int, ...]
+    per_book: int
+    prompt: str
+    max_new_tokens: int
+    stop_at_eos: bool
+    source: str
+    sha256: str
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lengths"] = list(self.lengths)
+        return d
+
+
+def resolve_config(*, preset: str | None, lengths: str | None, bookqa: str | None, seed: int = 0):
+    import hashlib
+
+    from harness.trainer import embedded
+
+    spec = yaml.safe_load(SPEC_PATH.read_text())
+    name = preset or spec["default_preset"]
+    if name not in spec["presets"]:
+        raise UserError(f"--preset: unknown {name!r} for suite bookqa; known: {', '.join(spec['presets'])}")
+    grid = spec["presets"][name]
+    if bookqa:
+        books, items = read_infinitebench(Path(bookqa))
+        source = f"infinitebench:{Path(bookqa).resolve()}"
+    else:
+        books, items = offline_items(spec, embedded.build(), seed)
+        source = "offline:embedded-plays"
+    digest = hashlib.sha256(json.dumps([[i.id, i.question, i.answers] for i in items]).encode()
+                            + "".join(books[k] for k in sorted(books)).encode()).hexdigest()[:16]
+    cfg = BookQAConfig(tuple(parse_lengths(lengths or str(grid["lengths"]))), int(grid["per_book"]), spec["prompt"],
+                       int(spec["max_new_tokens"]), bool(spec["stop_at_eos"]), source, digest)
+    return cfg, books, items
+
+
+def middle_truncate(ids: list[int], budget: int) -> tuple[list[int], int]:
+    """Keep the first and last ``budget // 2``-ish tokens; returns (kept ids, index where the cut is)."""
+    if len(ids) <= budget:
+        return ids, len(ids)
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head):], head
+
+
+class BookQASuite:
+    name = NAME
+
+    def __init__(self, config: BookQAConfig, books: dict[str, str], items: list[Item], tokenizer):
+        self.config, self.tok = config, tokenizer
+        self.items = {i.id: i for i in items}
+        self.books = {}
+        for book_id, text in books.items():
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            self.books[book_id] = (enc["input_ids"], [o[0] for o in enc["offset_mapping"]])
+        self._cells = self._plan()
+
+    def _overhead(self, item: Item) -> int:
+        return len(self.tok(self.config.prompt.format(context="", question=item.question))["input_ids"])
+
+    def _place(self, item: Item, length: int):
+        """(context ids, depth percent or None), or None when the answer's line is cut away."""
+        ids, starts = self.books[item.book]
+        budget = max(16, length - self._overhead(item))
+        kept, cut = middle_truncate(ids, budget)
+        if item.offset is None:
+            return kept, None
+        first = int(np.searchsorted(starts, item.offset, side="right")) - 1
+        last = int(np.searchsorted(starts, item.offset + item.span, side="left"))
+        removed = len(ids) - len(kept)
+        if last <= cut:
+            at = first
+        elif first >= cut + removed:
+            at = first - removed
+        else:
+            return None
+        return kept, 100.0 * at / max(1, len(kept))
+
+    def _plan(self) -> list[Cell]:
+        cells = []
+        for length in self.config.lengths:
+            for book_id in self.books:
+                fits = [i for i in self.items.values() if i.book == book_id and self._place(i, length) is not None]
+                step = max(1, len(fits) / self.config.per_book)
+                chosen = [fits[int(k * step)] for k in range(min(self.config.per_book, len(fits)))]
+                cells += [Cell(NAME, f"{NAME}/{length}/{i.id}", length, i.id) for i in chosen]
+        return cells
+
+    def cells(self) -> list[Cell]:
+        return self._cells
+
+    def evaluate(self, cell: Cell, backend) -> dict:
+        started = time.perf_counter()
+        item = self.items[cell.item]
+        kept, depth = self._place(item, cell.length)
+        context = self.tok.decode(kept)
+        prompt = self.config.prompt.format(context=context, question=item.question)
+        ids = self.tok(prompt)["input_ids"]
+        gen = backend.generate(ids, self.config.max_new_tokens, stop_at_eos=self.config.stop_at_eos)
+        paper = max(scoring.paper_recall(gen.text, a) for a in item.answers)
+        f1 = max(scoring.qa_f1(gen.text, a) for a in item.answers)
+        return {"suite": NAME, "key": cell.key, "length": cell.length, "tokens": len(ids), "item": item.id,
+                "book": item.book, "depth": None if depth is None else round(depth / 10) * 10,
+                "depth_actual": None if depth is None else round(depth, 2), "answers": list(item.answers),
+                "score": paper, "scores": {"paper": paper, "qa_f1": f1}, "output": gen.text,
+                "new_tokens": gen.new_tokens, "seconds": round(time.perf_counter() - started, 3)}
+
+
+def summary(results: list[dict]) -> dict:
+    """Mean of both metrics by length, and by answer depth (offline items)."""
+    rows = [r for r in results if r.get("suite") == NAME]
+    by_length, by_depth = {}, {}
+    for r in rows:
+        for table, key in ((by_length, r["length"]), (by_depth, r["depth"])):
+            if key is None:
+                continue
+            acc = table.setdefault(key, {"paper": 0.0, "qa_f1": 0.0, "n": 0})
+            acc["paper"] += r["scores"]["paper"]
+            acc["qa_f1"] += r["scores"]["qa_f1"]
+            acc["n"] += 1
+    norm = lambda t: {k: {"paper": v["paper"] / v["n"], "qa_f1": v["qa_f1"] / v["n"], "n": v["n"]}  # noqa: E731
+                      for k, v in sorted(t.items())}
+    return {"by_length": norm(by_length), "by_depth": norm(by_depth)}

@@ -1,0 +1,86 @@
+"""BookQA: the metrics, middle truncation, the offline set built from real plays, the reader."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from harness.errors import UserError
+from harness.tasks import bookqa, scoring
+from harness.trainer import embedded
+from tests.conftest import harness_cli
+
+
+def test_both_metrics_on_known_strings():
+    assert scoring.qa_f1("The Aldous!", "aldous") == 1.0  # articles and punctuation dropped
+    # "it was aldous" vs "aldous of york": 1 common token, precision 1/3, recall 1/3
+    assert scoring.qa_f1("it was Aldous", "Aldous of York") == pytest.approx(1 / 3)
+    assert scoring.qa_f1("nobody", "Aldous") == 0.0
+    assert scoring.paper_recall("I think it was Aldous, sir.", "Aldous") == 1.0
+    assert scoring.paper_recall("Aldous", "Aldous of York") == pytest.approx(1 / 3)
+
+
+def test_middle_truncation_keeps_head_and_tail():
+    ids = list(range(100))
+    kept, cut = bookqa.middle_truncate(ids, 10)
+    assert kept == [0, 1, 2, 3, 4, 95, 96, 97, 98, 99] and cut == 5
+    assert bookqa.middle_truncate(ids, 200) == (ids, 100)
+
+
+@pytest.fixture(scope="module")
+def offline():
+    spec = yaml.safe_load(bookqa.SPEC_PATH.read_text())
+    return spec, *bookqa.offline_items(spec, embedded.build(), seed=0)
+
+
+def test_offline_set_answers_sit_at_their_recorded_offsets(offline):
+    spec, books, items = offline
+    assert len(items) >= 100 and len({i.book for i in items}) >= 3
+    for item in items:
+        line = books[item.book][item.offset:item.offset + item.span]
+        (answer,) = item.answers
+        assert re.search(rf"\b{answer}\b", line), item.id
+        blanked = re.search(r'"(.*)"\?$', item.question).group(1)
+        assert blanked.replace("____", answer) == line.strip(), item.id
+
+
+def test_main_characters_are_renamed_throughout(offline):
+    spec, books, items = offline
+    for book_id, text in books.items():
+        original = next(d for d in _docs() if d["id"] == book_id)["text"]
+        for old in bookqa._speakers(original, spec["offline"]["rename"]):
+            assert not re.search(rf"\b{old}\b", text, flags=re.I), (book_id, old)
+    again = bookqa.offline_items(spec, embedded.build(), seed=0)[1]
+    assert again == items  # deterministic from the seed
+
+
+def _docs():
+    import gzip
+
+    with gzip.open(embedded.build() / "shakespeare.jsonl.gz", "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_infinitebench_reader_names_the_missing_field(tmp_path):
+    f = tmp_path / "ib.jsonl"
+    f.write_text(json.dumps({"id": 0, "context": "a book", "input": "q?", "answer": ["x"]}) + "\n"
+                 + json.dumps({"id": 1, "context": "a book", "answer": ["y"]}) + "\n")
+    with pytest.raises(UserError, match="line 2 has no 'input' field"):
+        bookqa.read_infinitebench(f)
+
+
+def test_bookqa_runs_end_to_end_on_an_infinitebench_file(tiny_model_dir, kjv, tmp_path):
+    f = tmp_path / "ib.jsonl"
+    rows = [{"id": k, "context": kjv.text[k * 20000:(k + 1) * 20000], "input": "Who created the heaven and the earth?",
+             "answer": ["God"], "options": []} for k in range(2)]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    proc = harness_cli("run", "--model", str(tiny_model_dir), "--suite", "bookqa", "--bookqa", str(f),
+                       "--lengths", "512,1k", "--dtype", "fp32", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 4 and {r["length"] for r in results} == {512, 1024}
+    assert all(abs(r["tokens"] - r["length"]) <= 0.02 * r["length"] for r in results)
+    assert all(set(r["scores"]) == {"paper", "qa_f1"} for r in results)
+    assert "bookqa 1K:" in proc.stderr

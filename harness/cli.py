@@ -58,7 +58,7 @@ def _slug(text: str) -> str:
 @cli.command()
 @click.option("--model", "model_spec", required=True, metavar="PATH|smollm2-135m",
               help="A local Hugging Face causal-LM directory, or smollm2-135m (the embedded default).")
-@click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle, bookqa, loss.")
+@click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle, bookqa, regression, loss.")
 @click.option("--preset", default=None, help="Grid preset from the suite's YAML: quick (default), paper, tiny.")
 @click.option("--lengths", default=None, help="Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
 @click.option("--depths", default=None, help="Needle depths in percent: 0,50,100 or 0:100:10.")
@@ -67,6 +67,9 @@ def _slug(text: str) -> str:
 @click.option("--max-new-tokens", type=int, default=None, help="Greedy tokens to generate (suite default: 50).")
 @click.option("--loss-bucket", default=None, help="Loss suite: tokens per position bucket (default 4k).")
 @click.option("--bookqa", "bookqa_file", default=None, help="BookQA: an InfiniteBench longbook_qa_eng jsonl (default: the offline set).")
+@click.option("--regression-tasks", default=None, help="Regression: lm-eval task names (default: the offline KJV cloze and perplexity).")
+@click.option("--regression-fewshot", default=0, show_default=True, type=int, help="Regression: few-shot examples (the paper's MMLU: 5).")
+@click.option("--regression-limit", default=None, type=int, help="Regression: at most this many documents per task.")
 @click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
 @click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR", help="linear|dynamic|yarn with a factor > 1, e.g. linear:4.")
 @click.option("--dtype", default="bf16", show_default=True, help="bf16, fp32 or fp16.")
@@ -74,7 +77,7 @@ def _slug(text: str) -> str:
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
 def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_tokens, loss_bucket, bookqa_file,
-        rope_theta, rope_scaling, dtype, device, out) -> None:
+        regression_tasks, regression_fewshot, regression_limit, rope_theta, rope_scaling, dtype, device, out) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
     from harness import models, provenance
     from harness.tasks import SUITES
@@ -91,7 +94,7 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
     from harness.engine import run_suite
     from harness.store import RunStore, check_writable
     from harness.tasks import haystack as haystacks
-    from harness.tasks import bookqa, loss, needle
+    from harness.tasks import bookqa, loss, needle, regression
 
     needle_cfg = hay = None
     if "needle" in suites:
@@ -114,6 +117,12 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
     if "bookqa" in suites:
         suite_configs["bookqa"] = bookqa_cfg.to_dict()
         builders["bookqa"] = lambda: bookqa.BookQASuite(bookqa_cfg, books, items, loaded.tokenizer)
+    if "regression" in suites:
+        # Short-context skill: lm-eval at up to 4K positions (the paper's "4K regression").
+        reg_cfg = regression.resolve_config(tasks=regression_tasks, num_fewshot=regression_fewshot,
+                                            limit=regression_limit, max_length=min(4096, loaded.max_positions))
+        suite_configs["regression"] = reg_cfg.to_dict()
+        builders["regression"] = lambda: regression.RegressionSuite(reg_cfg, loaded.tokenizer)
     if "loss" in suites:
         loss_cfg, texts = loss.resolve_config(max_length=loaded.max_positions, bucket=bucket)
         suite_configs["loss"] = loss_cfg.to_dict()
@@ -146,6 +155,9 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
         console.print(f"needle mean score {sum(scores) / len(scores):.3f} over {len(scores)} cells")
     for length, v in bookqa.summary(results)["by_length"].items():
         console.print(f"bookqa {format_length(length)}: paper recall {v['paper']:.3f}, qa_f1 {v['qa_f1']:.3f} over {v['n']}")
+    for r in (r for r in results if r["suite"] == "regression"):
+        err = r["scores"].get(f"{r['metric']}_stderr")
+        console.print(f"regression {r['task']}: {r['metric']} {r['score']:.4f}" + (f" ± {err:.4f}" if err else ""))
     for domain, buckets in loss.summary(results).items():
         console.print(f"loss {domain}: " + ", ".join(f"{b} {v['loss']:.3f}" for b, v in buckets.items()))
     if figures:

@@ -4,4 +4,4 @@ evaluates one cell with a backend, returning the result line that goes into the 
 Mapped to ``harness.tasks`` (see pyproject.toml).
 """
 
-SUITES = ("needle", "bookqa", "loss")
+SUITES = ("needle", "bookqa", "regression", "loss")

@@ -1,0 +1,138 @@
+"""4K regression: short-context skill through lm-eval, on the very model object under test.
+
+The paper checks that context extension does not cost short-context skill (MMLU 5-shot). Here any
+lm-eval task runs through lm-eval's Python API on the loaded model (so eval-time RoPE overrides
+apply), one cell per task; the default set is offline: tasks/regression_tasks/*.yaml over committed
+public-domain data. A cell stores lm-eval's metrics and their standard errors; its ``score`` is
+the task's first metric.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from harness.errors import UserError
+from harness.paths import cache_dir
+
+NAME = "regression"
+TASK_DIR = Path(__file__).with_name("regression_tasks")
+DEFAULT_TASKS = ("harness_kjv_cloze", "harness_kjv_ppl")
+
+
+@dataclass(frozen=True)
+class Cell:
+    suite: str
+    key: str
+    length: int
+    task: str
+
+
+@dataclass(frozen=True)
+class RegressionConfig:
+    tasks: tuple[str, ...]
+    num_fewshot: int
+    limit: int | None
+    max_length: int
+    max_new_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+
+def include_dir() -> Path:
+    """The offline tasks with their data paths made absolute (lm-eval resolves them from the CWD)."""
+    out = cache_dir("lm-eval-tasks")
+    for yml in TASK_DIR.glob("*.yaml"):
+        (out / yml.name).write_text(yml.read_text().replace("__DIR__", str(TASK_DIR.resolve())))
+    for data in TASK_DIR.glob("*.jsonl"):
+        shutil.copyfile(data, out / data.name) if not (out / data.name).exists() else None
+    return out
+
+
+@lru_cache(maxsize=1)
+def task_manager():
+    """lm-eval's task index with our offline tasks included (indexing takes seconds: built once)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(include_dir()))
+
+
+def resolve_config(*, tasks: str | None, num_fewshot: int, limit: int | None, max_length: int) -> RegressionConfig:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise UserError("suite regression: lm-eval is not installed; pip install 'lm-eval==0.4.13'") from None
+    names = tuple(t.strip() for t in tasks.split(",")) if tasks else DEFAULT_TASKS
+    known = task_manager().all_tasks
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=3)
+            raise UserError(f"--regression-tasks: unknown lm-eval task {name!r}"
+                            + (f"; did you mean {', '.join(close)}?" if close else "; see `lm_eval ls tasks`"))
+    if num_fewshot < 0:
+        raise UserError(f"--regression-fewshot: {num_fewshot} must be >= 0")
+    return RegressionConfig(names, num_fewshot, limit, max_length)
+
+
+def _CheckedHFLM(**kwargs):  # noqa: N802 (a class built lazily: lm-eval imports slowly)
+    return _checked_hflm()(**kwargs)
+
+
+class RegressionSuite:
+    name = NAME
+
+    def __init__(self, config: RegressionConfig, tokenizer):
+        self.config, self.tok = config, tokenizer
+
+    def cells(self) -> list[Cell]:
+        return [Cell(NAME, f"{NAME}/{task}", self.config.max_length, task) for task in self.config.tasks]
+
+    def evaluate(self, cell: Cell, backend) -> dict:
+        from lm_eval import simple_evaluate
+
+        started = time.perf_counter()
+        model = backend.loaded.model
+        lm = _CheckedHFLM(pretrained=model, tokenizer=self.tok, max_length=self.config.max_length, batch_size=1)
+        lm.task_name, lm.fewshot = cell.task, self.config.num_fewshot
+        out = simple_evaluate(model=lm, tasks=[cell.task], num_fewshot=self.config.num_fewshot,
+                              limit=self.config.limit, task_manager=task_manager(), log_samples=False,
+                              bootstrap_iters=1000, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
+                              fewshot_random_seed=0)
+        metrics = out["results"][cell.task]
+        scores = {k.replace(",none", ""): float(v) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "alias"}
+        clean = {k: (v if math.isfinite(v) else None) for k, v in scores.items()}
+        declared = list(out.get("higher_is_better", {}).get(cell.task, {}))  # the task's metrics, in order
+        primary = next((k for k in declared if k in clean), next(k for k in clean if not k.endswith("_stderr")))
+        return {"suite": NAME, "key": cell.key, "length": cell.length, "tokens": None, "task": cell.task,
+                "metric": primary, "score": clean[primary], "scores": clean,
+                "n_samples": out.get("n-samples", {}).get(cell.task, {}).get("effective"),
+                "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _checked_hflm():
+    from lm_eval.models.huggingface import HFLM
+
+    class CheckedHFLM(HFLM):
+        """HFLM that refuses, instead of silently left-truncating, a prompt longer than the context."""
+
+        task_name, fewshot = "", 0
+
+        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+            for _, context, continuation in requests:
+                n = len(context) + len(continuation)
+                if n > self.max_length + 1:
+                    raise UserError(f"--regression-fewshot: a {self.fewshot}-shot prompt of {self.task_name} is "
+                                    f"{n:,} tokens, longer than the {self.max_length:,} the model is evaluated at; "
+                                    f"lower --regression-fewshot")
+            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+
+    return CheckedHFLM

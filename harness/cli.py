@@ -149,19 +149,33 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
     figures = _draw(store.path, list(store.results()), store.read_manifest(), None)
     for path in figures:
         console.print(f"figure: {path}")
-    results = list(store.results())
-    scores = [r["score"] for r in results if r["suite"] == "needle"]
-    if scores:
-        console.print(f"needle mean score {sum(scores) / len(scores):.3f} over {len(scores)} cells")
-    for length, v in bookqa.summary(results)["by_length"].items():
-        console.print(f"bookqa {format_length(length)}: paper recall {v['paper']:.3f}, qa_f1 {v['qa_f1']:.3f} over {v['n']}")
-    for r in (r for r in results if r["suite"] == "regression"):
-        err = r["scores"].get(f"{r['metric']}_stderr")
-        console.print(f"regression {r['task']}: {r['metric']} {r['score']:.4f}" + (f" ± {err:.4f}" if err else ""))
-    for domain, buckets in loss.summary(results).items():
-        console.print(f"loss {domain}: " + ", ".join(f"{b} {v['loss']:.3f}" for b, v in buckets.items()))
+    console.print(_summary_table(list(store.results())))
     if figures:
         click.echo(str(figures[0]))
+
+
+def _summary_table(results: list[dict]):
+    """One table over every suite in the run: what a researcher reads first."""
+    from rich.table import Table
+
+    from harness.tasks import bookqa, loss
+
+    t = Table(title="results")
+    for col in ("suite", "slice", "metric", "value", "n"):
+        t.add_column(col, justify="right" if col in ("value", "n") else "left")
+    needle = [r["score"] for r in results if r["suite"] == "needle"]
+    if needle:
+        t.add_row("needle", "all cells", "paper score (mean)", f"{sum(needle) / len(needle):.3f}", str(len(needle)))
+    for length, v in bookqa.summary(results)["by_length"].items():
+        t.add_row("bookqa", format_length(length), "paper recall / qa_f1", f"{v['paper']:.3f} / {v['qa_f1']:.3f}", str(v["n"]))
+    for r in (r for r in results if r["suite"] == "regression"):
+        err = r["scores"].get(f"{r['metric']}_stderr")
+        t.add_row("regression", r["task"], r["metric"], f"{r['score']:.4f}" + (f" ± {err:.4f}" if err else ""),
+                  str(r.get("n_samples") or ""))
+    for domain, buckets in loss.summary(results).items():
+        for bucket, v in buckets.items():
+            t.add_row("loss", f"{domain} {bucket}", "nats/token", f"{v['loss']:.3f}", str(v["documents"]))
+    return t
 
 
 def _draw(run_dir: Path, results: list[dict], manifest: dict, out: Path | None) -> list[Path]:

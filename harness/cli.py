@@ -146,10 +146,11 @@ def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_toke
     backend = HFBackend(loaded)
     for name in suites:
         run_suite(builders[name](), backend, store, console, loaded.model.config)
-    figures = _draw(store.path, list(store.results()), store.read_manifest(), None)
+    results = list(store.results())
+    figures = _draw(store.path, results, store.read_manifest(), None)
     for path in figures:
         console.print(f"figure: {path}")
-    console.print(_summary_table(list(store.results())))
+    console.print(_summary_table(results))
     if figures:
         click.echo(str(figures[0]))
 

@@ -13,7 +13,6 @@ its line survives the cut, and its depth is where that line sits in what remains
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 import time
@@ -82,17 +81,10 @@ def rename(text: str, speakers: list[str], names: list[str]) -> tuple[str, dict[
 def offline_items(spec: dict, corpus_dir: Path, seed: int = 0) -> tuple[dict[str, str], list[Item]]:
     """The renamed books and their cloze questions (deterministic for a seed)."""
     cfg = spec["offline"]
+    from harness.trainer.embedded import read_documents
+
     wanted = list(cfg["books"])
-    found: dict[str, str] = {}
-    manifest = json.loads((corpus_dir / "manifest.json").read_text())
-    for src in manifest["sources"].values():
-        if not any(w.startswith(f"{src['file'].split('.')[0]}/") for w in wanted):
-            continue
-        with gzip.open(corpus_dir / src["file"], "rt", encoding="utf-8") as fh:
-            for line in fh:
-                doc = json.loads(line)
-                if doc["id"] in wanted:
-                    found[doc["id"]] = doc["text"]
+    found = {i: d["text"] for i, d in read_documents(corpus_dir, wanted).items()}
     missing = [w for w in wanted if w not in found]
     if missing:
         raise UserError(f"bookqa: the embedded corpus at {corpus_dir} lacks {', '.join(missing)}")
@@ -207,6 +199,7 @@ class BookQASuite:
     def __init__(self, config: BookQAConfig, books: dict[str, str], items: list[Item], tokenizer):
         self.config, self.tok = config, tokenizer
         self.items = {i.id: i for i in items}
+        self._overheads: dict[str, int] = {}
         self.books = {}
         for book_id, text in books.items():
             enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -214,7 +207,11 @@ class BookQASuite:
         self._cells = self._plan()
 
     def _overhead(self, item: Item) -> int:
-        return len(self.tok(self.config.prompt.format(context="", question=item.question))["input_ids"])
+        """Prompt tokens besides the book's (planning asks once per item and length: cached)."""
+        if item.id not in self._overheads:
+            prompt = self.config.prompt.format(context="", question=item.question)
+            self._overheads[item.id] = len(self.tok(prompt)["input_ids"])
+        return self._overheads[item.id]
 
     def _place(self, item: Item, length: int):
         """(context ids, depth percent or None), or None when the answer's line is cut away."""

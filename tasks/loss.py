@@ -52,21 +52,6 @@ def bucket_name(start: int, width: int) -> str:
     return f"{format_length(start) if start else '0'}-{format_length(start + width)}"
 
 
-def _held_out(corpus_dir: Path) -> tuple[dict, dict[str, tuple[str, str]]]:
-    import gzip
-
-    manifest = json.loads((corpus_dir / "manifest.json").read_text())
-    wanted = set(manifest.get("held_out", []))
-    found: dict[str, tuple[str, str]] = {}
-    for src in manifest["sources"].values():
-        with gzip.open(corpus_dir / src["file"], "rt", encoding="utf-8") as fh:
-            for line in fh:
-                doc = json.loads(line)
-                if doc["id"] in wanted:
-                    found[doc["id"]] = (doc["domain"], doc["text"])
-    return manifest, found
-
-
 def resolve_config(*, max_length: int, bucket: int | None = None, spec: dict | None = None) -> tuple[LossConfig, dict]:
     """The loss suite's config for a model that handles ``max_length`` positions, and the texts."""
     from harness.trainer import embedded
@@ -77,7 +62,8 @@ def resolve_config(*, max_length: int, bucket: int | None = None, spec: dict | N
         raise UserError(f"--loss-bucket: {width} must be positive")
     length = int(spec["max_length"] or max_length)
     corpus_dir = embedded.build()
-    _, docs = _held_out(corpus_dir)
+    held_out = json.loads((corpus_dir / "manifest.json").read_text()).get("held_out", [])
+    docs = {i: (d["domain"], d["text"]) for i, d in embedded.read_documents(corpus_dir, held_out).items()}
     if not docs:
         raise UserError(f"suite loss: the corpus at {corpus_dir} lists no held-out documents")
     ordered = tuple((doc_id, docs[doc_id][0]) for doc_id in sorted(docs, key=lambda i: (docs[i][0], i)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -52,8 +51,6 @@ def include_dir() -> Path:
     out = cache_dir("lm-eval-tasks")
     for yml in TASK_DIR.glob("*.yaml"):
         (out / yml.name).write_text(yml.read_text().replace("__DIR__", str(TASK_DIR.resolve())))
-    for data in TASK_DIR.glob("*.jsonl"):
-        shutil.copyfile(data, out / data.name) if not (out / data.name).exists() else None
     return out
 
 
@@ -66,10 +63,10 @@ def task_manager():
 
 
 def resolve_config(*, tasks: str | None, num_fewshot: int, limit: int | None, max_length: int) -> RegressionConfig:
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
-        raise UserError("suite regression: lm-eval is not installed; pip install 'lm-eval==0.4.13'") from None
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UserError("suite regression: lm-eval is not installed; pip install 'lm-eval==0.4.13'")
     names = tuple(t.strip() for t in tasks.split(",")) if tasks else DEFAULT_TASKS
     known = task_manager().all_tasks
     for name in names:
@@ -80,10 +77,6 @@ def resolve_config(*, tasks: str | None, num_fewshot: int, limit: int | None, ma
     if num_fewshot < 0:
         raise UserError(f"--regression-fewshot: {num_fewshot} must be >= 0")
     return RegressionConfig(names, num_fewshot, limit, max_length)
-
-
-def _CheckedHFLM(**kwargs):  # noqa: N802 (a class built lazily: lm-eval imports slowly)
-    return _checked_hflm()(**kwargs)
 
 
 class RegressionSuite:
@@ -100,7 +93,7 @@ class RegressionSuite:
 
         started = time.perf_counter()
         model = backend.loaded.model
-        lm = _CheckedHFLM(pretrained=model, tokenizer=self.tok, max_length=self.config.max_length, batch_size=1)
+        lm = _checked_hflm()(pretrained=model, tokenizer=self.tok, max_length=self.config.max_length, batch_size=1)
         lm.task_name, lm.fewshot = cell.task, self.config.num_fewshot
         out = simple_evaluate(model=lm, tasks=[cell.task], num_fewshot=self.config.num_fewshot,
                               limit=self.config.limit, task_manager=task_manager(), log_samples=False,
@@ -118,7 +111,9 @@ class RegressionSuite:
                 "seconds": round(time.perf_counter() - started, 3)}
 
 
+@lru_cache(maxsize=1)
 def _checked_hflm():
+    """The HFLM subclass below, defined on first use (lm-eval is slow to import)."""
     from lm_eval.models.huggingface import HFLM
 
     class CheckedHFLM(HFLM):

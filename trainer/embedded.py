@@ -57,6 +57,7 @@ from harness import pypi
 from harness.atomic import atomic_path, write_text
 from harness.errors import UserError
 from harness.paths import cache_dir
+from harness.store import check_writable
 from harness.trainer.corpus import DOMAINS
 from harness.trainer.debian import Apt, Deb, Unavailable, sha256_file
 
@@ -117,17 +118,11 @@ def build(out_dir: Path | None = None, console: Console | None = None, force: bo
     Returns at once when ``out_dir/manifest.json`` exists, unless ``force``.
     """
     out_dir = Path(out_dir).expanduser() if out_dir is not None else cache_dir("corpus", "embedded-v1")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"corpus --out: {out_dir} is a file; give a directory (new or holding a corpus)")
     manifest_path = out_dir / "manifest.json"
     if manifest_path.is_file() and not force:
         return out_dir
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"corpus --out: cannot create {out_dir} ({exc.strerror})") from None
-    if not os.access(out_dir, os.W_OK):
-        raise UserError(f"corpus --out: {out_dir} is not writable")
+    check_writable(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out_dir / ".build.lock")):
         if manifest_path.is_file() and not force:   # another process finished it meanwhile
             return out_dir
@@ -135,6 +130,26 @@ def build(out_dir: Path | None = None, console: Console | None = None, force: bo
             manifest_path.unlink()                  # a forced rebuild is incomplete until the end
         _build(out_dir, console or Console(stderr=True))
     return out_dir
+
+
+def read_documents(corpus_dir: Path, ids) -> dict[str, dict]:
+    """The documents of a built corpus with the given ids: ``{id: {"id", "domain", "text", "source"}}``.
+
+    Only the files of sources whose names prefix a wanted id are opened (ids are ``source/...``).
+    """
+    wanted = set(ids)
+    manifest = json.loads((Path(corpus_dir) / "manifest.json").read_text())
+    prefixes = {i.split("/", 1)[0] for i in wanted}
+    found: dict[str, dict] = {}
+    for name, src in manifest["sources"].items():
+        if name not in prefixes:
+            continue
+        with gzip.open(Path(corpus_dir) / src["file"], "rt", encoding="utf-8") as fh:
+            for line in fh:
+                doc = json.loads(line)
+                if doc["id"] in wanted:
+                    found[doc["id"]] = doc
+    return found
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,6 @@ def tokenize_corpus(source, tok, *, key: dict, exclude: list[str] = (), read_tok
     tmp = path.with_name(f".{digest}.tmp")
     tokenized.save_to_disk(str(tmp))
     os.replace(tmp, path)
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
     return datasets.load_from_disk(str(path))
 

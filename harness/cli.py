@@ -1,7 +1,8 @@
 """The ``harness`` command line.
 
     harness run    --model PATH|smollm2-135m --suite needle [--preset quick] [--lengths ..] [--depths ..]
-    harness report RUN_DIR... [--out DIR]
+    harness report RUN_DIR... [--out DIR | --out FILE.pdf]
+    harness ablate --preset tiny | --base PATH --mixtures per_source,global,cut_4k --tokens 5M --seq-len 8k --out DIR
     harness data   corpus | build --strategy per_source --tokens 5M --seq-len 8k --out DIR | stats DIR
     harness train  --base PATH|smollm2-135m --data SHARDS --seq-len 8k --rope-theta 5e5 --tokens 50M --out DIR
 
@@ -63,6 +64,11 @@ def _slug(text: str) -> str:
 @click.option("--lengths", default=None, help="Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
 @click.option("--depths", default=None, help="Needle depths in percent: 0,50,100 or 0:100:10.")
 @click.option("--haystack", default=None, help="kjv (default, public domain), pg-essays (the paper's), or a text file/dir.")
+@click.option("--variant", default=None, help="Needle variant (RULER): passkey, multikey, multivalue, multiquery, distractor.")
+@click.option("--scorer", default="generate", show_default=True,
+              help="Needle: generate (greedy answer, scored), loglik (teacher-forced answer probability, no decoding) or both.")
+@click.option("--backend", default="hf", show_default=True, help="hf (transformers) or vllm (offline LLM, prefix caching).")
+@click.option("--tensor-parallel", default=1, show_default=True, type=int, help="vllm: GPUs per model.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template instead of the paper's base prompt.")
 @click.option("--max-new-tokens", type=int, default=None, help="Greedy tokens to generate (suite default: 50).")
 @click.option("--loss-bucket", default=None, help="Loss suite: tokens per position bucket (default 4k).")
@@ -76,78 +82,21 @@ def _slug(text: str) -> str:
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
-def run(model_spec, suite, preset, lengths, depths, haystack, chat, max_new_tokens, loss_bucket, bookqa_file,
-        regression_tasks, regression_fewshot, regression_limit, rope_theta, rope_scaling, dtype, device, out) -> None:
+def run(model_spec, suite, preset, lengths, depths, haystack, variant, scorer, backend, tensor_parallel, chat,
+        max_new_tokens, loss_bucket, bookqa_file, regression_tasks, regression_fewshot, regression_limit, rope_theta, rope_scaling, dtype, device, out) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
-    from harness import models, provenance
-    from harness.tasks import SUITES
-    from harness.values import parse_length
+    from harness.evaluate import EvalRequest, evaluate, prepare
 
-    suites = parse_names(suite, list(SUITES), "--suite")
-    scaling = models.parse_rope_scaling(rope_scaling)
-    models.check_rope_theta(rope_theta)
-    bucket = parse_length(loss_bucket, "--loss-bucket") if loss_bucket else None
-    models.resolve(model_spec)  # fail fast on a bad path, before anything slow
+    prep = prepare(EvalRequest(
+        suites=suite, preset=preset, lengths=lengths, depths=depths, haystack=haystack, variant=variant, chat=chat,
+        scorer=scorer, backend=backend, tensor_parallel=tensor_parallel,
+        max_new_tokens=max_new_tokens, loss_bucket=loss_bucket, bookqa_file=bookqa_file,
+        regression_tasks=regression_tasks, regression_fewshot=regression_fewshot, regression_limit=regression_limit,
+        rope_theta=rope_theta, rope_scaling=rope_scaling, dtype=dtype, device=device))
+    out = out or Path("runs") / _slug(Path(model_spec).name + (f"-{variant}" if variant else ""))
     _quiet_libraries()
-
-    from harness.backends.hf import HFBackend
-    from harness.engine import run_suite
-    from harness.store import RunStore, check_writable
-    from harness.tasks import haystack as haystacks
-    from harness.tasks import bookqa, loss, needle, regression
-
-    needle_cfg = hay = None
-    if "needle" in suites:
-        spec = needle.load_spec()
-        hay = haystacks.load(haystack or spec["haystack"])
-        # Resolve the grid before loading the model: malformed flags fail in milliseconds.
-        needle_cfg = needle.resolve_config(preset=preset, lengths=lengths, depths=depths, chat=chat,
-                                           haystack=hay, max_new_tokens=max_new_tokens, spec=spec)
-    if "bookqa" in suites:
-        bookqa_cfg, books, items = bookqa.resolve_config(preset=preset, lengths=lengths, bookqa=bookqa_file)
-    out = out or Path("runs") / _slug(Path(model_spec).name)
-    check_writable(out)
-    with console.status(f"loading {model_spec}"):
-        loaded = models.load(model_spec, rope_theta=rope_theta, rope_scaling=scaling, dtype=dtype, device=device)
-    info = loaded.info
-    suite_configs, builders = {}, {}
-    if needle_cfg is not None:
-        suite_configs["needle"] = needle_cfg.to_dict()
-        builders["needle"] = lambda: needle.NeedleSuite(needle_cfg, hay, loaded.tokenizer)
-    if "bookqa" in suites:
-        suite_configs["bookqa"] = bookqa_cfg.to_dict()
-        builders["bookqa"] = lambda: bookqa.BookQASuite(bookqa_cfg, books, items, loaded.tokenizer)
-    if "regression" in suites:
-        # Short-context skill: lm-eval at up to 4K positions (the paper's "4K regression").
-        reg_cfg = regression.resolve_config(tasks=regression_tasks, num_fewshot=regression_fewshot,
-                                            limit=regression_limit, max_length=min(4096, loaded.max_positions))
-        suite_configs["regression"] = reg_cfg.to_dict()
-        builders["regression"] = lambda: regression.RegressionSuite(reg_cfg, loaded.tokenizer)
-    if "loss" in suites:
-        loss_cfg, texts = loss.resolve_config(max_length=loaded.max_positions, bucket=bucket)
-        suite_configs["loss"] = loss_cfg.to_dict()
-        builders["loss"] = lambda: loss.LossSuite(loss_cfg, texts, loaded.tokenizer)
-    config = {
-        # The embedded model by name (its cache path is the user's), a local one by absolute path.
-        "model": {"id": model_spec if model_spec in models.EMBEDDED else str(Path(info["path"]).resolve()),
-                  **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")}},
-        "suites": suite_configs,
-    }
-    store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
-    console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}, "
-                  f"{info['attn_implementation']}, {info['device']}); RoPE {info['rope_parameters']}; "
-                  f"max positions {info['effective_max_positions']}")
-    if needle_cfg is not None:
-        beyond = [n for n in needle_cfg.lengths if n + needle_cfg.max_new_tokens > loaded.max_positions]
-        if beyond:
-            log.warning("lengths %s (plus up to %d answer tokens) go past the model's %d positions; they run "
-                        "anyway: where retrieval breaks is what the grid shows",
-                        ", ".join(format_length(n) for n in beyond), needle_cfg.max_new_tokens, loaded.max_positions)
-    backend = HFBackend(loaded)
-    for name in suites:
-        run_suite(builders[name](), backend, store, console, loaded.model.config)
-    results = list(store.results())
-    figures = _draw(store.path, results, store.read_manifest(), None)
+    results, manifest = evaluate(model_spec, prep, out, console)
+    figures = _draw(out, results, manifest, None)
     for path in figures:
         console.print(f"figure: {path}")
     console.print(_summary_table(results))
@@ -164,9 +113,12 @@ def _summary_table(results: list[dict]):
     t = Table(title="results")
     for col in ("suite", "slice", "metric", "value", "n"):
         t.add_column(col, justify="right" if col in ("value", "n") else "left")
-    needle = [r["score"] for r in results if r["suite"] == "needle"]
+    needle = [r for r in results if r["suite"] == "needle"]
     if needle:
-        t.add_row("needle", "all cells", "paper score (mean)", f"{sum(needle) / len(needle):.3f}", str(len(needle)))
+        variant = needle[0].get("variant")
+        metric = next(iter(needle[0]["scores"])) if variant else "paper"
+        t.add_row(f"needle ({variant})" if variant else "needle", "all cells", f"{metric} (mean)",
+                  f"{sum(r['score'] for r in needle) / len(needle):.3f}", str(len(needle)))
     for length, v in bookqa.summary(results)["by_length"].items():
         t.add_row("bookqa", format_length(length), "paper recall / qa_f1", f"{v['paper']:.3f} / {v['qa_f1']:.3f}", str(v["n"]))
     for r in (r for r in results if r["suite"] == "regression"):
@@ -189,12 +141,25 @@ def _draw(run_dir: Path, results: list[dict], manifest: dict, out: Path | None) 
 
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Where to write figures (default: each run's own directory).")
-def report(run_dirs, out) -> None:
-    """Redraw figures from stored results alone (no model is loaded)."""
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="FILE.pdf: one comparison report (PDF + HTML beside it) over every run; a directory: "
+                   "each run's figures there (default: each run's own directory).")
+@click.option("--reference", default=None, help="The run the difference heatmaps subtract (default: the first).")
+def report(run_dirs, out, reference) -> None:
+    """Draw figures, or one comparison report, from stored results alone (no model is loaded).
+
+    RUN_DIR is a `harness run` directory or a `harness ablate` directory (all of its models).
+    """
     from harness.store import RunStore, check_writable
 
+    if out is not None and out.suffix.lower() == ".pdf":
+        from harness.reports import document
+
+        check_writable(out.parent)
+        click.echo(str(document.write_report(list(run_dirs), out, reference=reference, console=console)))
+        return
+    if reference:
+        raise UserError("--reference: only for a comparison report (--out FILE.pdf)")
     for run_dir in run_dirs:
         store = RunStore(run_dir)
         manifest = store.read_manifest()
@@ -257,12 +222,9 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
     if data_dir is None:
         if not from_scratch:
             raise UserError("--data: required with --base (shards from `harness data build`)")
-        from harness.paths import cache_dir
         from harness.trainer import build
 
-        data_dir = cache_dir("data", f"tiny-cut_target-{length}")
-        build.build(source="embedded", strategy="cut_target", tokens=max(tokens, 2_000_000), seq_len=length,
-                    tokenizer="smollm2-135m", seed=seed, out=Path(data_dir), console=console)
+        data_dir = build.from_scratch_data(length, tokens, seed, console)
     cfg = loop.TrainConfig(
         base=base or "", data=str(data_dir), seq_len=length, tokens=tokens, out=str(out), rope_theta=rope_theta,
         rope_scaling=scaling, lr=lr if lr is not None else (1e-3 if from_scratch else 2e-5),
@@ -273,6 +235,46 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
     final = loop.train(cfg, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(final))
+
+
+@cli.command()
+@click.option("--preset", default="tiny", show_default=True,
+              help="tiny: CPU miniature (a from-scratch tiny base, three mixtures, a small grid); paper: the paper's recipe (GPUs).")
+@click.option("--base", default=None, metavar="PATH|smollm2-135m|tiny", help="The base every mixture continues from.")
+@click.option("--mixtures", default=None, help="Comma-separated: per_source, global, cut_4k, cut_target, upsample_abg, "
+                                                 "mixture YAML files or `harness data build` directories.")
+@click.option("--tokens", "budget", default=None, help="Training tokens per mixture: 100k, 5M, 5B (k/M/B = 10^3/10^6/10^9).")
+@click.option("--seq-len", "seq_len", default=None, help="Training length in tokens, e.g. 1k, 80k (k = 1024).")
+@click.option("--rope-theta", type=float, default=None, help="RoPE base for the extended models, e.g. 5e5.")
+@click.option("--suites", default=None, help="Comma-separated: needle, bookqa, regression, loss (default: all).")
+@click.option("--lengths", default=None, help="Needle/BookQA lengths (default: the preset's grid).")
+@click.option("--depths", default=None, help="Needle depths (default: the preset's grid).")
+@click.option("--source", default=None, help="Corpus: embedded (default) | slimpajama:DIR | jsonl:PATH | hf:DIR.")
+@click.option("--lr", type=float, default=None, help="Learning rate (tiny: 1e-3; paper: 2e-5).")
+@click.option("--batch-tokens", default=None, help="Tokens per optimizer step (default: the trainer's).")
+@click.option("--engine", default=None, help="torch or deepspeed (paper preset: deepspeed).")
+@click.option("--regression-limit", default=None, type=int, help="Regression: at most this many documents per task.")
+@click.option("--loss-bucket", default=None, help="Loss suite: tokens per position bucket (tiny: 256).")
+@click.option("--base-tokens", default=None, help="--base tiny: the from-scratch pretraining budget (default 300k).")
+@click.option("--base-seq-len", default=None, help="--base tiny: its pretraining length (default 256).")
+@click.option("--save-every", default=None, type=int, help="Checkpoint every N training steps (resume points).")
+@click.option("--seed", default=None, type=int, help="One seed for data, training and evaluation (default 0).")
+@click.option("--reference", default=None, help="The model the difference heatmaps subtract (default: base).")
+@click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Ablation directory (default: runs/ablate-<preset>). Rerunning resumes it.")
+def ablate(preset, base, mixtures, budget, seq_len, rope_theta, suites, lengths, depths, source, lr, batch_tokens,
+           engine, regression_limit, loss_bucket, base_tokens, base_seq_len, save_every, seed, reference, out) -> None:
+    """Train one base on several mixtures with one budget, evaluate all of them, write one report."""
+    from harness import ablate as ablation
+
+    cfg = ablation.from_preset(preset, base=base, mixtures=mixtures, tokens=budget, seq_len=seq_len,
+                               rope_theta=rope_theta, suites=suites, lengths=lengths, depths=depths, source=source,
+                               lr=lr, batch_tokens=batch_tokens, engine=engine, regression_limit=regression_limit,
+                               loss_bucket=loss_bucket, base_tokens=base_tokens, base_seq_len=base_seq_len,
+                               save_every=save_every, seed=seed, out=str(out or Path("runs") / f"ablate-{preset}"))
+    _quiet_libraries()
+    pdf = ablation.run(cfg, console=console, reference=reference)
+    click.echo(str(pdf))
 
 
 @cli.group()

@@ -17,7 +17,7 @@ def run_suite(suite, backend, store: RunStore, console: Console, model_config) -
     cells = suite.cells()
     done = store.done(suite.name)
     todo = [c for c in cells if c.key not in done]
-    new = suite.config.max_new_tokens
+    new = suite.config.max_new_tokens if getattr(suite.config, "scorer", "generate") != "loglik" else 0
     prompt_tokens = sum(c.length for c in todo)
     cost = sum(flops.prefill_flops(model_config, c.length) + flops.decode_flops(model_config, c.length, new) for c in todo)
     already = len(cells) - len(todo)
@@ -34,9 +34,21 @@ def run_suite(suite, backend, store: RunStore, console: Console, model_config) -
     # so the ETA is only honest when each cell weighs what it costs.
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(suite.name, total=prompt_tokens, last="-", cells=f"0/{len(todo)}")
-        for i, cell in enumerate(todo, 1):
-            result = suite.evaluate(cell, backend)
+        for i, (cell, result) in enumerate(_results(suite, todo, backend), 1):
             store.append(result)
             progress.update(task, advance=cell.length, cells=f"{i}/{len(todo)}",
                             last=f"{cell.key} → {result['score']:.2f}")
     return len(todo)
+
+
+def _results(suite, todo: list, backend):
+    """(cell, result) as each finishes. A suite with ``request``/``result`` (the needle grid) hands
+    all its prompts to the backend at once, which shares their common prefixes; others go cell by cell."""
+    if not hasattr(suite, "request"):
+        for cell in todo:
+            yield cell, suite.evaluate(cell, backend)
+        return
+    pending = [suite.request(cell) for cell in todo]
+    for index, gen in backend.generate_many([req for req, *_ in pending]):
+        _, sample, prompt = pending[index]
+        yield todo[index], suite.result(todo[index], sample, prompt, gen)

@@ -62,3 +62,11 @@ def measure_peak(device: str = "cpu", dtype=None, seconds: float = 0.5) -> float
     if device != "cpu":
         torch.cuda.synchronize()
     return 2.0 * n ** 3 * reps / (time.perf_counter() - start)
+
+
+def forward_flops(config: Any, start: int, end: int, logits: int = 1) -> float:
+    """Forward FLOPs for positions [start, end) with ``start`` tokens already cached, computing
+    vocabulary logits at ``logits`` positions only (the exact work of a prefill or a decode)."""
+    head = config.hidden_size * config.vocab_size
+    pairs = (end * (end + 1) - start * (start + 1)) / 2
+    return 2.0 * (dense_params(config) - head) * (end - start) + 2.0 * head * logits + 4.0 * attention_width(config) * pairs

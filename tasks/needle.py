@@ -12,20 +12,21 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from harness.backends import Request
 from harness.errors import UserError
-from harness.tasks import scoring
+from harness.tasks import needle_variants, scoring
 from harness.tasks.haystack import Haystack
 from harness.values import parse_depths, parse_lengths
 
 log = logging.getLogger(__name__)
 SPEC_PATH = Path(__file__).with_name("needle.yaml")
 NAME = "needle"
+SCORERS = ("generate", "loglik", "both")
 
 
 def load_spec(path: Path = SPEC_PATH) -> dict:
@@ -55,6 +56,13 @@ class NeedleConfig:
     stop_at_eos: bool
     sentence_ends: str
     haystack: dict
+    variant: dict | None = None   # a needle_variants/*.yaml spec (None: the paper's single needle)
+    scorer: str = "generate"      # generate | loglik (teacher-forced answer, no decoding) | both
+    seed: int = 0                 # variants: keys, values and the other needles' depths
+
+    @property
+    def variant_name(self) -> str | None:
+        return self.variant["name"] if self.variant else None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -62,26 +70,55 @@ class NeedleConfig:
         return d
 
 
+def haystack_spec(spec: dict, variant: str | None, requested: str | None) -> str:
+    """The haystack a grid uses: --haystack, else the variant's own, else the suite's default."""
+    if variant is None:
+        return requested or spec["haystack"]
+    own = needle_variants.load(variant).get("haystack")
+    if own and requested and requested != own:
+        raise UserError(f"--haystack: the {variant} variant hides its needle in {own!r} (as RULER's "
+                        f"{needle_variants.load(variant).get('ruler_task')}); drop --haystack or pick another variant")
+    return requested or own or spec["haystack"]
+
+
 def resolve_config(*, preset: str | None, lengths: str | None, depths: str | None, chat: bool,
-                   haystack: Haystack, max_new_tokens: int | None = None, spec: dict | None = None) -> NeedleConfig:
-    """CLI flags over the preset over the YAML spec."""
+                   haystack: Haystack, max_new_tokens: int | None = None, spec: dict | None = None,
+                   variant: str | None = None, seed: int = 0, scorer: str = "generate") -> NeedleConfig:
+    """CLI flags over the preset over the YAML spec (and the variant's spec)."""
     spec = spec or load_spec()
     presets = spec["presets"]
     name = preset or spec["default_preset"]
     if name not in presets:
         raise UserError(f"--preset: unknown {name!r} for suite needle; known: {', '.join(presets)}")
     grid = presets[name]
-    new_tokens = spec["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+    vspec = None
+    prompt = spec["chat_prompt"] if chat else spec["prompt"]
+    if variant is not None:
+        vspec = needle_variants.load(variant)
+        if vspec["name"] == "distractor":  # the paper's needle, question and prompt, plus look-alikes
+            vspec.update({k: spec[k] for k in ("needle", "question", "answer")}, prompt=prompt)
+        prompt = needle_variants.template(vspec)
+    if scorer not in SCORERS:
+        raise UserError(f"--scorer: unknown {scorer!r}; known: {', '.join(SCORERS)}")
+    default_new = vspec["max_new_tokens"] if vspec else spec["max_new_tokens"]
+    new_tokens = default_new if max_new_tokens is None else max_new_tokens
     if new_tokens < 1:
         raise UserError(f"--max-new-tokens: {new_tokens} must be at least 1")
+    if vspec and vspec["name"] != "distractor":
+        # Each asked value is 7 digits (a token each for SmolLM2-like tokenizers) or a UUID: leave room.
+        per_value = 40 if vspec["type_v"] == "uuids" else 10
+        need = per_value * int(vspec["num_queries"]) * int(vspec["num_values"])
+        if new_tokens < need:
+            raise UserError(f"--max-new-tokens: {new_tokens} cannot hold the {variant} variant's "
+                            f"{int(vspec['num_queries']) * int(vspec['num_values'])} values; use at least {need}")
     return NeedleConfig(
         lengths=tuple(parse_lengths(lengths or str(grid["lengths"]))),
         depths=tuple(parse_depths(depths or str(grid["depths"]))),
         needle=spec["needle"], question=spec["question"], answer=spec["answer"],
-        prompt=spec["chat_prompt"] if chat else spec["prompt"], chat=chat,
+        prompt=prompt, chat=chat,
         max_new_tokens=int(new_tokens), stop_at_eos=chat or bool(spec["stop_at_eos"]),
         sentence_ends=spec["sentence_ends"],
-        haystack=haystack.describe(),
+        haystack=haystack.describe(), variant=vspec, seed=seed, scorer=scorer,
     )
 
 
@@ -101,15 +138,24 @@ class NeedleSuite:
         self.tok = tokenizer
         self._hay_text = haystack.text
         self._hay_offsets: list[tuple[int, int]] = []
+        self._overheads: dict = {}
 
     # -- grid ---------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
-        return [Cell(NAME, f"{NAME}/{length}/{depth:g}", length, depth)
+        prefix = f"{NAME}/{self.config.variant_name}" if self.config.variant else NAME
+        return [Cell(NAME, f"{prefix}/{length}/{depth:g}", length, depth)
                 for length in self.config.lengths for depth in self.config.depths]
 
+    def sample(self, cell: Cell) -> needle_variants.Sample:
+        """The cell's needles (the asked one first, at the cell's depth) and expected answer."""
+        if not self.config.variant:
+            return needle_variants.Sample([self.config.needle], [cell.depth], {"question": self.config.question},
+                                          [self.config.answer])
+        return needle_variants.make_sample(self.config.variant, cell.depth, f"{self.config.seed}/{cell.key}")
+
     # -- prompt construction ------------------------------------------------------------------
-    def _wrap(self, context: str) -> str:
-        body = self.config.prompt.format(context=context, question=self.config.question)
+    def _wrap(self, context: str, fields: dict) -> str:
+        body = self.config.prompt.format(context=context, **fields)
         if not self.config.chat:
             return body
         return self.tok.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
@@ -120,10 +166,12 @@ class NeedleSuite:
         # special tokens); a chat-templated prompt already holds its special tokens.
         return self.tok(text, add_special_tokens=not self.config.chat, return_offsets_mapping=offsets)
 
-    @cached_property
-    def overhead(self) -> int:
-        """Tokens of the prompt that are not haystack: template, question, needle."""
-        return len(self._encode(self._wrap(self.config.needle))["input_ids"])
+    def overhead(self, sample: needle_variants.Sample) -> int:
+        """Tokens of the prompt that are not haystack: template, question, needles."""
+        key = tuple(sample.needles), tuple(sorted(sample.fields.items()))
+        if key not in self._overheads:
+            self._overheads[key] = len(self._encode(self._wrap(" ".join(sample.needles), sample.fields))["input_ids"])
+        return self._overheads[key]
 
     def _ensure_haystack(self, n_tokens: int) -> None:
         """Tokenize enough haystack (with char offsets) for ``n_tokens``; repeat a short one, once."""
@@ -147,36 +195,58 @@ class NeedleSuite:
         self._hay_text = text
         self._hay_offsets = [tuple(o) for o in enc["offset_mapping"]]
 
-    def _context(self, n_hay: int, depth: float) -> tuple[str, int]:
-        """The haystack's first ``n_hay`` tokens with the needle inside; returns (context, needle char)."""
+    def _position(self, n_hay: int, depth: float, cut: int) -> int:
+        """Char offset for a needle at ``depth`` percent of ``n_hay`` tokens, backed to a sentence end."""
+        text, offs = self._hay_text, self._hay_offsets
+        at = round(n_hay * depth / 100)
+        if at >= n_hay:  # depth 100 appends at the very end, as Kamradt's test does
+            return cut
+        pos = offs[at][0]
+        ends = self.config.sentence_ends
+        while pos > 0 and not (text[pos - 1] in ends and text[pos].isspace()):
+            pos -= 1
+        return pos
+
+    def _context(self, n_hay: int, sample: needle_variants.Sample) -> tuple[str, int]:
+        """The haystack's first ``n_hay`` tokens with every needle inside; returns (context, asked needle's char)."""
         text, offs = self._hay_text, self._hay_offsets
         cut = offs[n_hay - 1][1]
-        at = round(n_hay * depth / 100)
-        pos = cut
-        if at < n_hay:  # depth 100 appends at the very end, as Kamradt's test does
-            pos = offs[at][0]
-            ends = self.config.sentence_ends
-            while pos > 0 and not (text[pos - 1] in ends and text[pos].isspace()):
-                pos -= 1
-        head, tail = text[:pos].rstrip(), text[pos:cut].lstrip()
-        needle = self.config.needle
-        if not head:
-            return f"{needle} {tail}", 0
-        if not tail:
-            return f"{head} {needle}", len(head) + 1
-        return f"{head} {needle} {tail}", len(head) + 1
+        positions = [self._position(n_hay, d, cut) for d in sample.depths]
+        out, prev, asked_at = "", 0, 0
+        for i in sorted(range(len(positions)), key=lambda i: (positions[i], i)):
+            chunk = text[prev:positions[i]].strip()
+            if chunk:
+                out = f"{out} {chunk}" if out else chunk
+            if i == 0:
+                asked_at = len(out) + 1 if out else 0
+            out = f"{out} {sample.needles[i]}" if out else sample.needles[i]
+            prev = positions[i]
+        tail = text[prev:cut].strip()
+        return (f"{out} {tail}" if tail else out), asked_at
 
-    def build(self, cell: Cell) -> Prompt:
+    def check(self) -> None:
+        """Refuse a grid whose shortest length cannot hold the prompt and every needle."""
+        shortest = min(self.cells(), key=lambda c: c.length)
+        sample = self.sample(shortest)
+        overhead = self.overhead(sample)
+        if shortest.length - overhead < 16:
+            what = f"{len(sample.needles)} needles" if len(sample.needles) > 1 else "needle"
+            raise UserError(f"--lengths: {shortest.length} tokens is too short: the template, question and {what} "
+                            f"alone take {overhead} tokens; use lengths of at least {overhead + 16}")
+
+    def build(self, cell: Cell, sample: needle_variants.Sample | None = None) -> Prompt:
+        sample = sample or self.sample(cell)
         target = cell.length
-        n_hay = target - self.overhead
+        overhead = self.overhead(sample)
+        n_hay = target - overhead
         if n_hay < 16:
-            raise UserError(f"--lengths: {target} tokens is too short: the template, question and needle "
-                            f"alone take {self.overhead} tokens; use lengths of at least {self.overhead + 16}")
+            raise UserError(f"--lengths: {target} tokens is too short for {len(sample.needles)} needle(s) and the "
+                            f"template ({overhead} tokens); use lengths of at least {overhead + 16}")
         best = None
         for _ in range(8):  # converge on the exact length: boundaries can merge a token or two
             self._ensure_haystack(n_hay)
-            context, needle_char = self._context(n_hay, cell.depth)
-            text = self._wrap(context)
+            context, needle_char = self._context(n_hay, sample)
+            text = self._wrap(context, sample.fields)
             enc = self._encode(text, offsets=True)
             ids = enc["input_ids"]
             if best is None or abs(len(ids) - target) < abs(len(best[1]) - target):
@@ -189,24 +259,57 @@ class NeedleSuite:
         needle_at = start + needle_char
         needle_tok = next(i for i, (a, b) in enumerate(offsets) if b > needle_at)
         context_tok = next(i for i, (a, b) in enumerate(offsets) if b > start)
-        depth_actual = 100.0 * (needle_tok - context_tok) / max(1, n_hay)
+        context_end = next((i for i, (a, b) in enumerate(offsets) if a >= start + len(context)), len(offsets))
+        # Where the asked needle landed, in percent of the context's tokens (other needles included).
+        depth_actual = 100.0 * (needle_tok - context_tok) / max(1, context_end - context_tok)
         return Prompt(ids=list(ids), needle_token=needle_tok, depth_actual=round(min(100.0, max(0.0, depth_actual)), 2))
 
     # -- scoring --------------------------------------------------------------------------------
-    def score(self, output: str) -> dict[str, float]:
+    def score(self, output: str, sample: needle_variants.Sample | None = None) -> dict[str, float]:
+        if self.config.variant:
+            return needle_variants.score(self.config.variant, output, sample)
         return {
             "paper": scoring.paper_recall(output, self.config.needle),
             "rouge1_f": scoring.rouge1_f(output, self.config.needle),
             "exact": scoring.exact(output, self.config.answer),
         }
 
-    def evaluate(self, cell: Cell, backend) -> dict:
-        prompt = self.build(cell)
-        gen = backend.generate(prompt.ids, self.config.max_new_tokens, stop_at_eos=self.config.stop_at_eos)
-        scores = self.score(gen.text)
-        return {
+    def request(self, cell: Cell) -> tuple[Request, needle_variants.Sample, Prompt]:
+        """The backend request for ``cell``: greedy decoding, and the answer to score if loglik is on."""
+        sample = self.sample(cell)
+        prompt = self.build(cell, sample)
+        scorer = self.config.scorer
+        target = ()
+        if scorer in ("loglik", "both"):
+            target = tuple(self.tok(" " + self.target_text(sample), add_special_tokens=False)["input_ids"])
+        new_tokens = 0 if scorer == "loglik" else self.config.max_new_tokens
+        return Request(tuple(prompt.ids), new_tokens, self.config.stop_at_eos, target), sample, prompt
+
+    def target_text(self, sample: needle_variants.Sample) -> str:
+        """What a perfect answer says: the needle sentence (RULER variants: the values, listed)."""
+        if self.config.variant and self.config.variant_name != "distractor":
+            return ", ".join(sample.expected) + "."
+        return sample.needles[0]
+
+    def result(self, cell: Cell, sample: needle_variants.Sample, prompt: Prompt, gen) -> dict:
+        scores = self.score(gen.text, sample) if self.config.scorer != "loglik" else {}
+        if gen.target_logprobs is not None:
+            lp = gen.target_logprobs
+            scores.update(answer_prob=math.exp(sum(lp) / len(lp)), loglik=sum(lp), answer_tokens=len(lp))
+        # The heatmap's score: the generation metric, or with --scorer loglik the answer's mean
+        # per-token probability (geometric mean: exp of the mean log-probability).
+        main = scores["answer_prob"] if self.config.scorer == "loglik" else next(iter(scores.values()))
+        result = {
             "suite": NAME, "key": cell.key, "length": cell.length, "tokens": len(prompt.ids),
-            "depth": cell.depth, "depth_actual": prompt.depth_actual, "score": scores["paper"],
+            "depth": cell.depth, "depth_actual": prompt.depth_actual, "score": main,
             "scores": scores, "output": gen.text, "new_tokens": gen.new_tokens,
-            "seconds": round(gen.seconds, 3),
+            "seconds": round(gen.seconds, 3), "reused_tokens": gen.reused_tokens,
         }
+        if self.config.variant:
+            result.update(variant=self.config.variant_name, **sample.to_dict())
+        return result
+
+    def evaluate(self, cell: Cell, backend) -> dict:
+        req, sample, prompt = self.request(cell)
+        ((_, gen),) = backend.generate_many([req])
+        return self.result(cell, sample, prompt, gen)

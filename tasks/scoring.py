@@ -7,6 +7,7 @@
   before its x10.
 - ``exact``: 1 if the normalised answer occurs as a contiguous word sequence in the output.
 - ``qa_f1``: InfiniteBench's QA metric: token F1 after SQuAD-style normalisation.
+- ``string_match_all``: RULER's needle metric: the fraction of the expected values in the output.
 """
 
 from __future__ import annotations
@@ -63,3 +64,11 @@ def qa_f1(output: str, answer: str) -> float:
         return 0.0
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+def string_match_all(output: str, references: list[str]) -> float:
+    """RULER's niah metric: the fraction of ``references`` found in ``output`` (case-insensitive)."""
+    if not references:
+        return 0.0
+    text = output.strip().lower()
+    return sum(ref.lower() in text for ref in references) / len(references)

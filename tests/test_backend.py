@@ -29,3 +29,30 @@ def test_stops_at_eos_when_asked(tiny_model_dir, tokenizer):
     backend.eos = {first}
     stopped = backend.generate(ids, 12, stop_at_eos=True)
     assert stopped.new_tokens == 0 and stopped.text == ""
+
+
+def test_prefix_tree_reuse_equals_one_prompt_at_a_time(tiny_model_dir, tokenizer, kjv):
+    """A needle grid's prompts share the haystack: served together they reuse it, with the same outputs."""
+    from harness.backends import Request
+    from harness.tasks import needle
+
+    loaded = models.load(str(tiny_model_dir), dtype="fp32")
+    cfg = needle.resolve_config(preset=None, lengths="256,512", depths="0,50,100", chat=False, haystack=kjv,
+                                max_new_tokens=8, scorer="both")
+    suite = needle.NeedleSuite(cfg, kjv, tokenizer)
+    requests = [suite.request(cell)[0] for cell in suite.cells()]
+    backend = HFBackend(loaded, prefill_chunk=100)
+    together = dict(backend.generate_many(requests))
+    assert sorted(together) == list(range(len(requests)))
+    # The haystack trunk is shared: a cell at depth d reuses about d% of its length (depth 0:
+    # only the template's head), so this grid reuses about a third of its prompt tokens.
+    reused = sum(g.reused_tokens for g in together.values())
+    assert reused > 0.3 * sum(len(r.ids) for r in requests)
+    for i, req in enumerate(requests):
+        alone = dict(HFBackend(loaded, prefill_chunk=100).generate_many([req]))[0]
+        assert alone.reused_tokens == 0
+        assert together[i].text == alone.text and together[i].new_tokens == 8
+        assert torch.allclose(torch.tensor(together[i].target_logprobs), torch.tensor(alone.target_logprobs), atol=1e-4)
+        # The answer's log-probability is the teacher-forced one: -token_nll over prompt + answer.
+        nll = backend.token_nll(list(req.ids) + list(req.target))
+        assert torch.allclose(-nll[-len(req.target):], torch.tensor(alone.target_logprobs), atol=1e-4)

@@ -81,6 +81,17 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
     return manifest
 
 
+def from_scratch_data(seq_len: int, tokens: int, seed: int, console: Console | None = None) -> Path:
+    """Short-context pretraining data for a from-scratch base: cut_target at ``seq_len`` (cached)."""
+    from harness.paths import cache_dir
+
+    tokens = max(tokens, 2_000_000)
+    out = Path(cache_dir("data", f"tiny-cut_target-{seq_len}-{tokens}-seed{seed}"))
+    build(source="embedded", strategy="cut_target", tokens=tokens, seq_len=seq_len,
+          tokenizer="smollm2-135m", seed=seed, out=out, console=console)
+    return out
+
+
 def load_stats(path: Path) -> dict:
     f = Path(path) / "stats.json"
     if not f.is_file():

@@ -6,6 +6,7 @@ methods so a suite never knows which one it talks to.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,6 +16,18 @@ class Generation:
     text: str
     new_tokens: int
     seconds: float
+    target_logprobs: list[float] | None = None  # log p of each target token, teacher-forced
+    reused_tokens: int = 0                      # prompt tokens whose KV came from a shared prefix
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt for :meth:`Backend.generate_many`: greedy decoding and/or scoring a target."""
+
+    ids: tuple[int, ...]
+    max_new_tokens: int = 0          # 0: no decoding (a log-likelihood request)
+    stop_at_eos: bool = True
+    target: tuple[int, ...] = ()     # continuation to score: log p(target | ids), teacher-forced
 
 
 class Backend(Protocol):
@@ -29,3 +42,7 @@ class Backend(Protocol):
 
     def token_nll(self, ids: list[int]):
         """Teacher-forced negative log-likelihood of ``ids[1:]``, one value per position."""
+
+    def generate_many(self, requests: list[Request]) -> Iterator[tuple[int, Generation]]:
+        """Serve every request (in any order, yielding (index, result) as each finishes); outputs
+        equal one :meth:`generate` per request. Backends share prompt prefixes between requests."""

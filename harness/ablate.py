@@ -1,0 +1,329 @@
+"""`harness ablate`: several mixtures, one base, one budget, every suite, one report.
+
+    plan (print stages, tokens, time estimate) -> [base: tiny from scratch] -> per mixture: data build
+    (user cache, keyed by config hash) -> train (same base, budget, seed) -> evaluate base and each
+    trained model on every suite -> report.pdf + report.html
+
+The ablation directory::
+
+    ablate.json        the resolved config and plan (a different config in the same --out is refused)
+    stages.jsonl       one line per finished stage: name, seconds, tokens (the report's provenance)
+    base/              the from-scratch base (preset tiny only)
+    train/<mixture>/   training runs (final/ is the stage's completion mark)
+    eval/<model>/      run stores, one per model (cell-level resume)
+    report.pdf, report.html
+
+Every stage is resumable: a finished stage is skipped, an unfinished training run continues from
+its last checkpoint, an unfinished evaluation from its last cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from harness import atomic
+from harness.errors import UserError
+from harness.evaluate import EvalRequest
+from harness.values import format_length
+
+ABLATE_FILE = "ablate.json"
+STAGES_FILE = "stages.jsonl"
+TINY_BASE = "tiny"
+
+# Presets: CLI flags override any field. `paper` is the paper's recipe for GPUs (LLaMA-2 7B to
+# 80K on 5B tokens, RoPE base raised to 5e5 as in Xiong et al.); `tiny` is its CPU miniature: a
+# small Llama pretrained from scratch at 256 tokens, then extended to 1K on each mixture.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(base=TINY_BASE, mixtures="per_source,global,cut_4k", tokens="100k", seq_len="1k",
+                 rope_theta=1e5, suites="needle,bookqa,regression,loss", eval_preset="tiny",
+                 regression_limit=100, loss_bucket="256", base_tokens="300k", base_seq_len="256", lr=1e-3),
+    "paper": dict(base=None, mixtures="per_source,global,cut_4k,cut_target,upsample_abg", tokens="5B",
+                  seq_len="80k", rope_theta=5e5, suites="needle,bookqa,regression,loss", eval_preset="paper",
+                  regression_limit=None, loss_bucket=None, base_tokens=None, base_seq_len=None, lr=2e-5,
+                  engine="deepspeed"),
+}
+
+
+@dataclass
+class AblateConfig:
+    base: str
+    mixtures: list[str]
+    tokens: int
+    seq_len: int
+    rope_theta: float | None
+    out: str
+    source: str = "embedded"
+    seed: int = 0
+    lr: float = 2e-5
+    batch_tokens: int | None = None
+    engine: str = "torch"
+    save_every: int = 0
+    base_tokens: int | None = None      # from-scratch base only
+    base_seq_len: int | None = None
+    evaluation: EvalRequest = field(default_factory=EvalRequest)
+
+    def hashed(self) -> dict:
+        d = asdict(self)
+        d.pop("out")
+        d.pop("save_every")
+        return d
+
+
+@dataclass
+class Mixture:
+    label: str        # the name in reports: a strategy name, a YAML stem or a build directory's name
+    strategy: str     # what `data build --strategy` takes ("" for a prebuilt directory)
+    data: str         # the build directory
+
+
+def _mixture(spec: str) -> tuple[str, str, str | None]:
+    """(label, strategy, prebuilt dir) for one --mixtures item."""
+    from harness.trainer import mixture
+
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / "manifest.json").is_file():
+            raise UserError(f"--mixtures: {spec!r} is a directory but not a finished data build (no manifest.json)")
+        return path.resolve().name, "", str(path.resolve())
+    if spec.endswith((".yaml", ".yml")) and path.is_file():
+        return path.stem, str(path.resolve()), None
+    if spec not in mixture.STRATEGIES:
+        raise UserError(f"--mixtures: unknown mixture {spec!r}; known: {', '.join(mixture.STRATEGIES)}, "
+                        f"a mixture YAML file, or a `harness data build` directory")
+    return spec, spec, None
+
+
+def resolve_mixtures(specs: list[str], seq_len: int, tokenizer) -> list[Mixture]:
+    """Check every mixture before any work; builds land in the user cache, keyed by their config."""
+    from harness.trainer import mixture, packing
+
+    if not specs:
+        raise UserError("--mixtures: give at least one (e.g. per_source,global,cut_4k)")
+    want = packing.vocab_hash(tokenizer)
+    out, seen = [], set()
+    for spec in specs:
+        label, strategy, prebuilt = _mixture(spec)
+        if label in seen:
+            raise UserError(f"--mixtures: {label!r} is named twice; each mixture needs its own name")
+        seen.add(label)
+        if prebuilt:
+            manifest = json.loads((Path(prebuilt) / "manifest.json").read_text())
+            got = manifest.get("tokenizer", {})
+            if got.get("vocab_hash") != want:
+                raise UserError(f"--mixtures: {spec!r} was built with tokenizer {got.get('name')!r} (vocabulary "
+                                f"{got.get('vocab_hash')}), not the base's ({want}); all mixtures must share the "
+                                f"base's tokenizer: rebuild it with `harness data build --tokenizer <base>`")
+            if manifest.get("seq_len") != seq_len:
+                raise UserError(f"--mixtures: {spec!r} was packed at {manifest.get('seq_len')} tokens, not --seq-len "
+                                f"{seq_len}; rebuild it or change --seq-len")
+            out.append(Mixture(label, "", prebuilt))
+        else:
+            mixture.resolve(strategy, seq_len)  # a malformed YAML fails here
+            out.append(Mixture(label, strategy, ""))
+    return out
+
+
+def _data_dir(cfg: AblateConfig, strategy: str, tokenizer_name: str) -> Path:
+    from harness.paths import cache_dir
+    from harness.store import config_hash
+
+    key = {"source": cfg.source, "strategy": strategy, "tokens": cfg.tokens, "seq_len": cfg.seq_len,
+           "tokenizer": tokenizer_name, "seed": cfg.seed}
+    return cache_dir("data", f"ablate-{Path(strategy).stem}-{config_hash(key)[:12]}")
+
+
+class Stages:
+    """stages.jsonl: which stages finished, in how long, on how many tokens."""
+
+    def __init__(self, root: Path):
+        self.path = root / STAGES_FILE
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip().endswith("}")]
+
+    def add(self, name: str, seconds: float, tokens: int | None, **extra) -> None:
+        line = json.dumps({"stage": name, "seconds": round(seconds, 2), "tokens": tokens, **extra}) + "\n"
+        with open(self.path, "a") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep, peak: float) -> list[tuple[str, int, float]]:
+    """(stage, tokens, FLOP) per kind of stage, from the model shape and the grids."""
+    from harness import flops
+
+    rows = []
+    if cfg.base == TINY_BASE:
+        rows.append(("base (from scratch)", cfg.base_tokens,
+                     cfg.base_tokens / cfg.base_seq_len * flops.train_flops(base_config, cfg.base_seq_len)))
+    per_train = cfg.tokens / cfg.seq_len * flops.train_flops(base_config, cfg.seq_len)
+    rows.append((f"train x {n_mixtures}", cfg.tokens * n_mixtures, per_train * n_mixtures))
+    if prep.needle is not None:
+        ncfg = prep.needle[0]
+        cells = [(n, d) for n in ncfg.lengths for d in ncfg.depths]
+        tokens = sum(n for n, _ in cells)
+        cost = sum(flops.prefill_flops(base_config, n) + flops.decode_flops(base_config, n, ncfg.max_new_tokens)
+                   for n, _ in cells)
+        rows.append((f"needle x {n_mixtures + 1} models", tokens * (n_mixtures + 1), cost * (n_mixtures + 1)))
+    return rows
+
+
+def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) -> Path:
+    """Run (or resume) the whole ablation; returns the report's PDF path."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from harness import flops, models
+    from harness.evaluate import evaluate, prepare
+    from harness.store import check_writable, config_hash, diff_keys
+    from harness.trainer import build, loop
+
+    out = Path(cfg.out)
+    check_writable(out)
+    prep = prepare(cfg.evaluation)
+    tiny = cfg.base == TINY_BASE
+    if not tiny:
+        models.resolve(cfg.base)
+    tokenizer_name = "smollm2-135m" if tiny else cfg.base
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(tokenizer_name))
+    mixtures = resolve_mixtures(cfg.mixtures, cfg.seq_len, tokenizer)
+    for m in mixtures:
+        if not m.data:
+            m.data = str(_data_dir(cfg, m.strategy, tokenizer_name))
+    if cfg.engine not in loop.ENGINES:
+        raise UserError(f"--engine: unknown {cfg.engine!r}; known: {', '.join(loop.ENGINES)}")
+
+    # -- the ablation directory: new, or the same config resumed --------------------------------
+    digest = config_hash(cfg.hashed())
+    record_path = out / ABLATE_FILE
+    if record_path.is_file():
+        old = json.loads(record_path.read_text())
+        if old.get("config_hash") != digest:
+            raise UserError(f"--out: {str(out)!r} holds an ablation with a different config (differs in: "
+                            f"{', '.join(diff_keys(old.get('config', {}), cfg.hashed())[:6])}); use another --out")
+        console.print(f"resuming the ablation in {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    plan = {"base": cfg.base, "mixtures": [asdict(m) for m in mixtures],
+            "models": ["base"] + [m.label for m in mixtures]}
+    atomic.write_text(record_path, json.dumps({"config": cfg.hashed(), "config_hash": digest, "plan": plan},
+                                              indent=2, default=str) + "\n")
+    stages = Stages(out)
+    done = {r["stage"] for r in stages.records()}
+
+    # -- the plan ---------------------------------------------------------------------------------
+    base_config = loop.tiny_config(tokenizer, cfg.base_seq_len) if tiny else AutoConfig.from_pretrained(models.resolve(cfg.base))
+    import torch
+
+    peak = flops.measure_peak("cuda" if torch.cuda.is_available() else "cpu")
+    rows = _estimate(cfg, base_config, len(mixtures), prep, peak)
+    console.print(f"[bold]ablate[/]: base {cfg.base}; mixtures {', '.join(m.label for m in mixtures)}; "
+                  f"{cfg.tokens:,} tokens each at {format_length(cfg.seq_len)}"
+                  f"{f', RoPE base {cfg.rope_theta:g}' if cfg.rope_theta else ''}; seed {cfg.seed}; "
+                  f"suites {', '.join(prep.suites)}")
+    total = 0.0
+    for name, tokens, cost in rows:
+        # Training here reaches about 15% of the GEMM peak (measured), generation-heavy evaluation less:
+        # the estimate is a planning figure, the stage log records what it really took.
+        seconds = cost / (peak * (0.15 if "train" in name or "base" in name else 0.1))
+        total += seconds
+        console.print(f"  {name:<24} {tokens:>14,} tokens  {cost / 1e12:>10,.1f} TFLOP  ~{seconds / 60:,.1f} min")
+    console.print(f"  estimate: ~{total / 60:,.0f} min at the measured {peak / 1e12:.2f} TFLOP/s peak, plus data "
+                  f"builds, BookQA/regression/loss evaluation and model loads; finished stages are skipped")
+
+    # -- stage 0 (tiny): the short-context base, pretrained from scratch -------------------------
+    base_path = cfg.base
+    if tiny:
+        base_dir = out / "base"
+        base_path = str(base_dir / "final")
+        if "base" not in done:
+            started = time.perf_counter()
+            data = build.from_scratch_data(cfg.base_seq_len, cfg.base_tokens, cfg.seed, console)
+            _train(loop.TrainConfig(base="", from_scratch=TINY_BASE, data=str(data), seq_len=cfg.base_seq_len,
+                                    tokens=cfg.base_tokens, out=str(base_dir), lr=1e-3, batch_tokens=8 * cfg.base_seq_len,
+                                    seed=cfg.seed, save_every=cfg.save_every), console)
+            stages.add("base", time.perf_counter() - started, cfg.base_tokens)
+
+    # -- per mixture: data, then training from the same base ------------------------------------
+    trained = {}
+    for m in mixtures:
+        if f"data:{m.label}" not in done:
+            started = time.perf_counter()
+            if m.strategy:
+                build.build(source=cfg.source, strategy=m.strategy, tokens=cfg.tokens, seq_len=cfg.seq_len,
+                            tokenizer=tokenizer_name, seed=cfg.seed, out=Path(m.data), console=console)
+            stages.add(f"data:{m.label}", time.perf_counter() - started, cfg.tokens, path=m.data)
+        run_dir = out / "train" / m.label
+        trained[m.label] = run_dir / "final"
+        if f"train:{m.label}" not in done:
+            started = time.perf_counter()
+            _train(loop.TrainConfig(base=base_path, data=m.data, seq_len=cfg.seq_len, tokens=cfg.tokens,
+                                    out=str(run_dir), rope_theta=cfg.rope_theta, lr=cfg.lr, batch_tokens=cfg.batch_tokens,
+                                    engine=cfg.engine, seed=cfg.seed, save_every=cfg.save_every), console)
+            stages.add(f"train:{m.label}", time.perf_counter() - started, cfg.tokens)
+
+    # -- every suite on the base and on each trained model --------------------------------------
+    for label, model in [("base", base_path)] + [(k, str(v)) for k, v in trained.items()]:
+        if f"eval:{label}" in done:
+            continue
+        started = time.perf_counter()
+        console.rule(f"evaluate {label}")
+        evaluate(model, prep, out / "eval" / label, console)
+        stages.add(f"eval:{label}", time.perf_counter() - started, None)
+
+    from harness.reports import document
+
+    return document.write_report([out], out / "report.pdf", reference=reference, console=console)
+
+
+def _train(tcfg, console: Console) -> Path:
+    """One training stage: resume from its last checkpoint, or start it over if it has none."""
+    from harness.trainer import loop
+
+    out = Path(tcfg.out)
+    if (out / "final").is_dir():
+        return out / "final"
+    if (out / "train_config.json").is_file():
+        if loop.latest_checkpoint(out) is not None:
+            return loop.train(tcfg, resume=True, console=console)
+        shutil.rmtree(out)  # interrupted before its first checkpoint: nothing to keep
+    return loop.train(tcfg, console=console)
+
+
+def from_preset(preset: str | None, **flags) -> AblateConfig:
+    """CLI flags (None = not given) over the preset's values."""
+    from harness.values import parse_budget, parse_length
+
+    name = preset or "tiny"
+    if name not in PRESETS:
+        raise UserError(f"--preset: unknown {name!r} for ablate; known: {', '.join(PRESETS)}")
+    p = dict(PRESETS[name])
+    given = {k: v for k, v in flags.items() if v is not None}
+    p.update(given)
+    if not p.get("base"):
+        raise UserError(f"--base: required with --preset {name} (the paper extends LLaMA-2 7B); "
+                        f"give a model directory or smollm2-135m")
+    tiny = p["base"] == TINY_BASE
+    if tiny:  # the from-scratch base's own budget (the tiny preset's values when another preset lacks them)
+        p["base_tokens"] = p.get("base_tokens") or PRESETS["tiny"]["base_tokens"]
+        p["base_seq_len"] = p.get("base_seq_len") or PRESETS["tiny"]["base_seq_len"]
+    evaluation = EvalRequest(suites=p["suites"], preset=p.get("eval_preset"), lengths=p.get("lengths"),
+                             depths=p.get("depths"), regression_limit=p.get("regression_limit"),
+                             loss_bucket=p.get("loss_bucket"), dtype=p.get("dtype", "bf16"), device=p.get("device"))
+    return AblateConfig(
+        base=p["base"], mixtures=[s.strip() for s in p["mixtures"].split(",") if s.strip()],
+        tokens=parse_budget(str(p["tokens"]), "--tokens"), seq_len=parse_length(str(p["seq_len"]), "--seq-len"),
+        rope_theta=p.get("rope_theta"), out=str(p["out"]), source=p.get("source", "embedded"), seed=p.get("seed", 0),
+        lr=p.get("lr", 2e-5), batch_tokens=parse_budget(str(p["batch_tokens"]), "--batch-tokens") if p.get("batch_tokens") else None,
+        engine=p.get("engine", "torch"), save_every=p.get("save_every", 0),
+        base_tokens=parse_budget(str(p["base_tokens"]), "--base-tokens") if tiny else None,
+        base_seq_len=parse_length(str(p["base_seq_len"]), "--base-seq-len") if tiny else None,
+        evaluation=evaluation)

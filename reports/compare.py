@@ -1,0 +1,334 @@
+"""Several runs side by side: the comparison table and the figures of the report, from stores alone.
+
+A source is a run directory (``harness run``) or an ablation directory (``harness ablate``), whose
+models, mixture statistics and stage log are read from ``ablate.json`` and ``stages.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from harness.errors import UserError  # noqa: E402
+from harness.reports import heatmap  # noqa: E402
+from harness.store import RunStore  # noqa: E402
+from harness.values import format_length  # noqa: E402
+
+DIFF_CMAP = "RdBu"  # red: worse than the reference, blue: better
+SUITE_ORDER = ("needle", "bookqa", "regression", "loss")
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    manifest: dict
+    results: list[dict]
+
+    @property
+    def suites(self) -> set[str]:
+        configured = set(self.manifest.get("config", {}).get("suites", {}))
+        return configured | {r["suite"] for r in self.results}
+
+
+@dataclass
+class Collection:
+    runs: list[Run]
+    mixtures: dict[str, dict] = field(default_factory=dict)   # label -> data build stats.json
+    stages: list[dict] = field(default_factory=list)          # from stages.jsonl, labelled by ablation
+    ablations: list[dict] = field(default_factory=list)       # ablate.json records
+
+    @property
+    def common_suites(self) -> list[str]:
+        common = set.intersection(*(r.suites for r in self.runs)) if self.runs else set()
+        return [s for s in SUITE_ORDER if s in common]
+
+    def missing(self) -> dict[str, list[str]]:
+        """run -> suites other runs have and it lacks."""
+        every = set().union(*(r.suites for r in self.runs)) if self.runs else set()
+        return {r.name: sorted(every - r.suites) for r in self.runs if every - r.suites}
+
+
+def _run(path: Path, name: str) -> Run:
+    store = RunStore(path)
+    return Run(name, path, store.read_manifest(), list(store.results()))
+
+
+def collect(paths: list[Path]) -> Collection:
+    """Read every run (and ablation) named; names are unique in the report."""
+    col = Collection(runs=[])
+    for path in map(Path, paths):
+        record = path / "ablate.json"
+        if record.is_file():
+            ablation = json.loads(record.read_text())
+            col.ablations.append(ablation)
+            for label in ablation["plan"]["models"]:
+                if (path / "eval" / label / "manifest.json").is_file():
+                    col.runs.append(_run(path / "eval" / label, label))
+            for m in ablation["plan"]["mixtures"]:
+                stats = Path(m["data"]) / "stats.json"
+                if stats.is_file():
+                    col.mixtures[m["label"]] = json.loads(stats.read_text())
+            stages = path / "stages.jsonl"
+            if stages.is_file():
+                col.stages += [json.loads(line) for line in stages.read_text().splitlines() if line.strip().endswith("}")]
+        elif (path / "manifest.json").is_file():
+            col.runs.append(_run(path, path.resolve().name))
+        else:
+            raise UserError(f"{str(path)!r} is neither a run directory (manifest.json) nor an ablation (ablate.json)")
+    names = [r.name for r in col.runs]
+    for r in col.runs:  # the same directory name twice (runs/a/model, runs/b/model): add the parent
+        if names.count(r.name) > 1:
+            r.name = f"{r.path.resolve().parent.name}/{r.name}"
+    if not col.runs:
+        raise UserError("report: none of the directories holds an evaluated model yet")
+    return col
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+def table(col: Collection) -> pd.DataFrame:
+    """One row per model, one column per number a researcher compares (paper Tables 3-5)."""
+    from harness.tasks import bookqa, loss
+
+    rows = {}
+    for run in col.runs:
+        row = {}
+        needle = [r["score"] for r in run.results if r["suite"] == "needle"]
+        if needle:
+            row["needle mean"] = float(np.mean(needle))
+        for length, v in bookqa.summary(run.results)["by_length"].items():
+            row[f"bookqa recall {format_length(length)}"] = v["paper"]
+        for r in run.results:
+            if r["suite"] == "regression":
+                row[f"{r['task']} {r['metric']}"] = r["score"]
+        by_bucket: dict[str, list[float]] = {}
+        for buckets in loss.summary(run.results).values():
+            for name, v in buckets.items():
+                by_bucket.setdefault(name, []).append(v["loss"])
+        for name, values in by_bucket.items():
+            row[f"loss {name}"] = float(np.mean(values))  # mean over domains (per domain: the curves)
+        rows[run.name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _fmt(column: str, value: float) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if "perplexity" in column and value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3f}"
+
+
+def figure_table(df: pd.DataFrame, title: str):
+    """The comparison table as a page: models as columns (they are few), metrics as rows."""
+    t = df.T
+    fig, ax = plt.subplots(figsize=(11, max(3.0, 0.32 * len(t) + 1.6)))
+    ax.axis("off")
+    cells = [[metric] + [_fmt(metric, v) for v in row] for metric, row in zip(t.index, t.to_numpy(dtype=float))]
+    first = 0.34
+    widths = [first] + [(1 - first) / max(len(t.columns), 1)] * len(t.columns)
+    widget = ax.table(cellText=cells, colLabels=["metric"] + list(t.columns), colWidths=widths, loc="upper center",
+                      cellLoc="right")
+    widget.auto_set_font_size(False)
+    widget.set_fontsize(8)
+    widget.scale(1, 1.25)
+    for (row, col), cell in widget.get_celld().items():
+        if col == 0:
+            cell.set_text_props(ha="left")
+            cell._loc = "left"
+        if row == 0:
+            cell.set_text_props(fontweight="bold")
+    fig.suptitle(title, fontsize=12, fontweight="bold")
+    ax.set_title("needle: paper score (fraction of answer words); bookqa: answer-word recall; loss: nats/token, "
+                 "mean over domains; regression: lm-eval", fontsize=8)
+    return fig
+
+
+# -- needle heatmaps --------------------------------------------------------------------------------
+
+def _grid_shape(n: int) -> tuple[int, int]:
+    cols = min(n, 3)
+    return math.ceil(n / cols), cols
+
+
+def _grids(col: Collection, suite: str) -> list[tuple[Run, pd.DataFrame]]:
+    return [(run, heatmap.grid(run.results, suite)) for run in col.runs if not heatmap.grid(run.results, suite).empty]
+
+
+def _colorbar(fig, image, axes, label: str) -> None:
+    bar = fig.colorbar(image, ax=axes, fraction=0.03, pad=0.02)
+    bar.set_label(label)
+    bar.solids.set_rasterized(False)  # vector: the page's only images are the heatmaps
+
+
+def figure_heatmaps(col: Collection, suite: str = "needle"):
+    """Every model's heatmap on one colour scale (0-1) with a single colour bar."""
+    grids = _grids(col, suite)
+    if not grids:
+        return None
+    rows, cols = _grid_shape(len(grids))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.2, 3.4 * rows + 1.0), squeeze=False,
+                             layout="constrained")
+    image = None
+    for ax, (run, grid) in zip(axes.flat, grids):
+        model = run.manifest.get("model", {})
+        image = heatmap.draw(grid, f"{run.name}\n{heatmap.rope_label(model)}", model.get("effective_max_positions"),
+                             ax=ax, colorbar=None)
+    for ax in list(axes.flat)[len(grids):]:
+        ax.axis("off")
+    _colorbar(fig, image, axes, "score (one scale for every model)")
+    fig.suptitle(f"{suite.capitalize()} heatmaps", fontsize=12, fontweight="bold")
+    return fig
+
+
+def figure_differences(col: Collection, reference: str, suite: str = "needle"):
+    """Each model's heatmap minus the reference's, on the cells both ran (-1..1, blue is better)."""
+    grids = dict((run.name, (run, g)) for run, g in _grids(col, suite))
+    if reference not in grids or len(grids) < 2:
+        return None
+    ref = grids[reference][1]
+    others = [(name, run, g) for name, (run, g) in grids.items() if name != reference]
+    rows, cols = _grid_shape(len(others))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.2, 3.4 * rows + 1.0), squeeze=False,
+                             layout="constrained")
+    image = None
+    for ax, (name, run, g) in zip(axes.flat, others):
+        diff = g.sub(ref).dropna(how="all").dropna(axis=1, how="all")
+        image = heatmap.draw(diff, f"{name} − {reference}", run.manifest.get("model", {}).get("effective_max_positions"),
+                             ax=ax, cmap=DIFF_CMAP, vmin=-1.0, vmax=1.0, colorbar=None)
+    for ax in list(axes.flat)[len(others):]:
+        ax.axis("off")
+    _colorbar(fig, image, axes, f"score difference against {reference}")
+    fig.suptitle(f"{suite.capitalize()} difference heatmaps (against {reference})", fontsize=12, fontweight="bold")
+    return fig
+
+
+# -- loss by length, mixtures, provenance ---------------------------------------------------------
+
+def figure_loss(col: Collection):
+    """Loss by position bucket, one panel per domain, one line per model (paper Table 5 / Fig. 4)."""
+    from harness.tasks import loss
+
+    per_run = {run.name: loss.summary(run.results) for run in col.runs}
+    domains = sorted({d for s in per_run.values() for d in s})
+    if not domains:
+        return None
+    cols = min(4, len(domains))
+    rows = math.ceil(len(domains) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.8, 2.8 * rows + 1.2), squeeze=False, sharey=False)
+    for ax, domain in zip(axes.flat, domains):
+        for name, summary in per_run.items():
+            buckets = summary.get(domain, {})
+            if buckets:
+                ax.plot(range(len(buckets)), [v["loss"] for v in buckets.values()], marker="o", ms=3, label=name)
+                ax.set_xticks(range(len(buckets)), list(buckets), rotation=30, fontsize=7)
+        ax.set_title(domain, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(domains):]:
+        ax.axis("off")
+    axes.flat[0].set_ylabel("nats/token")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8)
+    fig.suptitle("Loss by length (held-out documents, per domain)", fontsize=12, fontweight="bold")
+    fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+    return fig
+
+
+def figure_mixtures(col: Collection):
+    """Domain shares per mixture (stacked bars) and the token share by document length."""
+    if not col.mixtures:
+        return None
+    labels = list(col.mixtures)
+    domains = sorted({d for s in col.mixtures.values() for d in s["domains"]})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    bottom = np.zeros(len(labels))
+    for d in domains:
+        shares = np.array([col.mixtures[m]["domains"].get(d, {}).get("share", 0.0) for m in labels])
+        ax1.bar(labels, shares, bottom=bottom, label=d)
+        bottom += shares
+    for i, m in enumerate(labels):
+        ax1.text(i, 1.01, f">4K {col.mixtures[m]['long_4k_share']:.0%}", ha="center", fontsize=8)
+    ax1.set_ylim(0, 1.1)
+    ax1.set_ylabel("share of mixture tokens")
+    ax1.set_title("Domain composition (label: tokens in >4K documents)", fontsize=10)
+    ax1.legend(fontsize=7, loc="lower right")
+    ax1.tick_params(axis="x", rotation=20)
+    bins = None
+    for m in labels:
+        stats = col.mixtures[m]
+        bins = stats["length_bins"]
+        hist = np.sum([np.array(d["length_hist_tokens"], dtype=float) for d in stats["domains"].values()], axis=0)
+        ax2.plot(range(len(hist)), hist / max(hist.sum(), 1), marker="o", ms=3, label=m)
+    ax2.set_xticks(range(len(bins) - 1)[::2], [f"{b // 1024}K" if b >= 1024 else str(b) for b in bins[:-1]][::2])
+    ax2.set_xlabel("document length (tokens, log2 bins)")
+    ax2.set_ylabel("share of mixture tokens")
+    ax2.set_title("Length histogram", fontsize=10)
+    ax2.legend(fontsize=8)
+    fig.suptitle("Mixture composition", fontsize=12, fontweight="bold")
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return fig
+
+
+def provenance(col: Collection) -> list[tuple[str, list[list[str]]]]:
+    """(section, rows) for the provenance page and the HTML: config, versions, hashes, machine, stages."""
+    sections = []
+    runs = []
+    for run in col.runs:
+        m, model = run.manifest, run.manifest.get("model", {})
+        machine = m.get("machine", {})
+        runs.append([run.name, str(model.get("name", "?")), f"{model.get('parameters', 0) / 1e6:.1f}M",
+                     heatmap.rope_label(model), str(model.get("dtype", "?")), m.get("config_hash", "?"),
+                     str(m.get("git_revision") or "–"), f"{machine.get('processor', '?')} x{machine.get('cpu_count', '?')}"
+                     + (f" {', '.join(machine['gpus'])}" if machine.get("gpus") else ""), str(m.get("created", "?"))])
+    sections.append(("runs: model, parameters, RoPE, dtype, config hash, git revision, machine, created", runs))
+    versions = {}
+    for run in col.runs:
+        for k, v in run.manifest.get("versions", {}).items():
+            versions.setdefault(k, set()).add(str(v))
+    sections.append(("package versions", [[k, ", ".join(sorted(v))] for k, v in sorted(versions.items())]))
+    for ab in col.ablations:
+        c = ab["config"]
+        sections.append((f"ablation {ab['config_hash']}", [[k, json.dumps(v, default=str)] for k, v in c.items()
+                                                           if k != "evaluation"]
+                         + [["evaluation", json.dumps({k: v for k, v in c.get("evaluation", {}).items() if v})]]))
+    if col.stages:
+        sections.append(("stages: seconds and tokens", [[s["stage"], f"{s['seconds']:,.1f} s",
+                                                         f"{s['tokens']:,}" if s.get("tokens") else "–"]
+                                                        for s in col.stages]))
+    return sections
+
+
+def figure_provenance(col: Collection):
+    sections = provenance(col)
+    lines = []
+    for title, rows in sections:
+        lines.append(title.upper())
+        for row in rows:
+            lines.append("  " + " · ".join(row))
+        lines.append("")
+    lines = textwrap_lines(lines, 150)
+    if len(lines) > 80:  # one page; the HTML page has every line
+        lines = lines[:79] + [f"... {len(lines) - 79} more lines in the HTML report"]
+    fig = plt.figure(figsize=(11, 8.5))
+    fig.text(0.02, 0.94, "\n".join(lines), family="monospace", fontsize=6.2, va="top")
+    fig.suptitle("Provenance", fontsize=12, fontweight="bold")
+    return fig
+
+
+def textwrap_lines(lines: list[str], width: int) -> list[str]:
+    import textwrap
+
+    out = []
+    for line in lines:
+        out += textwrap.wrap(line, width, subsequent_indent="      ") or [""]
+    return out

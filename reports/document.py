@@ -1,0 +1,165 @@
+"""The comparison report: one PDF and one self-contained HTML page from stored runs (no model).
+
+Pages, in order, each present when the runs hold its data:
+
+    Comparison table · Needle heatmaps · Needle difference heatmaps · Loss by length ·
+    Mixture composition · Provenance
+
+Every page carries its title as text, so a PDF can be checked without looking at it
+(:func:`inspect_pdf`, used by CI).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+
+from harness import atomic  # noqa: E402
+from harness.errors import UserError  # noqa: E402
+from harness.reports import compare  # noqa: E402
+
+log = logging.getLogger("harness")
+
+TITLES = ("Comparison table", "Needle heatmaps", "Needle difference heatmaps", "Loss by length",
+          "Mixture composition", "Provenance")
+
+
+def figures(col: compare.Collection, reference: str | None) -> list[tuple[str, object]]:
+    """(page title, matplotlib figure) for every page the collection supports."""
+    names = [r.name for r in col.runs]
+    reference = reference or names[0]
+    if reference not in names:
+        raise UserError(f"--reference: {reference!r} is not one of the runs; known: {', '.join(names)}")
+    df = compare.table(col)
+    pages = [(TITLES[0], compare.figure_table(df, TITLES[0])),
+             (TITLES[1], compare.figure_heatmaps(col, "needle")),
+             (TITLES[2], compare.figure_differences(col, reference, "needle")),
+             (TITLES[3], compare.figure_loss(col)),
+             (TITLES[4], compare.figure_mixtures(col)),
+             (TITLES[5], compare.figure_provenance(col))]
+    return [(title, fig) for title, fig in pages if fig is not None]
+
+
+def write_report(paths: list[Path], pdf: Path, *, reference: str | None = None, console=None) -> Path:
+    """Write ``pdf`` and the HTML page beside it (same stem); returns the PDF's path."""
+    col = compare.collect(paths)
+    missing = col.missing()
+    if missing:
+        log.warning("runs differ in suites; the table and figures show what each has; missing: %s",
+                    "; ".join(f"{name}: {', '.join(s)}" for name, s in missing.items()))
+    pages = figures(col, reference)
+    pdf = Path(pdf)
+    pdf.parent.mkdir(parents=True, exist_ok=True)
+    pngs = []
+    with atomic.atomic_path(pdf) as tmp:
+        with PdfPages(tmp, metadata={"Title": "longctx-harness report", "Creator": "longctx-harness"}) as doc:
+            for title, fig in pages:
+                doc.savefig(fig)
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", dpi=110)
+                pngs.append((title, base64.b64encode(buf.getvalue()).decode()))
+                plt.close(fig)
+    page = render_html(col, pngs, missing)
+    html_path = pdf.with_suffix(".html")
+    atomic.write_text(html_path, page)
+    if console is not None:
+        console.print(f"report: {pdf} ({len(pages)} pages) and {html_path}")
+    return pdf
+
+
+def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: dict[str, list[str]]) -> str:
+    """One self-contained page: the table as HTML, every figure inline, provenance as tables."""
+    df = compare.table(col)
+    table_html = df.T.to_html(float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="numbers")
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>longctx-harness report</title>",
+             "<style>body{font-family:sans-serif;margin:24px;max-width:1300px}"
+             "table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd}"
+             "td{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;border:1px solid #eee}"
+             ".warn{color:#a40}</style></head><body>",
+             "<h1>longctx-harness report</h1>",
+             f"<p>{len(col.runs)} models: {html.escape(', '.join(r.name for r in col.runs))}</p>"]
+    if missing:
+        parts.append("<p class='warn'>Suites missing: " + html.escape(
+            "; ".join(f"{n}: {', '.join(s)}" for n, s in missing.items())) + "</p>")
+    parts += ["<h2 id='table'>Comparison table</h2>", table_html]
+    for title, data in pngs:
+        if title in (TITLES[0], TITLES[5]):
+            continue
+        anchor = title.lower().replace(" ", "-")
+        parts.append(f"<h2 id='{anchor}'>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
+                     f"src='data:image/png;base64,{data}'>")
+    parts.append("<h2 id='provenance'>Provenance</h2>")
+    for title, rows in compare.provenance(col):
+        parts.append(f"<h3>{html.escape(title)}</h3><table>")
+        parts += ["<tr>" + "".join(f"<td style='text-align:left'>{html.escape(c)}</td>" for c in row) + "</tr>"
+                  for row in rows]
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def inspect_pdf(path: Path) -> list[dict]:
+    """Per page: its title (the first of :data:`TITLES` in its text) and how many images it embeds."""
+    from pypdf import PdfReader
+
+    from pypdf.generic import ContentStream
+
+    reader = PdfReader(str(path))
+    pages = []
+    for page in reader.pages:
+        text = page.extract_text() or ""
+        # Longest first: "Needle difference heatmaps" also contains "heatmaps".
+        title = next((t for t in sorted(TITLES, key=len, reverse=True) if t in text), None)
+        # Images drawn on this page (matplotlib shares one XObject dictionary across pages, so
+        # count the page's own `Do` operators): each heatmap is one image; colour bars are vector.
+        xobjects = page.get("/Resources", {}).get("/XObject", {}) or {}
+        images = 0
+        for operands, operator in ContentStream(page.get_contents(), reader).operations:
+            if operator == b"Do" and operands[0] in xobjects:
+                images += xobjects[operands[0]].get_object().get("/Subtype") == "/Image"
+        pages.append({"title": title, "images": images})
+    return pages
+
+
+def check(pdf: Path, models: int) -> list[str]:
+    """What is wrong with a report of ``models`` models whose first is the reference ([] if nothing).
+
+    CI runs this on reports/ci-report.pdf: every page present, in order, and one heatmap image per
+    model on the heatmap page (one per non-reference model on the difference page).
+    """
+    pages = inspect_pdf(pdf)
+    problems = []
+    titles = [p["title"] for p in pages]
+    if titles != list(TITLES):
+        problems.append(f"pages {titles}, expected {list(TITLES)}")
+    images = {p["title"]: p["images"] for p in pages}
+    if images.get(TITLES[1]) != models:
+        problems.append(f"{TITLES[1]}: {images.get(TITLES[1])} images, expected {models}")
+    if images.get(TITLES[2]) != models - 1:
+        problems.append(f"{TITLES[2]}: {images.get(TITLES[2])} images, expected {models - 1}")
+    return problems
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Check a comparison report's pages and heatmap figures.")
+    parser.add_argument("pdf", type=Path)
+    parser.add_argument("--models", type=int, required=True, help="Models in the report (heatmaps expected).")
+    args = parser.parse_args()
+    found = check(args.pdf, args.models)
+    for line in found:
+        print(f"report check: {line}", file=sys.stderr)
+    print(f"report check: {args.pdf}: {len(inspect_pdf(args.pdf))} pages, "
+          f"{'FAILED' if found else 'every expected page and figure present'}")
+    sys.exit(1 if found else 0)

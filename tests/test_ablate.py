@@ -1,0 +1,173 @@
+"""`harness ablate` end to end at tiny shapes, and `harness report` over stored runs alone.
+
+The ablation is real: a tiny Llama pretrained from scratch on the embedded corpus, two mixtures
+built and trained from it, every model evaluated, the report written. Small budgets keep it to
+about two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import harness_cli
+
+ARGS = ["--base", "tiny", "--base-tokens", "16k", "--base-seq-len", "128", "--mixtures", "per_source,cut_4k",
+        "--tokens", "8k", "--seq-len", "256", "--rope-theta", "1e5", "--suites", "needle,loss",
+        "--lengths", "128,256", "--depths", "0,100", "--loss-bucket", "256", "--batch-tokens", "2k"]
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablate") / "a"
+    proc = harness_cli("ablate", *ARGS, "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_ablation_trains_each_mixture_and_evaluates_every_model(ablation):
+    out, proc = ablation
+    record = json.loads((out / "ablate.json").read_text())
+    assert record["plan"]["models"] == ["base", "per_source", "cut_4k"]
+    assert "estimate" in proc.stderr and "TFLOP" in proc.stderr  # the plan is printed first
+    stages = [json.loads(line)["stage"] for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert stages == ["base", "data:per_source", "train:per_source", "data:cut_4k", "train:cut_4k",
+                      "eval:base", "eval:per_source", "eval:cut_4k"]
+    # Same base, same budget, same seed; the extended models carry the raised RoPE base.
+    for label in ("per_source", "cut_4k"):
+        cfg = json.loads((out / "train" / label / "train_config.json").read_text())["config"]
+        assert cfg["base"] == str(out / "base" / "final") and cfg["tokens"] == 8000 and cfg["seed"] == 0
+        assert cfg["rope_theta"] == 1e5
+        manifest = json.loads((out / "eval" / label / "manifest.json").read_text())
+        assert manifest["model"]["rope_parameters"]["rope_theta"] == 1e5
+    base_manifest = json.loads((out / "eval" / "base" / "manifest.json").read_text())
+    assert base_manifest["model"]["rope_parameters"]["rope_theta"] == 10000.0
+    # The two mixtures are different data: per_source keeps long documents, cut_4k cuts them.
+    data = {m["label"]: json.loads((Path(m["data"]) / "stats.json").read_text()) for m in record["plan"]["mixtures"]}
+    assert data["per_source"]["strategy"] == "per_source" and data["cut_4k"]["strategy"] == "cut_4k"
+    assert data["per_source"]["long_4k_share"] > data["cut_4k"]["long_4k_share"] == 0.0
+    for label in record["plan"]["models"]:
+        rows = [json.loads(line) for line in (out / "eval" / label / "results.jsonl").read_text().splitlines()]
+        assert sum(r["suite"] == "needle" for r in rows) == 4 and any(r["suite"] == "loss" for r in rows)
+    assert (out / "report.pdf").stat().st_size > 10_000 and (out / "report.html").is_file()
+    assert proc.stdout.strip().endswith("report.pdf")
+
+
+def test_report_pages_and_figures(ablation):
+    from harness.reports.document import inspect_pdf
+
+    out, _ = ablation
+    pages = inspect_pdf(out / "report.pdf")
+    titles = [p["title"] for p in pages]
+    assert titles == ["Comparison table", "Needle heatmaps", "Needle difference heatmaps", "Loss by length",
+                      "Mixture composition", "Provenance"]
+    assert pages[1]["images"] == 3   # one heatmap per model, one colour scale
+    assert pages[2]["images"] == 2   # each trained model minus the base
+
+
+def test_rerun_is_a_no_op_and_a_lost_stage_is_redone_alone(ablation):
+    out, _ = ablation
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("results.jsonl")}
+    record = json.loads((out / "ablate.json").read_text())
+    # A crash during the last evaluation: its stage line and its last cell never got written.
+    stages = (out / "stages.jsonl").read_text().splitlines()
+    (out / "stages.jsonl").write_text("\n".join(stages[:-1]) + "\n")
+    results = out / "eval" / "cut_4k" / "results.jsonl"
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join(lines[:-1]) + "\n")
+    proc = harness_cli("ablate", *ARGS, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming the ablation" in proc.stderr
+    assert "final checkpoint" not in proc.stderr      # nothing retrained
+    assert "1 to run (" in proc.stderr                 # only the lost cell
+    assert len(results.read_text().splitlines()) == len(lines)
+    again = (out / "stages.jsonl").read_text().splitlines()
+    assert again[:-1] == stages[:-1] and json.loads(again[-1])["stage"] == "eval:cut_4k"
+    for path, mtime in before.items():
+        if path != results:
+            assert path.stat().st_mtime_ns == mtime
+    assert json.loads((out / "ablate.json").read_text())["config_hash"] == record["config_hash"]
+
+
+def test_report_from_stored_runs_alone_with_a_missing_suite(ablation, tmp_path):
+    """`harness report` over a plain run directory and an ablation: draws what is common, names the gap."""
+    out, _ = ablation
+    only_needle = tmp_path / "needle-only"
+    shutil.copytree(out / "eval" / "base", only_needle)
+    rows = [line for line in (only_needle / "results.jsonl").read_text().splitlines()
+            if json.loads(line)["suite"] == "needle"]
+    (only_needle / "results.jsonl").write_text("\n".join(rows) + "\n")
+    manifest = json.loads((only_needle / "manifest.json").read_text())
+    del manifest["config"]["suites"]["loss"]
+    (only_needle / "manifest.json").write_text(json.dumps(manifest))
+    pdf = tmp_path / "cmp" / "report.pdf"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    proc = harness_cli("report", str(out), str(only_needle), "--out", str(pdf), "--reference", "needle-only", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "missing: needle-only: loss" in proc.stderr
+    assert "loading" not in proc.stderr  # no model is loaded
+    from harness.reports.document import inspect_pdf
+
+    pages = inspect_pdf(pdf)
+    assert [p["images"] for p in pages if p["title"] == "Needle heatmaps"] == [4]
+    assert "Suites missing" in pdf.with_suffix(".html").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mixtures", "per_source,longest_first"], "unknown mixture 'longest_first'; known: cut_4k, cut_target"),
+    (["--preset", "huge"], "unknown 'huge' for ablate; known: tiny, paper"),
+    (["--preset", "paper"], "--base: required with --preset paper"),
+    (["--mixtures", "cut_4k,cut_4k"], "'cut_4k' is named twice"),
+])
+def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
+    proc = harness_cli("ablate", *args, "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_mixture_built_with_another_tokenizer_is_refused(ablation, tmp_path):
+    out, _ = ablation
+    built = Path(json.loads((out / "ablate.json").read_text())["plan"]["mixtures"][0]["data"])
+    other = tmp_path / "other-tokenizer-build"
+    shutil.copytree(built, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["tokenizer"].update(name="gpt2", vocab_hash="0123456789ab")
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    args = list(ARGS)
+    args[args.index("--mixtures") + 1] = f"cut_4k,{other}"
+    proc = harness_cli("ablate", *args, "--out", str(tmp_path / "y"))
+    assert proc.returncode == 2, proc.stderr
+    assert "was built with tokenizer 'gpt2'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "y").exists()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("HARNESS_REQUIRE_CHROMIUM"),
+                    reason="Debian's chromium is not installed (`make system-deps`; CI installs it)")
+def test_html_report_shows_heatmaps_in_headless_chromium(ablation, tmp_path):
+    from PIL import Image
+
+    from harness.reports.heatmap import CMAP
+
+    out, _ = ablation
+    assert _chromium(), "HARNESS_REQUIRE_CHROMIUM is set but chromium is not installed (make system-deps)"
+    shot = tmp_path / "page.png"
+    proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                           f"--screenshot={shot}", "--window-size=1400,2600", (out / "report.html").as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.is_file(), proc.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)[::3].astype(np.int16)
+    # The heatmaps' colours (the needle palette's red end: these tiny models score near 0).
+    palette = (np.array([CMAP(v)[:3] for v in np.linspace(0, 1, 11)]) * 255).astype(np.int16)
+    near = np.abs(pixels[:, None, :] - palette[None, :, :]).max(axis=2).min(axis=1) <= 12
+    assert near.sum() > 2000, f"only {near.sum()} heatmap-coloured pixels in the screenshot"

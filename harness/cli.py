@@ -68,6 +68,8 @@ def _slug(text: str) -> str:
 @click.option("--scorer", default="generate", show_default=True,
               help="Needle: generate (greedy answer, scored), loglik (teacher-forced answer probability, no decoding) or both.")
 @click.option("--backend", default="hf", show_default=True, help="hf (transformers) or vllm (offline LLM, prefix caching).")
+@click.option("--fast", is_flag=True, help="hf: split-causal attention over cached prefixes (CPU) and batched decoding "
+              "of equal-length cells; faster, outputs equal the exact ones only up to bf16 rounding.")
 @click.option("--tensor-parallel", default=1, show_default=True, type=int, help="vllm: GPUs per model.")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template instead of the paper's base prompt.")
 @click.option("--max-new-tokens", type=int, default=None, help="Greedy tokens to generate (suite default: 50).")
@@ -82,14 +84,14 @@ def _slug(text: str) -> str:
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
-def run(model_spec, suite, preset, lengths, depths, haystack, variant, scorer, backend, tensor_parallel, chat,
+def run(model_spec, suite, preset, lengths, depths, haystack, variant, scorer, backend, fast, tensor_parallel, chat,
         max_new_tokens, loss_bucket, bookqa_file, regression_tasks, regression_fewshot, regression_limit, rope_theta, rope_scaling, dtype, device, out) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
     from harness.evaluate import EvalRequest, evaluate, prepare
 
     prep = prepare(EvalRequest(
         suites=suite, preset=preset, lengths=lengths, depths=depths, haystack=haystack, variant=variant, chat=chat,
-        scorer=scorer, backend=backend, tensor_parallel=tensor_parallel,
+        scorer=scorer, backend=backend, fast=fast, tensor_parallel=tensor_parallel,
         max_new_tokens=max_new_tokens, loss_bucket=loss_bucket, bookqa_file=bookqa_file,
         regression_tasks=regression_tasks, regression_fewshot=regression_fewshot, regression_limit=regression_limit,
         rope_theta=rope_theta, rope_scaling=rope_scaling, dtype=dtype, device=device))

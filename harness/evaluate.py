@@ -29,6 +29,7 @@ class EvalRequest:
     variant: str | None = None         # needle variant: passkey, multikey, multivalue, multiquery, distractor
     scorer: str = "generate"           # needle: generate | loglik | both
     backend: str = "hf"                # hf | vllm
+    fast: bool = False                 # hf: split-causal attention + batched decoding (outputs equal to rounding)
     tensor_parallel: int = 1           # vllm: GPUs per model
     chat: bool = False
     max_new_tokens: int | None = None
@@ -93,6 +94,8 @@ def prepare(req: EvalRequest) -> Prepared:
         if "regression" in suites:
             raise UserError("--backend vllm: the regression suite runs lm-eval on the transformers model; "
                             "run it in a separate `harness run --backend hf`")
+    if req.fast and req.backend != "hf":
+        raise UserError("--fast: only for --backend hf (vLLM batches and caches prefixes itself)")
     if req.tensor_parallel < 1:
         raise UserError(f"--tensor-parallel: {req.tensor_parallel} must be at least 1")
     if "regression" in suites:
@@ -145,7 +148,7 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
         # The embedded model by name (its cache path is the user's), a local one by absolute path.
         "model": {"id": model_spec if model_spec in models.EMBEDDED else str(Path(info["path"]).resolve()),
                   **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")}},
-        "backend": req.backend,
+        "backend": req.backend + ("-fast" if req.fast and req.backend == "hf" else ""),
         "suites": suite_configs,
     }
     suites = {name: build() for name, build in builders.items()}
@@ -169,7 +172,7 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
         with console.status("starting vLLM"):
             backend = VLLMBackend(loaded, dtype=req.dtype, tensor_parallel=req.tensor_parallel)
     else:
-        backend = HFBackend(loaded)
+        backend = HFBackend(loaded, fast=req.fast)
     for name in prep.suites:
         run_suite(suites[name], backend, store, console, loaded.config)
     return list(store.results()), store.read_manifest()

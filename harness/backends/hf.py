@@ -9,20 +9,30 @@ It produces exactly ``generate(do_sample=False)``'s tokens (tests/test_backend.p
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
-from harness.backends import Generation, Request
+from harness.backends import Generation, Request, attention
 from harness.models import LoadedModel
 
 
 class HFBackend:
     name = "hf"
 
-    def __init__(self, loaded: LoadedModel, prefill_chunk: int = 8192):
+    def __init__(self, loaded: LoadedModel, prefill_chunk: int = 8192, fast: bool = False,
+                 decode_batch_tokens: int = 65536):
+        """``fast``: split-causal attention for prompts continuing a cache (CPU) and batched decoding
+        of equal-length prompts. Faster, but the arithmetic is grouped differently, so in bf16 a
+        greedy near-tie can flip: outputs equal the one-prompt-at-a-time ones only up to rounding.
+        Off, every output is exactly the per-prompt one (tested; BENCHMARKS.md has both)."""
         self.loaded = loaded
+        self.fast = fast
+        self.decode_batch_tokens = decode_batch_tokens if fast else 0
         self.model = loaded.model
         self.tok = loaded.tokenizer
         self.prefill_chunk = prefill_chunk
@@ -30,6 +40,23 @@ class HFBackend:
         if eos is None:
             eos = self.tok.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        # Fast mode on CPU: prompts that continue a cache run split-causal attention (attention.py).
+        self._attn = None
+        if fast and self.model.device.type == "cpu" and self.model.config._attn_implementation == "sdpa":
+            self._attn = attention.register()
+
+    @contextmanager
+    def _attention(self):
+        """Switch the model to this backend's attention for the duration of its own calls."""
+        if self._attn is None:
+            yield
+            return
+        config = self.model.config
+        saved, config._attn_implementation = config._attn_implementation, self._attn
+        try:
+            yield
+        finally:
+            config._attn_implementation = saved
 
     @property
     def max_length(self) -> int:
@@ -39,64 +66,120 @@ class HFBackend:
         ((_, gen),) = self.generate_many([Request(tuple(ids), max_new_tokens, stop_at_eos)])
         return gen
 
-    @torch.inference_mode()
     def generate_many(self, requests: list[Request]) -> Iterator[tuple[int, Generation]]:
-        """Serve requests depth-first over their prefix tree, with one KV cache.
+        with self._attention(), torch.inference_mode():
+            yield from self._generate_many(requests)
+
+    def _generate_many(self, requests: list[Request]) -> Iterator[tuple[int, Generation]]:
+        """Serve requests depth-first over their prefix tree, with one KV cache; decode in batches.
 
         Sorted lexicographically, the prompts are a depth-first walk of the tree of their shared
         prefixes (a needle grid: one haystack trunk, a branch at each needle). The cache keeps the
         tokens it holds; for the next prompt it is cropped back to the common prefix and only the
-        rest is computed, so every edge of the tree is computed once, and no KV is ever copied.
-        Each prompt's last token is always recomputed: its logits start the decoding.
+        rest is computed, so every edge of the tree is computed once. Each prompt's last token is
+        always recomputed: its logits start the decoding.
+
+        In fast mode, decoding reads every weight once per step whatever the batch, so prompts of
+        one length (a grid's cells at one length all have exactly that many tokens: no padding)
+        decode together: each one's KV is snapshotted after its prefill and the batch decodes once
+        the group is complete, or when the snapshots waiting reach ``decode_batch_tokens`` tokens.
+        Otherwise, and for a prompt too long to batch, decoding runs in place in the tree's cache.
         """
         device = self.model.device
         cache = DynamicCache(config=self.model.config)
         held: list[int] = []  # the tokens whose keys and values the cache holds, in order
-        for index in sorted(range(len(requests)), key=lambda i: requests[i].ids):
+        order = sorted(range(len(requests)), key=lambda i: requests[i].ids)
+        left = Counter(_group(requests[i]) for i in order if requests[i].max_new_tokens)
+        waiting: dict[tuple, list[_Branch]] = {}
+        for index in order:
             req = requests[index]
             start = time.perf_counter()
             ids = list(req.ids)
             keep = min(_common_prefix(held, ids), len(ids) - 1)
-            if len(held) > keep:
-                cache.crop(keep - len(held))
-                del held[keep:]
+            _crop(cache, held, keep)
             suffix = torch.tensor([ids[keep:]], dtype=torch.long, device=device)
             for s in range(0, suffix.shape[1], self.prefill_chunk):
                 out = self.model(input_ids=suffix[:, s:s + self.prefill_chunk], cache=cache,
                                  use_cache=True, logits_to_keep=1)
             held.extend(ids[keep:])
-            first = out.logits[0, -1]
-            new: list[int] = []
-            logits = first
-            while req.max_new_tokens:
-                token = int(logits.argmax())
-                if req.stop_at_eos and token in self.eos:
-                    break
-                new.append(token)
-                if len(new) >= req.max_new_tokens:
-                    break
-                step = torch.tensor([[token]], dtype=torch.long, device=device)
-                logits = self.model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-                held.append(token)
-            target_lp = None
-            if req.target:
-                if len(held) > len(ids):  # back to the prompt's end: the target follows the prompt
-                    cache.crop(len(ids) - len(held))
-                    del held[len(ids):]
+            branch = _Branch(index, req, out.logits[0, -1], keep, start)
+            if req.target:  # teacher-forced answer after the prompt, then back to the prompt's end
                 target = list(req.target)
-                rows = [first[None]]
+                rows = [branch.first[None]]
                 if len(target) > 1:
                     rest = torch.tensor([target[:-1]], dtype=torch.long, device=device)
                     rows.append(self.model(input_ids=rest, cache=cache, use_cache=True).logits[0])
                     held.extend(target[:-1])
                 logp = torch.log_softmax(torch.cat(rows).float(), dim=-1)
-                target_lp = logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0].tolist()
-            text = self.tok.decode(new, skip_special_tokens=True).strip()
-            yield index, Generation(text=text, new_tokens=len(new), seconds=time.perf_counter() - start,
-                                    target_logprobs=target_lp, reused_tokens=keep)
+                branch.target_lp = logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0].tolist()
+                _crop(cache, held, len(ids))
+            if not req.max_new_tokens:
+                yield index, self._finish(branch, [], time.perf_counter() - start)
+                continue
+            group = _group(req)
+            left[group] -= 1
+            cap = self.decode_batch_tokens // len(ids)
+            if cap < 2 or (left[group] == 0 and not waiting.get(group)):
+                new, fed = self._decode([branch], cache)  # alone: in the tree's own cache
+                held.extend(fed)
+                yield index, self._finish(branch, new[0], time.perf_counter() - start)
+                continue
+            branch.kv = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+            branch.seconds = time.perf_counter() - start
+            waiting.setdefault(group, []).append(branch)
+            if len(waiting[group]) >= cap or left[group] == 0:
+                yield from self._decode_batch(waiting.pop(group))
+            while sum(len(b.req.ids) for bs in waiting.values() for b in bs) > self.decode_batch_tokens:
+                yield from self._decode_batch(waiting.pop(max(waiting, key=lambda g: len(waiting[g]) * g[0])))
+        for group in list(waiting):
+            yield from self._decode_batch(waiting.pop(group))
 
-    @torch.inference_mode()
+    def _decode_batch(self, branches: list["_Branch"]) -> Iterator[tuple[int, Generation]]:
+        start = time.perf_counter()
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(len(branches[0].kv)):
+            cache.update(torch.cat([b.kv[layer][0] for b in branches]), torch.cat([b.kv[layer][1] for b in branches]), layer)
+        for b in branches:
+            b.kv = None
+        new, _ = self._decode(branches, cache)
+        share = (time.perf_counter() - start) / len(branches)
+        for b, tokens in zip(branches, new):
+            yield b.index, self._finish(b, tokens, b.seconds + share)
+
+    def _decode(self, branches: list["_Branch"], cache) -> tuple[list[list[int]], list[int]]:
+        """Greedy decoding of a batch whose KV is in ``cache``; returns each row's new tokens and
+        the tokens fed to the cache (meaningful for a batch of one: what the cache now holds)."""
+        req = branches[0].req  # one group: same length, budget and EOS rule
+        logits = torch.stack([b.first for b in branches])
+        new: list[list[int]] = [[] for _ in branches]
+        active = [True] * len(branches)
+        fed: list[int] = []
+        while True:
+            tokens = logits.argmax(-1).tolist()
+            for row, token in enumerate(tokens):
+                if not active[row]:
+                    continue
+                if req.stop_at_eos and token in self.eos:
+                    active[row] = False
+                    continue
+                new[row].append(token)
+                active[row] = len(new[row]) < req.max_new_tokens
+            if not any(active):
+                return new, fed
+            step = torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.model.device)
+            logits = self.model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            fed.append(tokens[0])
+
+    def _finish(self, branch: "_Branch", tokens: list[int], seconds: float) -> Generation:
+        text = self.tok.decode(tokens, skip_special_tokens=True).strip()
+        return Generation(text=text, new_tokens=len(tokens), seconds=seconds, target_logprobs=branch.target_lp,
+                          reused_tokens=branch.keep)
+
     def token_nll(self, ids: list[int], chunk: int = 2048) -> torch.Tensor:
+        with self._attention(), torch.inference_mode():
+            return self._token_nll(ids, chunk)
+
+    def _token_nll(self, ids: list[int], chunk: int) -> torch.Tensor:
         """Teacher-forced negative log-likelihood of ``ids[1:]``, one value per position (fp32).
 
         The sequence goes through the model in chunks with a KV cache, so memory holds one
@@ -113,6 +196,31 @@ class HFBackend:
             logits = logits[:len(targets)]
             out.append(torch.logsumexp(logits, -1) - logits.gather(1, targets[:, None])[:, 0])
         return torch.cat(out).cpu()
+
+
+@dataclass
+class _Branch:
+    """A prompt prefilled in the tree, waiting for (or done with) its decoding."""
+
+    index: int
+    req: Request
+    first: torch.Tensor          # logits after the prompt's last token
+    keep: int                    # prompt tokens reused from the tree's cache
+    start: float
+    target_lp: list[float] | None = None
+    kv: list | None = None       # per-layer (keys, values) snapshot while waiting for a batch
+    seconds: float = 0.0
+
+
+def _group(req: Request) -> tuple[int, int, bool]:
+    return len(req.ids), req.max_new_tokens, req.stop_at_eos
+
+
+def _crop(cache, held: list[int], keep: int) -> None:
+    """Drop the cache's tokens past ``keep`` (and from ``held``, its token list)."""
+    if len(held) > keep:
+        cache.crop(keep - len(held))
+        del held[keep:]
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

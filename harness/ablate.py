@@ -158,7 +158,7 @@ class Stages:
             os.fsync(fh.fileno())
 
 
-def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep, peak: float) -> list[tuple[str, int, float]]:
+def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tuple[str, int, float]]:
     """(stage, tokens, FLOP) per kind of stage, from the model shape and the grids."""
     from harness import flops
 
@@ -224,7 +224,7 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     import torch
 
     peak = flops.measure_peak("cuda" if torch.cuda.is_available() else "cpu")
-    rows = _estimate(cfg, base_config, len(mixtures), prep, peak)
+    rows = _estimate(cfg, base_config, len(mixtures), prep)
     console.print(f"[bold]ablate[/]: base {cfg.base}; mixtures {', '.join(m.label for m in mixtures)}; "
                   f"{cfg.tokens:,} tokens each at {format_length(cfg.seq_len)}"
                   f"{f', RoPE base {cfg.rope_theta:g}' if cfg.rope_theta else ''}; seed {cfg.seed}; "

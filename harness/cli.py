@@ -22,7 +22,7 @@ import click
 from rich.console import Console
 
 from harness.errors import UserError
-from harness.values import format_length, parse_names
+from harness.values import format_length
 
 def _console(stderr: bool) -> Console:
     out = Console(stderr=stderr)

@@ -34,7 +34,6 @@ def test_stops_at_eos_when_asked(tiny_model_dir, tokenizer):
 def test_prefix_tree_reuse_equals_one_prompt_at_a_time(tiny_model_dir, tokenizer, kjv):
     """A needle grid's prompts share the haystack: served together they reuse it, with the same outputs
     (exact mode: bit for bit in any dtype; on SmolLM2 in bf16, bench/needle_grid.py counts them)."""
-    from harness.backends import Request
     from harness.tasks import needle
 
     loaded = models.load(str(tiny_model_dir), dtype="fp32")

@@ -8,6 +8,7 @@ It produces exactly ``generate(do_sample=False)``'s tokens (tests/test_backend.p
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -40,10 +41,15 @@ class HFBackend:
         if eos is None:
             eos = self.tok.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         # Fast mode on CPU: prompts that continue a cache run split-causal attention (attention.py).
         self._attn = None
         if fast and self.model.device.type == "cpu" and self.model.config._attn_implementation == "sdpa":
             self._attn = attention.register()
+
+    def _forward(self, *, cache, **kwargs):
+        """The model's forward with our KV cache (transformers < 5.20 names the argument past_key_values)."""
+        return self.model(**{self._cache_arg: cache}, **kwargs)
 
     @contextmanager
     def _attention(self):
@@ -99,7 +105,7 @@ class HFBackend:
             _crop(cache, held, keep)
             suffix = torch.tensor([ids[keep:]], dtype=torch.long, device=device)
             for s in range(0, suffix.shape[1], self.prefill_chunk):
-                out = self.model(input_ids=suffix[:, s:s + self.prefill_chunk], cache=cache,
+                out = self._forward(input_ids=suffix[:, s:s + self.prefill_chunk], cache=cache,
                                  use_cache=True, logits_to_keep=1)
             held.extend(ids[keep:])
             branch = _Branch(index, req, out.logits[0, -1], keep, start)
@@ -108,7 +114,7 @@ class HFBackend:
                 rows = [branch.first[None]]
                 if len(target) > 1:
                     rest = torch.tensor([target[:-1]], dtype=torch.long, device=device)
-                    rows.append(self.model(input_ids=rest, cache=cache, use_cache=True).logits[0])
+                    rows.append(self._forward(input_ids=rest, cache=cache, use_cache=True).logits[0])
                     held.extend(target[:-1])
                 logp = torch.log_softmax(torch.cat(rows).float(), dim=-1)
                 branch.target_lp = logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0].tolist()
@@ -167,7 +173,7 @@ class HFBackend:
             if not any(active):
                 return new, fed
             step = torch.tensor([[t] for t in tokens], dtype=torch.long, device=self.model.device)
-            logits = self.model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+            logits = self._forward(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
             fed.append(tokens[0])
 
     def _finish(self, branch: "_Branch", tokens: list[int], seconds: float) -> Generation:
@@ -191,7 +197,7 @@ class HFBackend:
         out = []
         for s in range(0, seq.shape[1] - 1, chunk):
             part = seq[:, s:s + chunk]
-            logits = self.model(input_ids=part, cache=cache, use_cache=True).logits[0].float()
+            logits = self._forward(input_ids=part, cache=cache, use_cache=True).logits[0].float()
             targets = seq[0, s + 1:s + 1 + part.shape[1]]
             logits = logits[:len(targets)]
             out.append(torch.logsumexp(logits, -1) - logits.gather(1, targets[:, None])[:, 0])

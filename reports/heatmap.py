@@ -89,7 +89,7 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     max_pos = model.get("effective_max_positions")
     variant = (manifest.get("config", {}).get("suites", {}).get(suite, {}).get("variant") or {}).get("name")
     what = f"{suite} ({variant})" if variant else suite
-    title = f"{model.get('name', run_dir.name)}\n{what} · {rope_label(model)} · max positions {max_pos} (dashed)"
+    title = f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
     label = "score (RULER string match)" if variant and variant != "distractor" else "score (fraction of answer words recalled)"
     fig = draw(table, title, max_pos, colorbar=label)
     fig.tight_layout()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from harness.models import LoadedModel
 
 
 @dataclass
@@ -46,3 +49,17 @@ class Backend(Protocol):
     def generate_many(self, requests: list[Request]) -> Iterator[tuple[int, Generation]]:
         """Serve every request (in any order, yielding (index, result) as each finishes); outputs
         equal one :meth:`generate` per request. Backends share prompt prefixes between requests."""
+
+
+class ModelBackend:
+    """What every backend over a loaded model shares: its length, and one prompt as a batch of one."""
+
+    loaded: "LoadedModel"
+
+    @property
+    def max_length(self) -> int:
+        return self.loaded.max_positions
+
+    def generate(self, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True) -> Generation:
+        ((_, gen),) = self.generate_many([Request(tuple(ids), max_new_tokens, stop_at_eos)])
+        return gen

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from harness.backends import Generation, Request, attention
+from harness.backends import Generation, ModelBackend, Request, attention
 from harness.models import LoadedModel
 
 
-class HFBackend:
+class HFBackend(ModelBackend):
     name = "hf"
 
     def __init__(self, loaded: LoadedModel, prefill_chunk: int = 8192, fast: bool = False,
@@ -63,14 +63,6 @@ class HFBackend:
             yield
         finally:
             config._attn_implementation = saved
-
-    @property
-    def max_length(self) -> int:
-        return self.loaded.max_positions
-
-    def generate(self, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True) -> Generation:
-        ((_, gen),) = self.generate_many([Request(tuple(ids), max_new_tokens, stop_at_eos)])
-        return gen
 
     def generate_many(self, requests: list[Request]) -> Iterator[tuple[int, Generation]]:
         with self._attention(), torch.inference_mode():

@@ -12,7 +12,7 @@ import importlib.util
 import time
 from collections.abc import Iterator
 
-from harness.backends import Generation, Request
+from harness.backends import Generation, ModelBackend, Request
 from harness.errors import UserError
 from harness.models import LoadedModel
 
@@ -25,7 +25,7 @@ def check_installed() -> None:
         raise UserError(INSTALL_HINT)
 
 
-class VLLMBackend:
+class VLLMBackend(ModelBackend):
     name = "vllm"
 
     def __init__(self, loaded: LoadedModel, *, dtype: str, tensor_parallel: int = 1, max_model_len: int | None = None):
@@ -44,14 +44,6 @@ class VLLMBackend:
         self.llm = LLM(model=str(loaded.path), tokenizer=str(loaded.path), dtype={"bf16": "bfloat16", "fp16": "float16",
                        "fp32": "float32"}.get(dtype, dtype), max_model_len=self.max_model_len, enable_prefix_caching=True,
                        tensor_parallel_size=tensor_parallel, hf_overrides=overrides or None, seed=0)
-
-    @property
-    def max_length(self) -> int:
-        return self.loaded.max_positions
-
-    def generate(self, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True) -> Generation:
-        ((_, gen),) = self.generate_many([Request(tuple(ids), max_new_tokens, stop_at_eos)])
-        return gen
 
     def generate_many(self, requests: list[Request]) -> Iterator[tuple[int, Generation]]:
         """One batch for the whole grid: vLLM schedules it and reuses cached prefix blocks."""

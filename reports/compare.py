@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harness.ablate import Stages  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.reports import heatmap  # noqa: E402
 from harness.store import RunStore  # noqa: E402
@@ -78,9 +79,7 @@ def collect(paths: list[Path]) -> Collection:
                 stats = Path(m["data"]) / "stats.json"
                 if stats.is_file():
                     col.mixtures[m["label"]] = json.loads(stats.read_text())
-            stages = path / "stages.jsonl"
-            if stages.is_file():
-                col.stages += [json.loads(line) for line in stages.read_text().splitlines() if line.strip().endswith("}")]
+            col.stages += Stages(path).records()
         elif (path / "manifest.json").is_file():
             col.runs.append(_run(path, path.resolve().name))
         else:
@@ -162,7 +161,8 @@ def _grid_shape(n: int) -> tuple[int, int]:
 
 
 def _grids(col: Collection, suite: str) -> list[tuple[Run, pd.DataFrame]]:
-    return [(run, heatmap.grid(run.results, suite)) for run in col.runs if not heatmap.grid(run.results, suite).empty]
+    grids = [(run, heatmap.grid(run.results, suite)) for run in col.runs]
+    return [(run, g) for run, g in grids if not g.empty]
 
 
 def _colorbar(fig, image, axes, label: str) -> None:

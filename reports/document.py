@@ -39,8 +39,7 @@ def figures(col: compare.Collection, reference: str | None) -> list[tuple[str, o
     reference = reference or names[0]
     if reference not in names:
         raise UserError(f"--reference: {reference!r} is not one of the runs; known: {', '.join(names)}")
-    df = compare.table(col)
-    pages = [(TITLES[0], compare.figure_table(df, TITLES[0])),
+    pages = [(TITLES[0], compare.figure_table(compare.table(col), TITLES[0])),
              (TITLES[1], compare.figure_heatmaps(col, "needle")),
              (TITLES[2], compare.figure_differences(col, reference, "needle")),
              (TITLES[3], compare.figure_loss(col)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -32,13 +34,29 @@ def run_suite(suite, backend, store: RunStore, console: Console, model_config) -
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     # Progress is counted in prompt tokens, not cells: a 128K cell costs far more than a 1K one,
     # so the ETA is only honest when each cell weighs what it costs.
-    with Progress(*columns, console=console, transient=False) as progress:
+    # A live bar only draws on a terminal; a log (CI, a batch job, `> run.log`) gets one line per cell.
+    live = console.is_terminal
+    started = time.perf_counter()
+    with Progress(*columns, console=console, transient=False, disable=not live) as progress:
         task = progress.add_task(suite.name, total=prompt_tokens, last="-", cells=f"0/{len(todo)}")
         for i, (cell, result) in enumerate(_results(suite, todo, backend), 1):
             store.append(result)
-            progress.update(task, advance=cell.length, cells=f"{i}/{len(todo)}",
-                            last=f"{cell.key} → {result['score']:.2f}")
+            last = f"{cell.key} → {_score(result)}"
+            progress.update(task, advance=cell.length, cells=f"{i}/{len(todo)}", last=last)
+            if not live:
+                console.print(f"  [{i}/{len(todo)}] {last}  ({_seconds(result)}"
+                              f"{time.perf_counter() - started:,.0f} s elapsed)", highlight=False)
     return len(todo)
+
+
+def _score(result: dict) -> str:
+    score = result.get("score")
+    return "n/a" if score is None else f"{score:.2f}"
+
+
+def _seconds(result: dict) -> str:
+    seconds = result.get("seconds")
+    return "" if seconds is None else f"{seconds:,.1f} s; "
 
 
 def _results(suite, todo: list, backend):

@@ -79,6 +79,11 @@ def rope_label(model: dict) -> str:
     return text + (f" ×{rope['factor']:g}" if rope.get("factor") else "")
 
 
+def variant_of(manifest: dict, suite: str = "needle") -> str | None:
+    """The run's needle variant (passkey, multikey, ...), or None for the paper's single needle."""
+    return (manifest.get("config", {}).get("suites", {}).get(suite, {}).get("variant") or {}).get("name")
+
+
 def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | None = None,
           suite: str = "needle") -> list[Path]:
     """Write ``{suite}_heatmap.png`` and ``.pdf`` for one run; returns the paths."""
@@ -87,7 +92,7 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
         return []
     model = manifest.get("model", {})
     max_pos = model.get("effective_max_positions")
-    variant = (manifest.get("config", {}).get("suites", {}).get(suite, {}).get("variant") or {}).get("name")
+    variant = variant_of(manifest, suite)
     what = f"{suite} ({variant})" if variant else suite
     title = f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
     label = "score (RULER string match)" if variant and variant != "distractor" else "score (fraction of answer words recalled)"

@@ -117,17 +117,29 @@ def _checked_hflm():
     from lm_eval.models.huggingface import HFLM
 
     class CheckedHFLM(HFLM):
-        """HFLM that refuses, instead of silently left-truncating, a prompt longer than the context."""
+        """HFLM that refuses, instead of silently left-truncating, a prompt longer than the context,
+        and draws no progress bars of its own."""
 
         task_name, fewshot = "", 0
 
-        def _loglikelihood_tokens(self, requests, *args, **kwargs):
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
             for _, context, continuation in requests:
                 n = len(context) + len(continuation)
                 if n > self.max_length + 1:
                     raise UserError(f"--regression-fewshot: a {self.fewshot}-shot prompt of {self.task_name} is "
                                     f"{n:,} tokens, longer than the {self.max_length:,} the model is evaluated at; "
                                     f"lower --regression-fewshot")
-            return super()._loglikelihood_tokens(requests, *args, **kwargs)
+            # The harness reports progress per task (engine.run_suite). lm-eval's own bars would
+            # interleave with it, and HFLM.loglikelihood_rolling opens one per batch of windows.
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
+
+        def loglikelihood(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = True):
+            return super().generate_until(requests, disable_tqdm=True)
 
     return CheckedHFLM

@@ -41,6 +41,11 @@ def test_two_by_two_grid_end_to_end(tiny_run):
     assert set(rows[0]["scores"]) == {"paper", "rouge1_f", "exact"}
     assert (out / "needle_heatmap.png").stat().st_size > 0 and (out / "needle_heatmap.pdf").stat().st_size > 0
     assert "4 cells, 4 to run" in proc.stderr and "prompt tokens" in proc.stderr
+    # Not a terminal (a pipe): one progress line per finished cell instead of a live bar.
+    progress = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("[")]
+    assert [line.split()[0] for line in progress] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"], proc.stderr
+    assert {line.split()[1] for line in progress} == {r["key"] for r in rows}
+    assert all("s elapsed)" in line for line in progress)
 
 
 def test_rerun_skips_finished_cells(tiny_run):

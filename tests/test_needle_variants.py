@@ -116,3 +116,19 @@ def test_lengths_too_short_for_the_needles_fail_before_the_run_directory(tiny_mo
     assert proc.returncode == 2, proc.stderr
     assert "too short" in proc.stderr and "4 needles" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_comparison_table_keeps_each_variant_in_its_own_row(tmp_path):
+    from harness.reports import compare
+
+    def run(name, variant, scores):
+        manifest = {"config": {"suites": {"needle": {"variant": {"name": variant} if variant else None}}}}
+        results = [{"suite": "needle", "key": f"needle/{i}", "score": s} for i, s in enumerate(scores)]
+        return compare.Run(name, tmp_path / name, manifest, results)
+
+    df = compare.table(compare.Collection([run("paper", None, [1.0, 0.5]), run("pk", "passkey", [1.0, 1.0]),
+                                           run("mv", "multivalue", [0.25, 0.75])]))
+    assert df.loc["paper", "needle mean"] == 0.75
+    assert df.loc["pk", "needle (passkey) mean"] == 1.0
+    assert df.loc["mv", "needle (multivalue) mean"] == 0.5
+    assert df["needle mean"].count() == 1  # a variant's mean never lands in the paper needle's row

@@ -52,6 +52,7 @@ def test_regression_suite_in_a_run_directory(tiny_model_dir, tmp_path):
     ppl = next(r for r in rows if r["task"] == "harness_kjv_ppl")
     assert ppl["metric"] == "word_perplexity" and ppl["score"] > 1
     assert re.search(r"regression .* harness_kjv_cloze .* acc .* ± ", proc.stderr)
+    assert "Running loglikelihood requests" not in proc.stderr  # lm-eval's per-request bars are off
 
 
 def test_a_fewshot_prompt_longer_than_the_context_is_refused(tiny_model_dir):

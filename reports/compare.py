@@ -149,8 +149,9 @@ def figure_table(df: pd.DataFrame, title: str):
         if row == 0:
             cell.set_text_props(fontweight="bold")
     fig.suptitle(title, fontsize=12, fontweight="bold")
+    fig.subplots_adjust(top=1 - 0.85 / fig.get_figheight())  # room for the title and a two-line caption
     ax.set_title("needle: paper score (fraction of answer words); needle (variant): RULER string match "
-                 "(distractor: paper score); bookqa: answer-word recall; loss: nats/token, mean over domains; "
+                 "(distractor: paper score)\nbookqa: answer-word recall; loss: nats/token, mean over domains; "
                  "regression: lm-eval", fontsize=8)
     return fig
 

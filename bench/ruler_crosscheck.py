@@ -8,6 +8,8 @@ difference is within two combined standard errors.
 
 Lengths: lm-eval's `max_seq_lengths` L bounds prompt + 128 answer tokens, so its prompts are just
 under L - 128 tokens; ours are exactly L - 128 (our cell length is the prompt's token count).
+lm-eval's window is set to L too, so a length past the model's positions (where SmolLM2 starts to
+fail, and the check discriminates) runs on both sides instead of being truncated on one.
 
     .venv/bin/python bench/ruler_crosscheck.py --model smollm2-135m --lengths 1024,4096 --samples 20
 
@@ -42,7 +44,10 @@ def run(cmd: list[str], log: Path) -> None:
 
 def lm_eval_side(model_dir: Path, length: int, samples: int, work: Path) -> list[float]:
     out = work / f"lm-eval-{length}"
-    run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=bfloat16",
+    # max_length=L: lm-eval's window is the task's length, not the model's positions (8192 for
+    # SmolLM2), so an L past them is asked as built instead of left-truncated to fit.
+    args = f"pretrained={model_dir},dtype=bfloat16,max_length={length}"
+    run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", args,
          "--tasks", "niah_single_1", "--metadata", json.dumps({"max_seq_lengths": [length]}),
          "--limit", str(samples), "--batch_size", "1", "--log_samples", "--output_path", str(out)], work / f"lm-eval-{length}.log")
     files = glob.glob(str(out / "**" / "samples_niah_single_1_*.jsonl"), recursive=True)

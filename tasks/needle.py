@@ -116,7 +116,8 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
         depths=tuple(parse_depths(depths or str(grid["depths"]))),
         needle=spec["needle"], question=spec["question"], answer=spec["answer"],
         prompt=prompt, chat=chat,
-        max_new_tokens=int(new_tokens), stop_at_eos=chat or bool(spec["stop_at_eos"]),
+        max_new_tokens=int(new_tokens),
+        stop_at_eos=chat or bool((vspec or {}).get("stop_at_eos", spec["stop_at_eos"])),  # a variant's own, if set
         sentence_ends=spec["sentence_ends"],
         haystack=haystack.describe(), variant=vspec, seed=seed, scorer=scorer,
     )

@@ -11,10 +11,10 @@ from tests.conftest import harness_cli
 EXPECTED_NEEDLES = {"passkey": 1, "multikey": 4, "multivalue": 4, "multiquery": 4, "distractor": 4}
 
 
-def _suite(tokenizer, variant, lengths="1k,4k", depths="0,30,50,100", **kw):
+def _suite(tokenizer, variant, lengths="1k,4k", depths="0,30,50,100", chat=False, **kw):
     spec = needle.load_spec()
     hay = haystacks.load(needle.haystack_spec(spec, variant, None))
-    cfg = needle.resolve_config(preset=None, lengths=lengths, depths=depths, chat=False, haystack=hay,
+    cfg = needle.resolve_config(preset=None, lengths=lengths, depths=depths, chat=chat, haystack=hay,
                                 spec=spec, variant=variant, **kw)
     return needle.NeedleSuite(cfg, hay, tokenizer)
 
@@ -48,6 +48,15 @@ def test_prompt_holds_every_needle_once_and_the_asked_one_at_its_depth(tokenizer
         assert suite.sample(cell).needles == sample.needles
     if variant != "distractor":  # each cell draws its own keys and values
         assert len(seen_values) >= len(suite.cells())
+
+
+@pytest.mark.parametrize("variant, stops", [("passkey", True), ("multikey", True), ("multivalue", True),
+                                             ("multiquery", True), ("distractor", False), (None, False)])
+def test_ruler_variants_end_at_eos_the_paper_needle_runs_on(tokenizer, variant, stops):
+    suite = _suite(tokenizer, variant, lengths="1k", depths="50")
+    request, _, _ = suite.request(suite.cells()[0])
+    assert suite.config.stop_at_eos is stops and request.stop_at_eos is stops
+    assert _suite(tokenizer, variant, lengths="1k", depths="50", chat=True).config.stop_at_eos  # --chat: always
 
 
 def test_passkey_is_rulers_single_needle_in_noise(tokenizer):

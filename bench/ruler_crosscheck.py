@@ -13,7 +13,8 @@ fail, and the check discriminates) runs on both sides instead of being truncated
 
     .venv/bin/python bench/ruler_crosscheck.py --model smollm2-135m --lengths 1024,4096 --samples 20
 
-It runs both commands it prints (lm_eval, then harness run) and reads their outputs.
+It runs both commands it prints (lm_eval, then harness run) and reads their outputs. Rerun with
+the same --work to resume: lm-eval's samples are reused and `harness run` skips finished cells.
 """
 
 from __future__ import annotations
@@ -47,10 +48,15 @@ def lm_eval_side(model_dir: Path, length: int, samples: int, work: Path) -> list
     # max_length=L: lm-eval's window is the task's length, not the model's positions (8192 for
     # SmolLM2), so an L past them is asked as built instead of left-truncated to fit.
     args = f"pretrained={model_dir},dtype=bfloat16,max_length={length}"
-    run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", args,
-         "--tasks", "niah_single_1", "--metadata", json.dumps({"max_seq_lengths": [length]}),
-         "--limit", str(samples), "--batch_size", "1", "--log_samples", "--output_path", str(out)], work / f"lm-eval-{length}.log")
-    files = glob.glob(str(out / "**" / "samples_niah_single_1_*.jsonl"), recursive=True)
+    pattern = str(out / "**" / "samples_niah_single_1_*.jsonl")
+    if glob.glob(pattern, recursive=True):  # a rerun with --work: lm-eval's samples are kept
+        print(f"reusing lm-eval's samples in {out}", flush=True)
+    else:
+        run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", args,
+             "--tasks", "niah_single_1", "--metadata", json.dumps({"max_seq_lengths": [length]}),
+             "--limit", str(samples), "--batch_size", "1", "--log_samples", "--output_path", str(out)],
+            work / f"lm-eval-{length}.log")
+    files = glob.glob(pattern, recursive=True)
     rows = [json.loads(line) for f in files for line in Path(f).read_text().splitlines() if line.strip()]
     from harness.tasks.scoring import string_match_all
 

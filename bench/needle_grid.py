@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--lengths", default="1k,2k,4k,6k,8k")
     ap.add_argument("--depths", default="0,25,50,75,100")
-    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--dtype", default="auto", help="auto (bf16 where native, else fp32), bf16, fp32")
     ap.add_argument("--new-tokens", type=int, default=50)
     args = ap.parse_args()
 
@@ -45,7 +45,8 @@ def main() -> None:
     built = [suite.request(c) for c in cells]
     requests = [Request(req.ids, args.new_tokens, False) for req, *_ in built]
     config = loaded.config
-    print(f"{loaded.info['name']} {loaded.info['dtype']} · {len(cells)} cells · lengths {args.lengths} · "
+    print(f"{loaded.info['name']} {loaded.info['dtype']} ({loaded.info['precision']['reason']}; CPU flags "
+          f"{' '.join(loaded.info['precision']['cpu_flags'])}) · {len(cells)} cells · lengths {args.lengths} · "
           f"depths {args.depths} · {sum(len(r.ids) for r in requests):,} prompt tokens · "
           f"{torch.get_num_threads()} threads")
 
@@ -62,7 +63,7 @@ def main() -> None:
         held = ids
     per_cell = sum(flops.forward_flops(config, 0, len(r.ids)) + flops.forward_flops(
         config, len(r.ids), len(r.ids) + args.new_tokens - 1, logits=args.new_tokens - 1) for r in requests)
-    peak = flops.measure_peak("cpu", torch.bfloat16 if args.dtype == "bf16" else torch.float32, seconds=2.0)
+    peak = flops.measure_peak("cpu", getattr(torch, loaded.info["dtype"]), seconds=2.0)
 
     t0 = time.perf_counter()
     ours = dict(HFBackend(loaded).generate_many(requests))

@@ -43,11 +43,11 @@ def run(cmd: list[str], log: Path) -> None:
         sys.exit(f"failed ({proc.returncode}); see {log}:\n" + log.read_text()[-3000:])
 
 
-def lm_eval_side(model_dir: Path, length: int, samples: int, work: Path) -> list[float]:
+def lm_eval_side(model_dir: Path, length: int, samples: int, work: Path, dtype: str) -> list[float]:
     out = work / f"lm-eval-{length}"
     # max_length=L: lm-eval's window is the task's length, not the model's positions (8192 for
     # SmolLM2), so an L past them is asked as built instead of left-truncated to fit.
-    args = f"pretrained={model_dir},dtype=bfloat16,max_length={length}"
+    args = f"pretrained={model_dir},dtype={ {'bf16': 'bfloat16', 'fp32': 'float32', 'fp16': 'float16'}[dtype]},max_length={length}"
     pattern = str(out / "**" / "samples_niah_single_1_*.jsonl")
     if glob.glob(pattern, recursive=True):  # a rerun with --work: lm-eval's samples are kept
         print(f"reusing lm-eval's samples in {out}", flush=True)
@@ -70,12 +70,12 @@ def lm_eval_side(model_dir: Path, length: int, samples: int, work: Path) -> list
     return scores
 
 
-def harness_side(model: str, length: int, samples: int, work: Path) -> list[float]:
+def harness_side(model: str, length: int, samples: int, work: Path, dtype: str) -> list[float]:
     out = work / f"harness-{length}"
     step = 100 / (samples - 1) if samples > 1 else 0
     depths = ",".join(f"{i * step:.4g}" for i in range(samples))
     run([sys.executable, "-m", "harness", "run", "--model", model, "--suite", "needle", "--variant", "passkey",
-         "--lengths", str(length - 128), "--depths", depths, "--out", str(out)], work / f"harness-{length}.log")
+         "--lengths", str(length - 128), "--depths", depths, "--dtype", dtype, "--out", str(out)], work / f"harness-{length}.log")
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     return [r["score"] for r in rows]
 
@@ -88,19 +88,22 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="keep outputs here (default: a temp dir)")
     args = ap.parse_args()
 
-    from harness import models
+    from harness import models, precision
 
+    # Both sides compute in one dtype: what `auto` picks here (bf16 only where the CPU has it natively).
+    compute = precision.resolve("auto", "cpu")
+    print(f"dtype {compute.name} ({compute.reason}; CPU flags {' '.join(compute.cpu_flags)})", flush=True)
     model_dir = models.resolve(args.model)
     work = Path(args.work or tempfile.mkdtemp(prefix="ruler-crosscheck-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for length in (int(v) for v in args.lengths.split(",")):
-        theirs = lm_eval_side(model_dir, length, args.samples, work)
-        ours = harness_side(args.model, length, args.samples, work)
+        theirs = lm_eval_side(model_dir, length, args.samples, work, compute.name)
+        ours = harness_side(args.model, length, args.samples, work, compute.name)
         a, b = sum(theirs) / len(theirs), sum(ours) / len(ours)
         sa, sb = stderr(a, len(theirs)), stderr(b, len(ours))
         rows.append((length, len(theirs), a, sa, len(ours), b, sb, abs(a - b) <= 2 * math.hypot(sa, sb)))
-    print(f"\nmodel {args.model}; outputs in {work}")
+    print(f"\nmodel {args.model}, {compute.name}; outputs in {work}")
     print("| max_seq_length | lm-eval niah_single_1 (n) | ours passkey (n) | difference | within 2 SE |")
     print("|---|---|---|---|---|")
     for length, na, a, sa, nb, b, sb, ok in rows:

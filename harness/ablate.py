@@ -182,7 +182,7 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     """Run (or resume) the whole ablation; returns the report's PDF path."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from harness import flops, models
+    from harness import flops, models, precision
     from harness.evaluate import evaluate, prepare
     from harness.store import check_writable, config_hash, diff_keys
     from harness.trainer import build, loop
@@ -223,7 +223,9 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     base_config = loop.tiny_config(tokenizer, cfg.base_seq_len) if tiny else AutoConfig.from_pretrained(models.resolve(cfg.base))
     import torch
 
-    peak = flops.measure_peak("cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    compute = precision.resolve(cfg.evaluation.dtype, device)  # training's autocast follows the same rule
+    peak = flops.measure_peak(device, compute.torch_dtype)
     rows = _estimate(cfg, base_config, len(mixtures), prep)
     console.print(f"[bold]ablate[/]: base {cfg.base}; mixtures {', '.join(m.label for m in mixtures)}; "
                   f"{cfg.tokens:,} tokens each at {format_length(cfg.seq_len)}"
@@ -236,7 +238,8 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
         seconds = cost / (peak * (0.15 if "train" in name or "base" in name else 0.1))
         total += seconds
         console.print(f"  {name:<24} {tokens:>14,} tokens  {cost / 1e12:>10,.1f} TFLOP  ~{seconds / 60:,.1f} min")
-    console.print(f"  estimate: ~{total / 60:,.0f} min at the measured {peak / 1e12:.2f} TFLOP/s peak, plus data "
+    console.print(f"  estimate: ~{total / 60:,.0f} min at the measured {compute.name} peak {peak / 1e12:.2f} TFLOP/s "
+                  f"({compute.reason}), plus data "
                   f"builds, BookQA/regression/loss evaluation and model loads; finished stages are skipped")
 
     # -- stage 0 (tiny): the short-context base, pretrained from scratch -------------------------
@@ -249,7 +252,7 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
             data = build.from_scratch_data(cfg.base_seq_len, cfg.base_tokens, cfg.seed, console)
             _train(loop.TrainConfig(base="", from_scratch=TINY_BASE, data=str(data), seq_len=cfg.base_seq_len,
                                     tokens=cfg.base_tokens, out=str(base_dir), lr=1e-3, batch_tokens=8 * cfg.base_seq_len,
-                                    seed=cfg.seed, save_every=cfg.save_every), console)
+                                    seed=cfg.seed, save_every=cfg.save_every, dtype=cfg.evaluation.dtype), console)
             stages.add("base", time.perf_counter() - started, cfg.base_tokens)
 
     # -- per mixture: data, then training from the same base ------------------------------------
@@ -267,7 +270,8 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
             started = time.perf_counter()
             _train(loop.TrainConfig(base=base_path, data=m.data, seq_len=cfg.seq_len, tokens=cfg.tokens,
                                     out=str(run_dir), rope_theta=cfg.rope_theta, lr=cfg.lr, batch_tokens=cfg.batch_tokens,
-                                    engine=cfg.engine, seed=cfg.seed, save_every=cfg.save_every), console)
+                                    engine=cfg.engine, seed=cfg.seed, save_every=cfg.save_every,
+                                    dtype=cfg.evaluation.dtype), console)
             stages.add(f"train:{m.label}", time.perf_counter() - started, cfg.tokens)
 
     # -- every suite on the base and on each trained model --------------------------------------
@@ -317,7 +321,7 @@ def from_preset(preset: str | None, **flags) -> AblateConfig:
         p["base_seq_len"] = p.get("base_seq_len") or PRESETS["tiny"]["base_seq_len"]
     evaluation = EvalRequest(suites=p["suites"], preset=p.get("eval_preset"), lengths=p.get("lengths"),
                              depths=p.get("depths"), regression_limit=p.get("regression_limit"),
-                             loss_bucket=p.get("loss_bucket"), dtype=p.get("dtype", "bf16"), device=p.get("device"))
+                             loss_bucket=p.get("loss_bucket"), dtype=p.get("dtype", "auto"), device=p.get("device"))
     return AblateConfig(
         base=p["base"], mixtures=[s.strip() for s in p["mixtures"].split(",") if s.strip()],
         tokens=parse_budget(str(p["tokens"]), "--tokens"), seq_len=parse_length(str(p["seq_len"]), "--seq-len"),

@@ -80,7 +80,9 @@ def _slug(text: str) -> str:
 @click.option("--regression-limit", default=None, type=int, help="Regression: at most this many documents per task.")
 @click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
 @click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR", help="linear|dynamic|yarn with a factor > 1, e.g. linear:4.")
-@click.option("--dtype", default="bf16", show_default=True, help="bf16, fp32 or fp16.")
+@click.option("--dtype", default="auto", show_default=True,
+              help="auto (bf16 where the device computes it natively: CUDA, CPUs with AVX512-BF16/AMX; else fp32), "
+              "bf16, fp32 or fp16. HARNESS_DTYPE sets what auto picks.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
@@ -193,7 +195,8 @@ def report(run_dirs, out, reference) -> None:
 @click.option("--doc-mask", is_flag=True, help="Mask attention per document (default: cross-document, as the paper).")
 @click.option("--no-grad-ckpt", is_flag=True, help="Disable gradient checkpointing.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch engine): faster steps after a slow first one.")
-@click.option("--dtype", default="bf16", show_default=True, help="bf16 (autocast), fp32 or fp16.")
+@click.option("--dtype", default="auto", show_default=True,
+              help="Autocast dtype: auto (bf16 where the device computes it natively, else fp32), bf16, fp32 or fp16.")
 @click.option("--save-every", default=0, show_default=True, type=int, help="Checkpoint every N steps (0: final only).")
 @click.option("--peak-tflops", type=float, default=None, help="Declared peak TFLOP/s per process for MFU (default: measured).")
 @click.option("--seed", default=0, show_default=True, type=int)

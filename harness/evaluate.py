@@ -40,7 +40,7 @@ class EvalRequest:
     regression_limit: int | None = None
     rope_theta: float | None = None
     rope_scaling: str | None = None
-    dtype: str = "bf16"
+    dtype: str = "auto"                # auto: bf16 where the device computes it natively, else fp32
     device: str | None = None
 
 
@@ -58,15 +58,14 @@ class Prepared:
 
 def prepare(req: EvalRequest) -> Prepared:
     """Check every flag and resolve the model-independent grids: mistakes fail before a model loads."""
-    from harness import models
+    from harness import models, precision
     from harness.tasks import SUITES
     from harness.values import parse_length
 
     suites = parse_names(req.suites, list(SUITES), "--suite")
     scaling = models.parse_rope_scaling(req.rope_scaling)
     models.check_rope_theta(req.rope_theta)
-    if req.dtype not in models.DTYPES:
-        raise UserError(f"--dtype: {req.dtype!r} is not known; accepted: bf16, fp32, fp16")
+    precision.check(req.dtype)
     bucket = parse_length(req.loss_bucket, "--loss-bucket") if req.loss_bucket else None
     prep = Prepared(req, suites, scaling, bucket)
     if req.variant is not None and "needle" not in suites:
@@ -156,7 +155,8 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
         if hasattr(suite, "check"):
             suite.check()
     store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
-    console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}, "
+    console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']} "
+                  f"[{info['precision']['reason']}], "
                   f"{info['attn_implementation']}, {info['device']}); RoPE {info['rope_parameters']}; "
                   f"max positions {info['effective_max_positions']}")
     if prep.needle is not None:
@@ -170,7 +170,7 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
         from harness.backends.vllm import VLLMBackend
 
         with console.status("starting vLLM"):
-            backend = VLLMBackend(loaded, dtype=req.dtype, tensor_parallel=req.tensor_parallel)
+            backend = VLLMBackend(loaded, dtype=info["precision"]["dtype"], tensor_parallel=req.tensor_parallel)
     else:
         backend = HFBackend(loaded, fast=req.fast)
     for name in prep.suites:

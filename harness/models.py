@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
+from harness import precision
 from harness.atomic import fsync_dir
 from harness.errors import UserError
 from harness.paths import cache_dir
@@ -33,8 +34,6 @@ EMBEDDED = {
                      "name": "SmolLM2-135M-Instruct"},
 }
 ROPE_SCALING_TYPES = ("linear", "dynamic", "yarn")
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
-          "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
 
 
 def resolve(spec: str) -> Path:
@@ -176,18 +175,19 @@ def attn_implementation(device: torch.device) -> str:
 
 
 def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str, float] | None = None,
-         dtype: str = "bf16", device: str | None = None, weights: bool = True) -> LoadedModel:
-    """Load a causal LM and its tokenizer for evaluation, RoPE overrides applied and recorded.
+         dtype: str = "auto", device: str | None = None, weights: bool = True) -> LoadedModel:
+    """Load a causal LM and its tokenizer for evaluation, RoPE overrides and dtype applied and recorded.
 
+    ``dtype`` is ``auto`` (bf16 where the device computes it natively, else fp32: harness.precision),
+    or bf16, fp32, fp16.
     ``weights=False`` reads config and tokenizer only (shapes on the meta device), for a backend
     that loads the weights itself.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(spec)
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype: {dtype!r} is not known; accepted: bf16, fp32, fp16")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    compute = precision.resolve(dtype, dev)
     try:
         config = AutoConfig.from_pretrained(path)
     except (ValueError, KeyError, OSError) as exc:
@@ -201,7 +201,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
         warnings.simplefilter("ignore")
         try:
             if weights:
-                model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=DTYPES[dtype],
+                model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=compute.torch_dtype,
                                                              attn_implementation=attn)
             else:
                 with torch.device("meta"):
@@ -220,7 +220,8 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
         "name": display_name(path),
         "model_type": config.model_type,
         "parameters": parameters,
-        "dtype": str(DTYPES[dtype]).removeprefix("torch."),
+        "dtype": str(compute.torch_dtype).removeprefix("torch."),
+        "precision": compute.record(),
         "device": str(dev),
         "attn_implementation": attn,
         "rope_parameters": rope,

@@ -99,6 +99,8 @@ def test_document_masking_matches_documents_run_separately(tiny_model_dir):
 def test_rope_settings_are_written_and_read_back(tiny_model_dir, shards, tmp_path):
     final = loop.train(_cfg(tiny_model_dir, shards, tmp_path / "rope", tokens=128 * 8 * 2, rope_theta=5e5,
                             rope_scaling=("linear", 2.0), grad_ckpt=True, dtype="bf16"))
+    saved = json.loads((tmp_path / "rope" / "train_config.json").read_text())
+    assert saved["config"]["dtype"] == "bf16" and saved["precision"]["requested"] == "bf16"
     config = json.loads((final / "config.json").read_text())
     assert config["rope_parameters"]["rope_theta"] == 5e5 and config["rope_parameters"]["factor"] == 2.0
     info = models.load(str(final), dtype="fp32").info  # no flags: the checkpoint carries its RoPE

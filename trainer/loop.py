@@ -3,8 +3,8 @@
     setup (distributed, device) -> tokenizer + shards (same vocabulary) -> model (RoPE raised,
     max positions set) -> engine (torch | deepspeed) -> [resume] -> steps -> checkpoints -> final
 
-Defaults follow the paper: AdamW at a constant 2e-5 after a short linear warm-up, bf16 where
-the device supports it, gradient checkpointing, gradient accumulation up to the batch size in
+Defaults follow the paper: AdamW at a constant 2e-5 after a short linear warm-up, bf16 autocast
+where the device computes bf16 natively (fp32 elsewhere: harness.precision), gradient checkpointing, gradient accumulation up to the batch size in
 tokens, cross-document attention over packed sequences (``doc_mask`` masks per document).
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import atomic, flops, models
+from harness import atomic, flops, models, precision
 from harness.errors import UserError
 from harness.store import check_writable, config_hash, diff_keys
 from harness.trainer import shards as shard_io
@@ -60,7 +60,7 @@ class TrainConfig:
     loss_chunk: int = 1024            # positions per chunk of the LM-head loss; 0: transformers' loss
     compile: bool = False             # torch.compile the model (torch engine; first step compiles)
     peak_tflops: float | None = None  # declared peak per process for MFU; None: measure a GEMM
-    dtype: str = "bf16"
+    dtype: str = "auto"               # autocast: auto (bf16 where native, else fp32), bf16, fp32, fp16
     save_every: int = 0               # 0: only the final checkpoint
     seed: int = 0
     from_scratch: str | None = None   # "tiny": a small Llama built here instead of loading --base
@@ -201,10 +201,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
         load_ds_config(Path(cfg.deepspeed_config) if cfg.deepspeed_config else None)  # fail fast
     if cfg.seq_len < 1 or cfg.tokens < 1:
         raise UserError("--seq-len and --tokens must be positive")
-    if cfg.dtype not in models.DTYPES:
-        raise UserError(f"--dtype: {cfg.dtype!r} is not known; accepted: bf16, fp32, fp16")
+    precision.check(cfg.dtype)
     check_writable(out)
     rank, world, device = _distributed()
+    compute = precision.resolve(cfg.dtype, device)
     console = console or Console(stderr=True)
     say = console.print if rank == 0 else (lambda *a, **k: None)
 
@@ -222,14 +222,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, min(20, steps // 20))
 
     # -- the run directory: a new run, or a resume of the same config ---------------------------
-    digest = config_hash(cfg.hashed())
+    # The dtype in force, not the request: `auto` resumed on a machine that picks another dtype is refused.
+    hashed = {**cfg.hashed(), "dtype": compute.name}
+    digest = config_hash(hashed)
     saved = out / "train_config.json"
     old = json.loads(saved.read_text()) if saved.is_file() else None
     _barrier(world)  # every rank looks before rank 0 writes, so all of them take the same branch
     if old is not None:
         if old.get("config_hash") != digest:
             raise UserError(f"--out: {str(out)!r} holds a training run with a different config "
-                            f"(differs in: {', '.join(diff_keys(old.get('config', {}), cfg.hashed())[:6])}); "
+                            f"(differs in: {', '.join(diff_keys(old.get('config', {}), hashed)[:6])}); "
                             f"use another --out")
         if not resume:
             raise UserError(f"--out: {str(out)!r} already holds this run; add --resume to continue it")
@@ -237,14 +239,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
         raise UserError(f"--resume: {str(out)!r} holds no training run to resume")
     elif rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(saved, json.dumps({"config": cfg.hashed(), "config_hash": digest}, indent=2) + "\n")
+        atomic.write_text(saved, json.dumps({"config": hashed, "config_hash": digest,
+                                             "precision": compute.record()}, indent=2) + "\n")
     _barrier(world)
 
     # -- model and engine ------------------------------------------------------------------------
     model, base_name = _load_model(cfg, tokenizer, device)
-    dtype = models.DTYPES[cfg.dtype]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
+    dtype = compute.torch_dtype
     common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=warmup, accum=accum, clip=cfg.clip,
                   dtype=dtype, device=device, world=world)
     if cfg.engine == "deepspeed":
@@ -284,7 +285,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     say(f"train {source['name']}: {steps} steps x {per_step} sequences x {cfg.seq_len} = "
         f"{steps * per_step * cfg.seq_len:,} tokens ({accum} micro-steps of {cfg.micro_batch} on {world} "
         f"{device.type} process{'es' if world > 1 else ''}, engine {engine.name}); lr {cfg.lr:g}, warm-up {warmup}; "
-        f"RoPE {rope}; doc mask {'on' if cfg.doc_mask else 'off'}; peak {peak / 1e12:.2f} TFLOP/s")
+        f"RoPE {rope}; doc mask {'on' if cfg.doc_mask else 'off'}; {compute.name} ({compute.reason}), "
+        f"peak {peak / 1e12:.2f} TFLOP/s")
 
     columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())

@@ -46,7 +46,7 @@ demo-ablate: $(STAMP)
 	$(VENV)/bin/harness ablate --preset tiny --out runs/ablate-tiny
 
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
 
 # A smaller ablation than --preset tiny (same stages, every suite, smaller budgets), its report
 # rebuilt from the stored runs by `harness report`, then checked page by page.

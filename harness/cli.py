@@ -74,6 +74,7 @@ def _slug(text: str) -> str:
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template instead of the paper's base prompt.")
 @click.option("--max-new-tokens", type=int, default=None, help="Greedy tokens to generate (suite default: 50).")
 @click.option("--loss-bucket", default=None, help="Loss suite: tokens per position bucket (default 4k).")
+@click.option("--loss-length", default=None, help="Loss suite: tokens per document (default: the model's max positions).")
 @click.option("--bookqa", "bookqa_file", default=None, help="BookQA: an InfiniteBench longbook_qa_eng jsonl (default: the offline set).")
 @click.option("--regression-tasks", default=None, help="Regression: lm-eval task names (default: the offline KJV cloze and perplexity).")
 @click.option("--regression-fewshot", default=0, show_default=True, type=int, help="Regression: few-shot examples (the paper's MMLU: 5).")
@@ -87,14 +88,14 @@ def _slug(text: str) -> str:
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
 def run(model_spec, suite, preset, lengths, depths, haystack, variant, scorer, backend, fast, tensor_parallel, chat,
-        max_new_tokens, loss_bucket, bookqa_file, regression_tasks, regression_fewshot, regression_limit, rope_theta, rope_scaling, dtype, device, out) -> None:
+        max_new_tokens, loss_bucket, loss_length, bookqa_file, regression_tasks, regression_fewshot, regression_limit, rope_theta, rope_scaling, dtype, device, out) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
     from harness.evaluate import EvalRequest, evaluate, prepare
 
     prep = prepare(EvalRequest(
         suites=suite, preset=preset, lengths=lengths, depths=depths, haystack=haystack, variant=variant, chat=chat,
         scorer=scorer, backend=backend, fast=fast, tensor_parallel=tensor_parallel,
-        max_new_tokens=max_new_tokens, loss_bucket=loss_bucket, bookqa_file=bookqa_file,
+        max_new_tokens=max_new_tokens, loss_bucket=loss_bucket, loss_length=loss_length, bookqa_file=bookqa_file,
         regression_tasks=regression_tasks, regression_fewshot=regression_fewshot, regression_limit=regression_limit,
         rope_theta=rope_theta, rope_scaling=rope_scaling, dtype=dtype, device=device))
     out = out or Path("runs") / _slug(Path(model_spec).name + (f"-{variant}" if variant else ""))
@@ -260,6 +261,7 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
 @click.option("--engine", default=None, help="torch or deepspeed (paper preset: deepspeed).")
 @click.option("--regression-limit", default=None, type=int, help="Regression: at most this many documents per task.")
 @click.option("--loss-bucket", default=None, help="Loss suite: tokens per position bucket (tiny: 256).")
+@click.option("--loss-length", default=None, help="Loss suite: tokens per document (default: each model's max positions).")
 @click.option("--base-tokens", default=None, help="--base tiny: the from-scratch pretraining budget (default 300k).")
 @click.option("--base-seq-len", default=None, help="--base tiny: its pretraining length (default 256).")
 @click.option("--save-every", default=None, type=int, help="Checkpoint every N training steps (resume points).")
@@ -268,14 +270,14 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Ablation directory (default: runs/ablate-<preset>). Rerunning resumes it.")
 def ablate(preset, base, mixtures, budget, seq_len, rope_theta, suites, lengths, depths, source, lr, batch_tokens,
-           engine, regression_limit, loss_bucket, base_tokens, base_seq_len, save_every, seed, reference, out) -> None:
+           engine, regression_limit, loss_bucket, loss_length, base_tokens, base_seq_len, save_every, seed, reference, out) -> None:
     """Train one base on several mixtures with one budget, evaluate all of them, write one report."""
     from harness import ablate as ablation
 
     cfg = ablation.from_preset(preset, base=base, mixtures=mixtures, tokens=budget, seq_len=seq_len,
                                rope_theta=rope_theta, suites=suites, lengths=lengths, depths=depths, source=source,
                                lr=lr, batch_tokens=batch_tokens, engine=engine, regression_limit=regression_limit,
-                               loss_bucket=loss_bucket, base_tokens=base_tokens, base_seq_len=base_seq_len,
+                               loss_bucket=loss_bucket, loss_length=loss_length, base_tokens=base_tokens, base_seq_len=base_seq_len,
                                save_every=save_every, seed=seed, out=str(out or Path("runs") / f"ablate-{preset}"))
     _quiet_libraries()
     pdf = ablation.run(cfg, console=console, reference=reference)

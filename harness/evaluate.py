@@ -34,6 +34,7 @@ class EvalRequest:
     chat: bool = False
     max_new_tokens: int | None = None
     loss_bucket: str | None = None
+    loss_length: str | None = None     # loss: tokens per document (None: the model's max positions)
     bookqa_file: str | None = None
     regression_tasks: str | None = None
     regression_fewshot: int = 0
@@ -52,6 +53,7 @@ class Prepared:
     suites: list[str]
     rope_scaling: tuple[str, float] | None
     loss_bucket: int | None
+    loss_length: int | None
     needle: tuple | None = None        # (config, haystack)
     bookqa: tuple | None = None        # (config, books, items)
 
@@ -67,7 +69,8 @@ def prepare(req: EvalRequest) -> Prepared:
     models.check_rope_theta(req.rope_theta)
     precision.check(req.dtype)
     bucket = parse_length(req.loss_bucket, "--loss-bucket") if req.loss_bucket else None
-    prep = Prepared(req, suites, scaling, bucket)
+    loss_length = parse_length(req.loss_length, "--loss-length") if req.loss_length else None
+    prep = Prepared(req, suites, scaling, bucket, loss_length)
     if req.variant is not None and "needle" not in suites:
         raise UserError(f"--variant: {req.variant!r} is a needle variant; add needle to --suite")
     if "needle" in suites:
@@ -140,7 +143,8 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
         suite_configs["regression"] = reg_cfg.to_dict()
         builders["regression"] = lambda: regression.RegressionSuite(reg_cfg, loaded.tokenizer)
     if "loss" in prep.suites:
-        loss_cfg, texts = loss.resolve_config(max_length=loaded.max_positions, bucket=prep.loss_bucket)
+        loss_cfg, texts = loss.resolve_config(max_length=loaded.max_positions, bucket=prep.loss_bucket,
+                                             length=prep.loss_length)
         suite_configs["loss"] = loss_cfg.to_dict()
         builders["loss"] = lambda: loss.LossSuite(loss_cfg, texts, loaded.tokenizer)
     config = {

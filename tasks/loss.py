@@ -52,15 +52,19 @@ def bucket_name(start: int, width: int) -> str:
     return f"{format_length(start) if start else '0'}-{format_length(start + width)}"
 
 
-def resolve_config(*, max_length: int, bucket: int | None = None, spec: dict | None = None) -> tuple[LossConfig, dict]:
-    """The loss suite's config for a model that handles ``max_length`` positions, and the texts."""
+def resolve_config(*, max_length: int, bucket: int | None = None, length: int | None = None,
+                   spec: dict | None = None) -> tuple[LossConfig, dict]:
+    """The loss suite's config for a model that handles ``max_length`` positions, and the texts.
+
+    Each document is cut to ``length`` (``--loss-length``), else the YAML's ``max_length``, else the
+    model's positions."""
     from harness.trainer import embedded
 
     spec = spec or yaml.safe_load(SPEC_PATH.read_text())
     width = int(bucket or spec["bucket"])
     if width < 1:
         raise UserError(f"--loss-bucket: {width} must be positive")
-    length = int(spec["max_length"] or max_length)
+    length = int(length or spec["max_length"] or max_length)
     corpus_dir = embedded.build()
     held_out = json.loads((corpus_dir / "manifest.json").read_text()).get("held_out", [])
     docs = {i: (d["domain"], d["text"]) for i, d in embedded.read_documents(corpus_dir, held_out).items()}

@@ -52,11 +52,13 @@ def test_a_bucket_beyond_every_document_is_reported_and_skipped(tiny, caplog):
 def test_needle_and_loss_in_one_run_directory(tiny_model_dir, tmp_path):
     out = tmp_path / "both"
     proc = harness_cli("run", "--model", str(tiny_model_dir), "--suite", "needle,loss", "--lengths", "256",
-                       "--depths", "50", "--loss-bucket", "512", "--dtype", "fp32", "--out", str(out))
+                       "--depths", "50", "--loss-bucket", "512", "--loss-length", "1k", "--dtype", "fp32", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert {r["suite"] for r in rows} == {"needle", "loss"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["config"]["suites"]) == {"needle", "loss"}
+    assert manifest["config"]["suites"]["loss"]["max_length"] == 1024  # --loss-length over the model's 2048
+    assert max(r["length"] for r in rows if r["suite"] == "loss") == 1024
     assert (out / "needle_heatmap.png").is_file() and (out / "loss_by_length.png").is_file()
     assert re.search(r"loss .* book 0-512 .* nats/token", proc.stderr)

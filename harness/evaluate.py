@@ -159,8 +159,8 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
         if hasattr(suite, "check"):
             suite.check()
     store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
-    console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']} "
-                  f"[{info['precision']['reason']}], "
+    console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}: "
+                  f"{info['precision']['reason']}, "
                   f"{info['attn_implementation']}, {info['device']}); RoPE {info['rope_parameters']}; "
                   f"max positions {info['effective_max_positions']}")
     if prep.needle is not None:

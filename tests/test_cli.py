@@ -41,6 +41,8 @@ def test_two_by_two_grid_end_to_end(tiny_run):
     assert set(rows[0]["scores"]) == {"paper", "rouge1_f", "exact"}
     assert (out / "needle_heatmap.png").stat().st_size > 0 and (out / "needle_heatmap.pdf").stat().st_size > 0
     assert "4 cells, 4 to run" in proc.stderr and "prompt tokens" in proc.stderr
+    assert "float32: requested" in proc.stderr  # the dtype in force and why
+    assert manifest["model"]["precision"]["dtype"] == "fp32"
     # Not a terminal (a pipe): one progress line per finished cell instead of a live bar.
     progress = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("[")]
     assert [line.split()[0] for line in progress] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"], proc.stderr

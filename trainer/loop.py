@@ -4,8 +4,9 @@
     max positions set) -> engine (torch | deepspeed) -> [resume] -> steps -> checkpoints -> final
 
 Defaults follow the paper: AdamW at a constant 2e-5 after a short linear warm-up, bf16 autocast
-where the device computes bf16 natively (fp32 elsewhere: harness.precision), gradient checkpointing, gradient accumulation up to the batch size in
-tokens, cross-document attention over packed sequences (``doc_mask`` masks per document).
+where the device computes bf16 natively (fp32 elsewhere: harness.precision), gradient
+checkpointing, gradient accumulation up to the batch size in tokens, cross-document attention
+over packed sequences (``doc_mask`` masks per document).
 """
 
 from __future__ import annotations

@@ -321,7 +321,8 @@ def from_preset(preset: str | None, **flags) -> AblateConfig:
         p["base_seq_len"] = p.get("base_seq_len") or PRESETS["tiny"]["base_seq_len"]
     evaluation = EvalRequest(suites=p["suites"], preset=p.get("eval_preset"), lengths=p.get("lengths"),
                              depths=p.get("depths"), regression_limit=p.get("regression_limit"),
-                             loss_bucket=p.get("loss_bucket"), loss_length=p.get("loss_length"), dtype=p.get("dtype", "auto"), device=p.get("device"))
+                             loss_bucket=p.get("loss_bucket"), loss_length=p.get("loss_length"),
+                             dtype=p.get("dtype", "auto"), device=p.get("device"))
     return AblateConfig(
         base=p["base"], mixtures=[s.strip() for s in p["mixtures"].split(",") if s.strip()],
         tokens=parse_budget(str(p["tokens"]), "--tokens"), seq_len=parse_length(str(p["seq_len"]), "--seq-len"),

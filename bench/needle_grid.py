@@ -107,7 +107,7 @@ def main() -> None:
           f"({per_cell / floor:.2f}x less)")
     for name, seconds in (("exact", t_ours), ("--fast", t_fast)):
         print(f"achieved ({name}): {floor / seconds / 1e12:.3f} TFLOP/s of the floor = {floor / seconds / peak:.1%} of "
-              f"the measured {args.dtype} GEMM peak {peak / 1e12:.3f} TFLOP/s (goal >= 50%)")
+              f"the measured {loaded.info['dtype']} GEMM peak {peak / 1e12:.3f} TFLOP/s (goal >= 50%)")
     print(f"peak RSS (max length {max(cfg.lengths):,}): exact pass {rss_ours:.2f} GiB, after the --fast pass "
           f"{rss_fast:.2f} GiB (goal <= 4)")
     print(f"ratio: {t_base / t_ours:.2f}")

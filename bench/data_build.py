@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from harness import models
-    from harness.trainer import build, corpus, packing
+    from harness.data import build, corpus, packing
     from harness.values import parse_budget, parse_length
 
     tok_dir = models.resolve("smollm2-135m")

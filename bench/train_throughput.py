@@ -37,8 +37,9 @@ def main() -> None:
 
     from harness import flops, models, precision
     from harness.paths import cache_dir
-    from harness.trainer import build, loop
-    from harness.trainer import shards as shard_io
+    from harness.data import build
+    from harness.trainer import loop
+    from harness.data import shards as shard_io
 
     L, mb, accum, steps = args.seq_len, args.micro_batch, args.accum, args.steps + args.warmup
     batch_tokens = L * mb * accum

@@ -85,7 +85,7 @@ class Mixture:
 
 def _mixture(spec: str) -> tuple[str, str, str | None]:
     """(label, strategy, prebuilt dir) for one --mixtures item."""
-    from harness.trainer import mixture
+    from harness.data import mixture
 
     path = Path(spec)
     if path.is_dir():
@@ -102,7 +102,7 @@ def _mixture(spec: str) -> tuple[str, str, str | None]:
 
 def resolve_mixtures(specs: list[str], seq_len: int, tokenizer) -> list[Mixture]:
     """Check every mixture before any work; builds land in the user cache, keyed by their config."""
-    from harness.trainer import mixture, packing
+    from harness.data import mixture, packing
 
     if not specs:
         raise UserError("--mixtures: give at least one (e.g. per_source,global,cut_4k)")
@@ -185,7 +185,8 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     from harness import flops, models, precision
     from harness.evaluate import evaluate, prepare
     from harness.store import check_writable, config_hash, diff_keys
-    from harness.trainer import build, loop
+    from harness.data import build
+    from harness.trainer import loop
 
     out = Path(cfg.out)
     check_writable(out)

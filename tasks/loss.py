@@ -58,7 +58,7 @@ def resolve_config(*, max_length: int, bucket: int | None = None, length: int | 
 
     Each document is cut to ``length`` (``--loss-length``), else the YAML's ``max_length``, else the
     model's positions."""
-    from harness.trainer import embedded
+    from harness.data import embedded
 
     spec = spec or yaml.safe_load(SPEC_PATH.read_text())
     width = int(bucket or spec["bucket"])

@@ -8,7 +8,7 @@ import yaml
 
 from harness.errors import UserError
 from harness.tasks import bookqa, scoring
-from harness.trainer import embedded
+from harness.data import embedded
 from tests.conftest import harness_cli
 
 

@@ -10,7 +10,7 @@ import zstandard
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.trainer import build, corpus, mixture, packing
+from harness.data import build, corpus, mixture, packing
 
 DOMAINS = {"book": (6000, 20000), "arxiv": (3000, 9000), "commoncrawl": (200, 1500), "c4": (100, 600),
            "github": (150, 900), "wikipedia": (100, 500), "stackexchange": (100, 400)}

@@ -15,7 +15,7 @@ import pytest
 
 from harness.errors import UserError
 from harness.paths import cache_dir
-from harness.trainer import debian, embedded
+from harness.data import debian, embedded
 
 # Domains whose every source is a Debian package: absent only where apt is.
 DEBIAN_ONLY = {"commoncrawl", "c4", "arxiv", "stackexchange"}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from harness.errors import UserError
-from harness.trainer import mixture, stats
+from harness.data import mixture, stats
 
 # Median document lengths in tokens per domain, in the spirit of SlimPajama's (reference code's
 # MEDIUM_LENGTH): web and code short, arXiv medium-long, books very long.

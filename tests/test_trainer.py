@@ -12,8 +12,9 @@ import torch
 from harness import models
 from harness.cli import main
 from harness.errors import UserError
-from harness.trainer import build, loop
-from harness.trainer import shards as shard_io
+from harness.data import build
+from harness.trainer import loop
+from harness.data import shards as shard_io
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,7 @@ def test_bad_training_input(capsys, tiny_model_dir, shards, tmp_path):
 
 
 def test_chunked_loss_equals_transformers_loss_and_gradients(tiny_model_dir):
-    from harness.trainer.loss import ChunkedLossModel
+    from harness.trainer.lm_head_loss import ChunkedLossModel
 
     model = models.load(str(tiny_model_dir), dtype="fp32").model.train()
     torch.manual_seed(1)

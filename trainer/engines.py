@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import UserError
-from harness.trainer.loss import ChunkedLossModel
+from harness.trainer.lm_head_loss import ChunkedLossModel
 
 DEFAULT_DS_CONFIG = Path(__file__).with_name("ds_zero3.json")
 
@@ -38,7 +38,7 @@ class TorchEngine:
         self.model = model.to(device)
         self.device, self.accum, self.clip = device, accum, clip
         self.autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
-        # The loss in chunks of positions (trainer/loss.py), unless loss_chunk is 0: then the
+        # The loss in chunks of positions (trainer/lm_head_loss.py), unless loss_chunk is 0: then the
         # model's own forward(labels=...) computes it over the full logits.
         self.wrapped = ChunkedLossModel(self.model, loss_chunk) if loss_chunk else self.model
         if world > 1:

@@ -26,7 +26,7 @@ import torch
 from harness import atomic, flops, models, precision
 from harness.errors import UserError
 from harness.store import check_writable, config_hash, diff_keys
-from harness.trainer import shards as shard_io
+from harness.data import shards as shard_io
 from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config
 
 ENGINES = ("torch", "deepspeed")
@@ -210,7 +210,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     say = console.print if rank == 0 else (lambda *a, **k: None)
 
     # -- tokenizer and data: the shards must come from the base's tokenizer ----------------------
-    from harness.trainer import packing
+    from harness.data import packing
 
     tok_path = models.resolve("smollm2-135m") if cfg.from_scratch else models.resolve(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(tok_path)

@@ -164,7 +164,7 @@ def open_source(spec: str, *, text_field: str = "text", domain_field: str | None
     if kind not in KINDS:
         raise UserError(f"--source: unknown {spec!r}; accepted: {accepted}")
     if kind == "embedded":
-        from harness.trainer import embedded
+        from harness.data import embedded
 
         root = Path(arg) if arg else embedded.build()
         manifest = root / "manifest.json"

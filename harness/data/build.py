@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import atomic
 from harness.errors import UserError
 from harness.store import diff_keys, check_writable, config_hash
-from harness.trainer import corpus, mixture, packing, stats
+from harness.data import corpus, mixture, packing, stats
 
 
 def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: str, seed: int, out: Path,

@@ -20,7 +20,7 @@ The stand-ins are documentation, not crawled web pages or Stack Exchange posts; 
 manifest entry says so in ``label``, and reports should name them honestly. The survey behind
 these choices is ``research/corpus-sources.md`` in the shared project notes.
 
-Debian packages come through ``harness.trainer.debian`` (private apt lists, a pure-Python .deb
+Debian packages come through ``harness.data.debian`` (private apt lists, a pure-Python .deb
 reader: the system's apt state is never changed). Where apt is absent or fails, the PyPI and stdlib sources are built alone and the
 missing domains are recorded in the manifest.
 
@@ -58,8 +58,8 @@ from harness.atomic import atomic_path, write_text
 from harness.errors import UserError
 from harness.paths import cache_dir
 from harness.store import check_writable
-from harness.trainer.corpus import DOMAINS
-from harness.trainer.debian import Apt, Deb, Unavailable, sha256_file
+from harness.data.corpus import DOMAINS
+from harness.data.debian import Apt, Deb, Unavailable, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import atomic
-from harness.trainer.mixture import Plan
+from harness.data.mixture import Plan
 
 LONG_4K, LONG_32K = 4096, 32768
 BINS = [2 ** k for k in range(6, 19)]  # 64 .. 256K tokens, log2 bins

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from harness import atomic
 from harness.errors import UserError
 from harness.paths import cache_dir
-from harness.trainer.mixture import Plan
+from harness.data.mixture import Plan
 
 log = logging.getLogger(__name__)
 SHARD_TOKENS = 1 << 27  # about 134M tokens per Parquet shard

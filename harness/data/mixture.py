@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from harness.errors import UserError
-from harness.trainer.corpus import DOMAINS
+from harness.data.corpus import DOMAINS
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,9 @@ def lm_eval_side(model_dir: Path, length: int, samples: int, work: Path, dtype: 
     out = work / f"lm-eval-{length}"
     # max_length=L: lm-eval's window is the task's length, not the model's positions (8192 for
     # SmolLM2), so an L past them is asked as built instead of left-truncated to fit.
-    args = f"pretrained={model_dir},dtype={ {'bf16': 'bfloat16', 'fp32': 'float32', 'fp16': 'float16'}[dtype]},max_length={length}"
+    from harness.precision import long_name
+
+    args = f"pretrained={model_dir},dtype={long_name(dtype)},max_length={length}"
     pattern = str(out / "**" / "samples_niah_single_1_*.jsonl")
     if glob.glob(pattern, recursive=True):  # a rerun with --work: lm-eval's samples are kept
         print(f"reusing lm-eval's samples in {out}", flush=True)

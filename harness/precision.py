@@ -52,6 +52,10 @@ class Precision:
     def torch_dtype(self) -> torch.dtype:
         return TORCH_DTYPES[self.name]
 
+    @property
+    def long_name(self) -> str:
+        return long_name(self.name)
+
     def record(self) -> dict:
         return {"dtype": self.name, "requested": self.requested, "reason": self.reason,
                 "cpu_flags": list(self.cpu_flags)}
@@ -63,6 +67,11 @@ def check(value: str, flag: str = "--dtype") -> str:
     if name != "auto" and name not in TORCH_DTYPES:
         raise UserError(f"{flag}: {value!r} is not known; accepted: {ACCEPTED}")
     return name
+
+
+def long_name(name: str) -> str:
+    """``bf16`` -> ``bfloat16``: the spelling transformers, vLLM and lm-eval's model_args take."""
+    return str(TORCH_DTYPES[check(name)]).removeprefix("torch.")
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:

@@ -50,6 +50,12 @@ def test_explicit_bf16_without_native_support_warns_once_and_is_honoured(caplog)
     assert not caplog.records
 
 
+def test_long_names_are_what_the_libraries_take():
+    assert [precision.long_name(n) for n in ("bf16", "fp32", "fp16", "bfloat16")] == \
+        ["bfloat16", "float32", "float16", "bfloat16"]
+    assert precision.resolve("fp32", "cpu", flags=AVX2_ONLY, env={}).long_name == "float32"
+
+
 def test_bad_dtype_is_one_clear_error():
     with pytest.raises(UserError, match=r"--dtype: 'bf8' is not known; accepted: auto, bf16, fp32, fp16"):
         precision.check("bf8")

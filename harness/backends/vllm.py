@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from harness.backends import Generation, ModelBackend, Request
 from harness.errors import UserError
 from harness.models import LoadedModel
+from harness.precision import long_name
 
 INSTALL_HINT = ("--backend vllm: vLLM is not installed in this environment; on GPUs: pip install "
                 "'longctx-harness[vllm]'; on CPU: `make vllm-venv`, then run harness from .venv-vllm")
@@ -41,8 +42,7 @@ class VLLMBackend(ModelBackend):
             overrides = {"rope_parameters": rope, "rope_theta": rope.get("rope_theta"),
                          "max_position_embeddings": loaded.info["effective_max_positions"]}
         self.max_model_len = max_model_len or loaded.info["effective_max_positions"]
-        self.llm = LLM(model=str(loaded.path), tokenizer=str(loaded.path), dtype={"bf16": "bfloat16", "fp16": "float16",
-                       "fp32": "float32"}.get(dtype, dtype), max_model_len=self.max_model_len, enable_prefix_caching=True,
+        self.llm = LLM(model=str(loaded.path), tokenizer=str(loaded.path), dtype=long_name(dtype), max_model_len=self.max_model_len, enable_prefix_caching=True,
                        tensor_parallel_size=tensor_parallel, hf_overrides=overrides or None, seed=0)
 
     def generate_many(self, requests: list[Request]) -> Iterator[tuple[int, Generation]]:

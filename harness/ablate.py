@@ -20,7 +20,6 @@ its last checkpoint, an unfinished evaluation from its last cell.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,13 +27,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness import atomic
+from harness import rundir, store
 from harness.errors import UserError
 from harness.evaluate import EvalRequest
 from harness.values import format_length
 
-ABLATE_FILE = "ablate.json"
-STAGES_FILE = "stages.jsonl"
 TINY_BASE = "tiny"
 
 # Presets: CLI flags override any field. `paper` is the paper's recipe for GPUs (LLaMA-2 7B to
@@ -132,30 +129,10 @@ def resolve_mixtures(specs: list[str], seq_len: int, tokenizer) -> list[Mixture]
 
 def _data_dir(cfg: AblateConfig, strategy: str, tokenizer_name: str) -> Path:
     from harness.paths import cache_dir
-    from harness.store import config_hash
 
     key = {"source": cfg.source, "strategy": strategy, "tokens": cfg.tokens, "seq_len": cfg.seq_len,
            "tokenizer": tokenizer_name, "seed": cfg.seed}
-    return cache_dir("data", f"ablate-{Path(strategy).stem}-{config_hash(key)[:12]}")
-
-
-class Stages:
-    """stages.jsonl: which stages finished, in how long, on how many tokens."""
-
-    def __init__(self, root: Path):
-        self.path = root / STAGES_FILE
-
-    def records(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip().endswith("}")]
-
-    def add(self, name: str, seconds: float, tokens: int | None, **extra) -> None:
-        line = json.dumps({"stage": name, "seconds": round(seconds, 2), "tokens": tokens, **extra}) + "\n"
-        with open(self.path, "a") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+    return cache_dir("data", f"ablate-{Path(strategy).stem}-{rundir.config_hash(key)[:12]}")
 
 
 def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tuple[str, int, float]]:
@@ -168,8 +145,8 @@ def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tup
                      cfg.base_tokens / cfg.base_seq_len * flops.train_flops(base_config, cfg.base_seq_len)))
     per_train = cfg.tokens / cfg.seq_len * flops.train_flops(base_config, cfg.seq_len)
     rows.append((f"train x {n_mixtures}", cfg.tokens * n_mixtures, per_train * n_mixtures))
-    if prep.needle is not None:
-        ncfg = prep.needle[0]
+    if prep.of("needle") is not None:
+        ncfg = prep.of("needle")[0]
         cells = [(n, d) for n in ncfg.lengths for d in ncfg.depths]
         tokens = sum(n for n, _ in cells)
         cost = sum(flops.prefill_flops(base_config, n) + flops.decode_flops(base_config, n, ncfg.max_new_tokens)
@@ -184,12 +161,11 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
 
     from harness import flops, models, precision
     from harness.evaluate import evaluate, prepare
-    from harness.store import check_writable, config_hash, diff_keys
     from harness.data import build
     from harness.trainer import loop
 
     out = Path(cfg.out)
-    check_writable(out)
+    rundir.check_writable(out)
     prep = prepare(cfg.evaluation)
     tiny = cfg.base == TINY_BASE
     if not tiny:
@@ -204,21 +180,15 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
         raise UserError(f"--engine: unknown {cfg.engine!r}; known: {', '.join(loop.ENGINES)}")
 
     # -- the ablation directory: new, or the same config resumed --------------------------------
-    digest = config_hash(cfg.hashed())
-    record_path = out / ABLATE_FILE
-    if record_path.is_file():
-        old = json.loads(record_path.read_text())
-        if old.get("config_hash") != digest:
-            raise UserError(f"--out: {str(out)!r} holds an ablation with a different config (differs in: "
-                            f"{', '.join(diff_keys(old.get('config', {}), cfg.hashed())[:6])}); use another --out")
+    keyed = rundir.KeyedDir(out, store.ABLATION, "an ablation")
+    if keyed.existing(cfg.hashed()) is not None:
         console.print(f"resuming the ablation in {out}")
-    out.mkdir(parents=True, exist_ok=True)
     plan = {"base": cfg.base, "mixtures": [asdict(m) for m in mixtures],
             "models": ["base"] + [m.label for m in mixtures]}
-    atomic.write_text(record_path, json.dumps({"config": cfg.hashed(), "config_hash": digest, "plan": plan},
-                                              indent=2, default=str) + "\n")
-    stages = Stages(out)
-    done = {r["stage"] for r in stages.records()}
+    keyed.write(cfg.hashed(), plan=plan)
+    log = store.stages(out)
+    log.repair()
+    done = {r["stage"] for r in log.records()}
 
     # -- the plan ---------------------------------------------------------------------------------
     base_config = loop.tiny_config(tokenizer, cfg.base_seq_len) if tiny else AutoConfig.from_pretrained(models.resolve(cfg.base))
@@ -254,7 +224,7 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
             _train(loop.TrainConfig(base="", from_scratch=TINY_BASE, data=str(data), seq_len=cfg.base_seq_len,
                                     tokens=cfg.base_tokens, out=str(base_dir), lr=1e-3, batch_tokens=8 * cfg.base_seq_len,
                                     seed=cfg.seed, save_every=cfg.save_every, dtype=cfg.evaluation.dtype), console)
-            stages.add("base", time.perf_counter() - started, cfg.base_tokens)
+            log.append({"stage": "base", "seconds": round(time.perf_counter() - started, 2), "tokens": cfg.base_tokens})
 
     # -- per mixture: data, then training from the same base ------------------------------------
     trained = {}
@@ -264,7 +234,7 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
             if m.strategy:
                 build.build(source=cfg.source, strategy=m.strategy, tokens=cfg.tokens, seq_len=cfg.seq_len,
                             tokenizer=tokenizer_name, seed=cfg.seed, out=Path(m.data), console=console)
-            stages.add(f"data:{m.label}", time.perf_counter() - started, cfg.tokens, path=m.data)
+            log.append({"stage": f"data:{m.label}", "seconds": round(time.perf_counter() - started, 2), "tokens": cfg.tokens, "path": m.data})
         run_dir = out / "train" / m.label
         trained[m.label] = run_dir / "final"
         if f"train:{m.label}" not in done:
@@ -273,7 +243,7 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
                                     out=str(run_dir), rope_theta=cfg.rope_theta, lr=cfg.lr, batch_tokens=cfg.batch_tokens,
                                     engine=cfg.engine, seed=cfg.seed, save_every=cfg.save_every,
                                     dtype=cfg.evaluation.dtype), console)
-            stages.add(f"train:{m.label}", time.perf_counter() - started, cfg.tokens)
+            log.append({"stage": f"train:{m.label}", "seconds": round(time.perf_counter() - started, 2), "tokens": cfg.tokens})
 
     # -- every suite on the base and on each trained model --------------------------------------
     for label, model in [("base", base_path)] + [(k, str(v)) for k, v in trained.items()]:
@@ -282,7 +252,7 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
         started = time.perf_counter()
         console.rule(f"evaluate {label}")
         evaluate(model, prep, out / "eval" / label, console)
-        stages.add(f"eval:{label}", time.perf_counter() - started, None)
+        log.append({"stage": f"eval:{label}", "seconds": round(time.perf_counter() - started, 2), "tokens": None})
 
     from harness.reports import document
 
@@ -320,10 +290,17 @@ def from_preset(preset: str | None, **flags) -> AblateConfig:
     if tiny:  # the from-scratch base's own budget (the tiny preset's values when another preset lacks them)
         p["base_tokens"] = p.get("base_tokens") or PRESETS["tiny"]["base_tokens"]
         p["base_seq_len"] = p.get("base_seq_len") or PRESETS["tiny"]["base_seq_len"]
+    from harness import tasks
+
+    # The preset's suite options count for the suites evaluated (tiny's regression limit is moot without it).
+    named = {s.strip() for s in str(p["suites"]).split(",")}
+    options = {"regression": dict(regression_limit=p.get("regression_limit")),
+               "loss": dict(loss_bucket=p.get("loss_bucket"), loss_length=p.get("loss_length"))}
     evaluation = EvalRequest(suites=p["suites"], preset=p.get("eval_preset"), lengths=p.get("lengths"),
-                             depths=p.get("depths"), regression_limit=p.get("regression_limit"),
-                             loss_bucket=p.get("loss_bucket"), loss_length=p.get("loss_length"),
-                             dtype=p.get("dtype", "auto"), device=p.get("device"))
+                             depths=p.get("depths"), seed=p.get("seed", 0), dtype=p.get("dtype", "auto"),
+                             device=p.get("device"),
+                             options={name: tasks.options(name, **values) for name, values in options.items()
+                                      if name in named})
     return AblateConfig(
         base=p["base"], mixtures=[s.strip() for s in p["mixtures"].split(",") if s.strip()],
         tokens=parse_budget(str(p["tokens"]), "--tokens"), seq_len=parse_length(str(p["seq_len"]), "--seq-len"),

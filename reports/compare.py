@@ -18,14 +18,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from harness.ablate import Stages  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.reports import heatmap  # noqa: E402
+from harness import rundir, store  # noqa: E402
 from harness.store import RunStore  # noqa: E402
-from harness.values import format_length  # noqa: E402
 
 DIFF_CMAP = "RdBu"  # red: worse than the reference, blue: better
-SUITE_ORDER = ("needle", "bookqa", "regression", "loss")
 
 
 @dataclass
@@ -48,11 +46,6 @@ class Collection:
     stages: list[dict] = field(default_factory=list)          # from stages.jsonl, labelled by ablation
     ablations: list[dict] = field(default_factory=list)       # ablate.json records
 
-    @property
-    def common_suites(self) -> list[str]:
-        common = set.intersection(*(r.suites for r in self.runs)) if self.runs else set()
-        return [s for s in SUITE_ORDER if s in common]
-
     def missing(self) -> dict[str, list[str]]:
         """run -> suites other runs have and it lacks."""
         every = set().union(*(r.suites for r in self.runs)) if self.runs else set()
@@ -68,9 +61,9 @@ def collect(paths: list[Path]) -> Collection:
     """Read every run (and ablation) named; names are unique in the report."""
     col = Collection(runs=[])
     for path in map(Path, paths):
-        record = path / "ablate.json"
+        record = path / store.ABLATION
         if record.is_file():
-            ablation = json.loads(record.read_text())
+            ablation = rundir.read_json(record, "report")
             col.ablations.append(ablation)
             for label in ablation["plan"]["models"]:
                 if (path / "eval" / label / "manifest.json").is_file():
@@ -79,7 +72,7 @@ def collect(paths: list[Path]) -> Collection:
                 stats = Path(m["data"]) / "stats.json"
                 if stats.is_file():
                     col.mixtures[m["label"]] = json.loads(stats.read_text())
-            col.stages += Stages(path).records()
+            col.stages += list(store.stages(path).records())
         elif (path / "manifest.json").is_file():
             col.runs.append(_run(path, path.resolve().name))
         else:
@@ -96,28 +89,14 @@ def collect(paths: list[Path]) -> Collection:
 # -- the table ------------------------------------------------------------------------------------
 
 def table(col: Collection) -> pd.DataFrame:
-    """One row per model, one column per number a researcher compares (paper Tables 3-5)."""
-    from harness.tasks import bookqa, loss
+    """One row per model, one column per number a researcher compares (paper Tables 3-5): every
+    suite's summary rows that name a report column, in registry order."""
+    from harness import tasks
 
     rows = {}
     for run in col.runs:
-        row = {}
-        needle = [r["score"] for r in run.results if r["suite"] == "needle"]
-        if needle:  # a variant is another task: its own row, never averaged with the paper's needle
-            variant = heatmap.variant_of(run.manifest)
-            row[f"needle ({variant}) mean" if variant else "needle mean"] = float(np.mean(needle))
-        for length, v in bookqa.summary(run.results)["by_length"].items():
-            row[f"bookqa recall {format_length(length)}"] = v["paper"]
-        for r in run.results:
-            if r["suite"] == "regression":
-                row[f"{r['task']} {r['metric']}"] = r["score"]
-        by_bucket: dict[str, list[float]] = {}
-        for buckets in loss.summary(run.results).values():
-            for name, v in buckets.items():
-                by_bucket.setdefault(name, []).append(v["loss"])
-        for name, values in by_bucket.items():
-            row[f"loss {name}"] = float(np.mean(values))  # mean over domains (per domain: the curves)
-        rows[run.name] = row
+        rows[run.name] = {row.column: row.value for name in tasks.SUITES
+                          for row in tasks.get(name).summary(run.results, run.manifest) if row.column}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

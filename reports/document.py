@@ -23,14 +23,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from harness import atomic  # noqa: E402
+from harness import rundir  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.reports import compare  # noqa: E402
 
 log = logging.getLogger("harness")
 
-TITLES = ("Comparison table", "Needle heatmaps", "Needle difference heatmaps", "Loss by length",
-          "Mixture composition", "Provenance")
+PAGE_TITLES = {"heatmaps": "{Suite} heatmaps", "differences": "{Suite} difference heatmaps",
+               "loss_curves": "Loss by length"}
+
+
+def _suite_pages() -> list[tuple[str, str, str]]:
+    """(suite, page kind, title) of every report page a registered suite contributes, in order."""
+    from harness import tasks
+
+    return [(name, kind, PAGE_TITLES[kind].format(Suite=name.capitalize())) for name in tasks.SUITES
+            for kind in tasks.get(name).report_pages]
+
+
+TITLES = ("Comparison table", *(title for _, _, title in _suite_pages()), "Mixture composition", "Provenance")
 
 
 def figures(col: compare.Collection, reference: str | None) -> list[tuple[str, object]]:
@@ -39,12 +50,12 @@ def figures(col: compare.Collection, reference: str | None) -> list[tuple[str, o
     reference = reference or names[0]
     if reference not in names:
         raise UserError(f"--reference: {reference!r} is not one of the runs; known: {', '.join(names)}")
-    pages = [(TITLES[0], compare.figure_table(compare.table(col), TITLES[0])),
-             (TITLES[1], compare.figure_heatmaps(col, "needle")),
-             (TITLES[2], compare.figure_differences(col, reference, "needle")),
-             (TITLES[3], compare.figure_loss(col)),
-             (TITLES[4], compare.figure_mixtures(col)),
-             (TITLES[5], compare.figure_provenance(col))]
+    draw = {"heatmaps": lambda suite: compare.figure_heatmaps(col, suite),
+            "differences": lambda suite: compare.figure_differences(col, reference, suite),
+            "loss_curves": lambda suite: compare.figure_loss(col)}
+    pages = [(TITLES[0], compare.figure_table(compare.table(col), TITLES[0]))]
+    pages += [(title, draw[kind](suite)) for suite, kind, title in _suite_pages()]
+    pages += [(TITLES[-2], compare.figure_mixtures(col)), (TITLES[-1], compare.figure_provenance(col))]
     return [(title, fig) for title, fig in pages if fig is not None]
 
 
@@ -59,7 +70,7 @@ def write_report(paths: list[Path], pdf: Path, *, reference: str | None = None, 
     pdf = Path(pdf)
     pdf.parent.mkdir(parents=True, exist_ok=True)
     pngs = []
-    with atomic.atomic_path(pdf) as tmp:
+    with rundir.atomic_path(pdf) as tmp:
         with PdfPages(tmp, metadata={"Title": "longctx-harness report", "Creator": "longctx-harness"}) as doc:
             for title, fig in pages:
                 doc.savefig(fig)
@@ -69,7 +80,7 @@ def write_report(paths: list[Path], pdf: Path, *, reference: str | None = None, 
                 plt.close(fig)
     page = render_html(col, pngs, missing)
     html_path = pdf.with_suffix(".html")
-    atomic.write_text(html_path, page)
+    rundir.write_text(html_path, page)
     if console is not None:
         console.print(f"report: {pdf} ({len(pages)} pages) and {html_path}")
     return pdf
@@ -91,7 +102,7 @@ def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: d
             "; ".join(f"{n}: {', '.join(s)}" for n, s in missing.items())) + "</p>")
     parts += ["<h2 id='table'>Comparison table</h2>", table_html]
     for title, data in pngs:
-        if title in (TITLES[0], TITLES[5]):
+        if title in (TITLES[0], TITLES[-1]):
             continue
         anchor = title.lower().replace(" ", "-")
         parts.append(f"<h2 id='{anchor}'>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
@@ -141,10 +152,10 @@ def check(pdf: Path, models: int) -> list[str]:
     if titles != list(TITLES):
         problems.append(f"pages {titles}, expected {list(TITLES)}")
     images = {p["title"]: p["images"] for p in pages}
-    if images.get(TITLES[1]) != models:
-        problems.append(f"{TITLES[1]}: {images.get(TITLES[1])} images, expected {models}")
-    if images.get(TITLES[2]) != models - 1:
-        problems.append(f"{TITLES[2]}: {images.get(TITLES[2])} images, expected {models - 1}")
+    for _, kind, title in _suite_pages():
+        expected = {"heatmaps": models, "differences": models - 1}.get(kind)
+        if expected is not None and images.get(title) != expected:
+            problems.append(f"{title}: {images.get(title)} images, expected {expected}")
     return problems
 
 

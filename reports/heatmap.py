@@ -16,7 +16,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 
-from harness import atomic  # noqa: E402
+from harness import rundir  # noqa: E402
+from harness.tasks.base import variant_of  # noqa: E402
 from harness.values import format_length  # noqa: E402
 
 # The seed repo's palette: red (fail) -> yellow -> green (pass).
@@ -79,11 +80,6 @@ def rope_label(model: dict) -> str:
     return text + (f" ×{rope['factor']:g}" if rope.get("factor") else "")
 
 
-def variant_of(manifest: dict, suite: str = "needle") -> str | None:
-    """The run's needle variant (passkey, multikey, ...), or None for the paper's single needle."""
-    return (manifest.get("config", {}).get("suites", {}).get(suite, {}).get("variant") or {}).get("name")
-
-
 def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | None = None,
           suite: str = "needle") -> list[Path]:
     """Write ``{suite}_heatmap.png`` and ``.pdf`` for one run; returns the paths."""
@@ -102,7 +98,7 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     paths = []
     for ext in ("png", "pdf"):
         dest = out_dir / f"{suite}_heatmap.{ext}"
-        with atomic.atomic_path(dest) as tmp:
+        with rundir.atomic_path(dest) as tmp:
             fig.savefig(tmp, format=ext, dpi=150)
         paths.append(dest)
     plt.close(fig)

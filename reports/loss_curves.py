@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness import atomic  # noqa: E402
+from harness import rundir  # noqa: E402
 from harness.tasks import loss  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     paths = []
     for ext in ("png", "pdf"):
         dest = Path(out_dir or run_dir) / f"loss_by_length.{ext}"
-        with atomic.atomic_path(dest) as tmp:
+        with rundir.atomic_path(dest) as tmp:
             fig.savefig(tmp, format=ext, dpi=150)
         paths.append(dest)
     plt.close(fig)

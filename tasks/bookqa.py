@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 
 from harness.errors import UserError
-from harness.tasks import scoring
-from harness.values import parse_lengths
+from harness.tasks import base, scoring
+from harness.values import format_length, parse_lengths
 
 SPEC_PATH = Path(__file__).with_name("bookqa.yaml")
 NAME = "bookqa"
@@ -193,8 +193,30 @@ def middle_truncate(ids: list[int], budget: int) -> tuple[list[int], int]:
     return ids[:head] + ids[len(ids) - (budget - head):], head
 
 
-class BookQASuite:
+@dataclass(frozen=True)
+class Options:
+    bookqa_file: str | None = base.option("--bookqa", "BookQA: an InfiniteBench longbook_qa_eng jsonl (default: "
+                                          "the offline set).")
+
+
+class BookQASuite(base.Suite):
     name = NAME
+    Options = Options
+    figures = ("heatmap",)   # length x answer depth (offline items); in the report: its table columns
+
+    @classmethod
+    def prepare(cls, grid: base.Grid, options: Options):
+        return resolve_config(preset=grid.preset, lengths=grid.lengths, bookqa=options.bookqa_file, seed=grid.seed)
+
+    @classmethod
+    def bind(cls, prepared, loaded) -> "BookQASuite":
+        return cls(*prepared, loaded.tokenizer)
+
+    @staticmethod
+    def summary(results: list[dict], manifest: dict) -> list[base.Row]:
+        return [base.Row(NAME, format_length(length), "paper recall / qa_f1", v["paper"], v["n"],
+                         display=f"{v['paper']:.3f} / {v['qa_f1']:.3f}", column=f"bookqa recall {format_length(length)}")
+                for length, v in summary(results)["by_length"].items()]
 
     def __init__(self, config: BookQAConfig, books: dict[str, str], items: list[Item], tokenizer):
         self.config, self.tok = config, tokenizer

@@ -18,7 +18,8 @@ from pathlib import Path
 import yaml
 
 from harness.errors import UserError
-from harness.values import format_length
+from harness.tasks import base
+from harness.values import format_length, parse_length
 
 log = logging.getLogger(__name__)
 SPEC_PATH = Path(__file__).with_name("loss.yaml")
@@ -75,8 +76,43 @@ def resolve_config(*, max_length: int, bucket: int | None = None, length: int | 
     return cfg, {doc_id: text for doc_id, (_, text) in docs.items()}
 
 
-class LossSuite:
+@dataclass(frozen=True)
+class Options:
+    loss_bucket: str | None = base.option("--loss-bucket", "Loss suite: tokens per position bucket (default 4k).")
+    loss_length: str | None = base.option("--loss-length", "Loss suite: tokens per document (default: the "
+                                          "model's max positions).")
+
+
+class LossSuite(base.Suite):
     name = NAME
+    Options = Options
+    figures = ("loss_curves",)
+    report_pages = ("loss_curves",)
+
+    @classmethod
+    def prepare(cls, grid: base.Grid, options: Options) -> dict:
+        """The flags, checked (the documents are cut to the model's positions, known at bind)."""
+        return {"bucket": parse_length(options.loss_bucket, "--loss-bucket") if options.loss_bucket else None,
+                "length": parse_length(options.loss_length, "--loss-length") if options.loss_length else None}
+
+    @classmethod
+    def bind(cls, prepared: dict, loaded) -> "LossSuite":
+        config, texts = resolve_config(max_length=loaded.max_positions, **prepared)
+        return cls(config, texts, loaded.tokenizer)
+
+    @staticmethod
+    def summary(results: list[dict], manifest: dict) -> list[base.Row]:
+        per_domain = summary(results)
+        rows = [base.Row(NAME, f"{domain} {bucket}", "nats/token", v["loss"], v["documents"])
+                for domain, buckets in per_domain.items() for bucket, v in buckets.items()]
+        by_bucket: dict[str, list[float]] = {}
+        for buckets in per_domain.values():
+            for bucket, v in buckets.items():
+                by_bucket.setdefault(bucket, []).append(v["loss"])
+        # The report's columns: the mean over domains per bucket (per domain: the loss curves page).
+        rows += [base.Row(NAME, f"mean of {len(values)} domains {bucket}", "nats/token", sum(values) / len(values),
+                          column=f"loss {bucket}") for bucket, values in by_bucket.items()]
+        return rows
 
     def __init__(self, config: LossConfig, texts: dict[str, str], tokenizer):
         self.config, self.tok = config, tokenizer

@@ -19,9 +19,9 @@ import yaml
 
 from harness.backends import Request
 from harness.errors import UserError
-from harness.tasks import needle_variants, scoring
+from harness.tasks import base, needle_variants, scoring
 from harness.tasks.haystack import Haystack
-from harness.values import parse_depths, parse_lengths
+from harness.values import format_length, parse_depths, parse_lengths
 
 log = logging.getLogger(__name__)
 SPEC_PATH = Path(__file__).with_name("needle.yaml")
@@ -123,6 +123,20 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
     )
 
 
+@dataclass(frozen=True)
+class Options:
+    haystack: str | None = base.option("--haystack", "kjv (default, public domain), pg-essays (the paper's), "
+                                       "or a text file/dir.")
+    variant: str | None = base.option("--variant", "Needle variant (RULER): passkey, multikey, multivalue, "
+                                      "multiquery, distractor.")
+    scorer: str = base.option("--scorer", "Needle: generate (greedy answer, scored), loglik (teacher-forced "
+                              "answer probability, no decoding) or both.", "generate")
+    chat: bool = base.option("--chat", "Wrap the prompt in the tokenizer's chat template instead of the paper's "
+                             "base prompt.", False)
+    max_new_tokens: int | None = base.option("--max-new-tokens", "Greedy tokens to generate (suite default: 50).",
+                                             kind=int)
+
+
 @dataclass
 class Prompt:
     ids: list[int]
@@ -130,8 +144,38 @@ class Prompt:
     depth_actual: float  # where the needle landed, percent of the haystack's tokens
 
 
-class NeedleSuite:
+class NeedleSuite(base.Suite):
     name = NAME
+    Options = Options
+    figures = ("heatmap",)
+    report_pages = ("heatmaps", "differences")
+
+    @classmethod
+    def prepare(cls, grid: base.Grid, options: Options) -> tuple[NeedleConfig, Haystack]:
+        from harness.tasks import haystack as haystacks
+
+        spec = load_spec()
+        hay = haystacks.load(haystack_spec(spec, options.variant, options.haystack))
+        cfg = resolve_config(preset=grid.preset, lengths=grid.lengths, depths=grid.depths, chat=options.chat,
+                             haystack=hay, max_new_tokens=options.max_new_tokens, spec=spec, variant=options.variant,
+                             scorer=options.scorer, seed=grid.seed)
+        return cfg, hay
+
+    @classmethod
+    def bind(cls, prepared: tuple[NeedleConfig, Haystack], loaded) -> "NeedleSuite":
+        return cls(*prepared, loaded.tokenizer)
+
+    @staticmethod
+    def summary(results: list[dict], manifest: dict) -> list[base.Row]:
+        rows = [r for r in results if r.get("suite") == NAME]
+        if not rows:
+            return []
+        # A variant is another task: its own report column, never averaged with the paper's needle.
+        variant = base.variant_of(manifest, NAME)
+        metric = next(iter(rows[0].get("scores", {})), "score") if variant else "paper"
+        label = f"needle ({variant})" if variant else "needle"
+        mean = sum(r["score"] for r in rows) / len(rows)
+        return [base.Row(label, "all cells", f"{metric} (mean)", mean, len(rows), column=f"{label} mean")]
 
     def __init__(self, config: NeedleConfig, haystack: Haystack, tokenizer: Any):
         self.config = config
@@ -225,6 +269,17 @@ class NeedleSuite:
         tail = text[prev:cut].strip()
         return (f"{out} {tail}" if tail else out), asked_at
 
+    @property
+    def new_tokens(self) -> int:
+        return 0 if self.config.scorer == "loglik" else self.config.max_new_tokens
+
+    def warn(self, max_positions: int) -> None:
+        beyond = [n for n in self.config.lengths if n + self.config.max_new_tokens > max_positions]
+        if beyond:
+            log.warning("lengths %s (plus up to %d answer tokens) go past the model's %d positions; they run "
+                        "anyway: where retrieval breaks is what the grid shows",
+                        ", ".join(format_length(n) for n in beyond), self.config.max_new_tokens, max_positions)
+
     def check(self) -> None:
         """Refuse a grid whose shortest length cannot hold the prompt and every needle."""
         shortest = min(self.cells(), key=lambda c: c.length)
@@ -311,6 +366,13 @@ class NeedleSuite:
         return result
 
     def evaluate(self, cell: Cell, backend) -> dict:
-        req, sample, prompt = self.request(cell)
-        ((_, gen),) = backend.generate_many([req])
-        return self.result(cell, sample, prompt, gen)
+        ((_, result),) = self.run([cell], backend)
+        return result
+
+    def run(self, todo: list[Cell], backend):
+        """Every prompt goes to the backend at once, which shares their common prefixes (a grid's
+        cells at one length share the haystack up to the shallower needle)."""
+        pending = [self.request(cell) for cell in todo]
+        for index, gen in backend.generate_many([req for req, *_ in pending]):
+            _, sample, prompt = pending[index]
+            yield todo[index], self.result(todo[index], sample, prompt, gen)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
 from harness.errors import UserError
 from harness.paths import cache_dir
+from harness.tasks import base
 
 NAME = "regression"
 TASK_DIR = Path(__file__).with_name("regression_tasks")
@@ -88,8 +89,42 @@ def resolve_config(*, tasks: str | None, num_fewshot: int, limit: int | None, ma
     return RegressionConfig(names, num_fewshot, limit, max_length)
 
 
-class RegressionSuite:
+@dataclass(frozen=True)
+class Options:
+    regression_tasks: str | None = base.option("--regression-tasks", "Regression: lm-eval task names (default: "
+                                               "the offline KJV cloze and perplexity).")
+    regression_fewshot: int = base.option("--regression-fewshot", "Regression: few-shot examples (the paper's "
+                                          "MMLU: 5).", 0)
+    regression_limit: int | None = base.option("--regression-limit", "Regression: at most this many documents "
+                                               "per task.", kind=int)
+
+
+class RegressionSuite(base.Suite):
+    """lm-eval on the transformers model at up to 4K positions (the paper's "4K regression")."""
+
     name = NAME
+    Options = Options
+    backends = ("hf",)  # lm-eval's HFLM runs the transformers model itself
+
+    @classmethod
+    def prepare(cls, grid: base.Grid, options: Options) -> RegressionConfig:
+        # The 4K cap shrinks to the model's positions at bind().
+        return resolve_config(tasks=options.regression_tasks, num_fewshot=options.regression_fewshot,
+                              limit=options.regression_limit, max_length=4096)
+
+    @classmethod
+    def bind(cls, prepared: RegressionConfig, loaded) -> "RegressionSuite":
+        return cls(replace(prepared, max_length=min(prepared.max_length, loaded.max_positions)), loaded.tokenizer)
+
+    @staticmethod
+    def summary(results: list[dict], manifest: dict) -> list[base.Row]:
+        rows = []
+        for r in (r for r in results if r["suite"] == NAME):
+            err = r["scores"].get(f"{r['metric']}_stderr")
+            rows.append(base.Row(NAME, r["task"], r["metric"], r["score"], r.get("n_samples"), stderr=err,
+                                 display=f"{r['score']:.4f}" + (f" ± {err:.4f}" if err else ""),
+                                 column=f"{r['task']} {r['metric']}"))
+        return rows
 
     def __init__(self, config: RegressionConfig, tokenizer):
         self.config, self.tok = config, tokenizer
@@ -101,7 +136,7 @@ class RegressionSuite:
         from lm_eval import simple_evaluate
 
         started = time.perf_counter()
-        model = backend.loaded.model
+        model = backend.model  # the hf backend's transformers model (backends = ("hf",))
         lm = _checked_hflm()(pretrained=model, tokenizer=self.tok, max_length=self.config.max_length, batch_size=1)
         lm.task_name, lm.fewshot = cell.task, self.config.num_fewshot
         out = simple_evaluate(model=lm, tasks=[cell.task], num_fewshot=self.config.num_fewshot,
@@ -138,7 +173,7 @@ def _checked_hflm():
                     raise UserError(f"--regression-fewshot: a {self.fewshot}-shot prompt of {self.task_name} is "
                                     f"{n:,} tokens, longer than the {self.max_length:,} the model is evaluated at; "
                                     f"lower --regression-fewshot")
-            # The harness reports progress per task (engine.run_suite). lm-eval's own bars would
+            # The harness reports progress per task (runner.run_suite). lm-eval's own bars would
             # interleave with it, and HFLM.loglikelihood_rolling opens one per batch of windows.
             return super()._loglikelihood_tokens(requests, disable_tqdm=True, override_bs=override_bs)
 

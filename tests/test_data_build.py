@@ -53,7 +53,7 @@ def test_packed_sequences_reproduce_their_documents_in_order(text_corpus, smollm
     # Rebuild the plan (deterministic) and check every piece against the tokenized source text.
     docs = text_corpus[1]
     src = corpus.open_source(f"jsonl:{text_corpus[0]}")
-    ds = packing.tokenize_corpus(src, tokenizer, key=build.json.loads((out / "manifest.json").read_text())["config"]["corpus"])
+    ds = packing.tokenize_corpus(src, tokenizer, key=manifest["config"]["corpus"])
     plan = mixture.plan(mixture.builtin("per_source", 2048), np.asarray(ds["domain"]),
                         np.asarray(ds["n_tokens"]), 120_000, 0)
     stream = []

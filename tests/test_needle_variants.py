@@ -110,7 +110,7 @@ def test_too_many_needles_for_the_length_is_refused(tokenizer):
     (["--variant", "needle9"], "--variant: unknown 'needle9'; known: distractor, multikey, multiquery, multivalue, passkey"),
     (["--variant", "passkey", "--haystack", "kjv"], "--haystack: the passkey variant hides its needle in 'noise'"),
     (["--variant", "multivalue", "--max-new-tokens", "8"], "--max-new-tokens: 8 cannot hold the multivalue variant's 4 values"),
-    (["--variant", "multikey", "--suite", "loss"], "--variant: 'multikey' is a needle variant; add needle to --suite"),
+    (["--variant", "multikey", "--suite", "loss"], "--variant: 'multikey' is a needle option; add needle to --suite"),
 ])
 def test_bad_variant_options_are_one_line_exit_2(args, message, tmp_path):
     proc = harness_cli("run", "--model", "smollm2-135m", *args, "--out", str(tmp_path / "x"))

@@ -72,13 +72,15 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path):
 @pytest.mark.parametrize("flags, expected", [(AVX2_ONLY, "float32"), (AVX512_BF16, "bfloat16")])
 def test_manifest_records_the_choice_and_why(flags, expected, tiny_model_dir, tmp_path, monkeypatch):
     """The whole path: the flags the machine reports -> the loaded weights -> the run's manifest."""
+    from harness import tasks
     from harness.evaluate import EvalRequest, evaluate, prepare
 
     monkeypatch.setattr(precision, "cpu_flags", lambda *a: frozenset(flags))
     monkeypatch.delenv("HARNESS_DTYPE", raising=False)
     loaded = models.load(str(tiny_model_dir))
     assert next(loaded.model.parameters()).dtype == getattr(torch, expected)
-    prep = prepare(EvalRequest(suites="needle", lengths="256", depths="50", max_new_tokens=4))
+    prep = prepare(EvalRequest(suites="needle", lengths="256", depths="50",
+                               options={"needle": tasks.options("needle", max_new_tokens=4)}))
     evaluate(str(tiny_model_dir), prep, tmp_path / "run", Console(quiet=True))
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["config"]["model"]["dtype"] == expected

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import atomic, flops, models, precision
+from harness import flops, models, precision, rundir
 from harness.errors import UserError
-from harness.store import check_writable, config_hash, diff_keys
 from harness.data import shards as shard_io
 from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config
 
@@ -152,13 +151,14 @@ def _plan(cfg: TrainConfig, world: int) -> tuple[int, int, int]:
 
 
 def latest_checkpoint(out: Path) -> Path | None:
+    rundir.recover(out / "final")
     ckpts = sorted((out / "checkpoints").glob("step-*")) if (out / "checkpoints").is_dir() else []
     return ckpts[-1] if ckpts else None
 
 
 def _save(engine, tokenizer, dest: Path, state: dict, rank: int, world: int, source: dict) -> None:
     """A complete HF checkpoint plus trainer state, published by renaming a finished temp dir."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp = dest.with_name(f".{dest.name}.shared")  # every rank writes its engine shards here
     try:
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -166,21 +166,17 @@ def _save(engine, tokenizer, dest: Path, state: dict, rank: int, world: int, sou
         _barrier(world)
         engine.save(tmp, rank)
         weights = engine.full_state_dict(rank)
+        _barrier(world)
         if rank == 0:
-            engine.model.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
-            (tmp / "SOURCE.json").write_text(json.dumps(source, indent=2))
-            torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                       tmp / "rng.pt")
-            for f in tmp.rglob("*"):
-                if f.is_file():
-                    with open(f, "rb") as fh:
-                        os.fsync(fh.fileno())
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-            atomic.fsync_dir(dest.parent)
+            with rundir.publishing(dest) as new:
+                os.rmdir(new)
+                os.rename(tmp, new)
+                engine.model.save_pretrained(new, state_dict=weights, safe_serialization=True)
+                tokenizer.save_pretrained(new)
+                (new / "trainer_state.json").write_text(json.dumps(state, indent=2))
+                (new / "SOURCE.json").write_text(json.dumps(source, indent=2))
+                torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                            "python": random.getstate()}, new / "rng.pt")
         _barrier(world)
     except OSError as exc:
         if rank == 0:
@@ -203,7 +199,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     if cfg.seq_len < 1 or cfg.tokens < 1:
         raise UserError("--seq-len and --tokens must be positive")
     precision.check(cfg.dtype)
-    check_writable(out)
+    rundir.check_writable(out)
     rank, world, device = _distributed()
     compute = precision.resolve(cfg.dtype, device)
     console = console or Console(stderr=True)
@@ -225,23 +221,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     # -- the run directory: a new run, or a resume of the same config ---------------------------
     # The dtype in force, not the request: `auto` resumed on a machine that picks another dtype is refused.
     hashed = {**cfg.hashed(), "dtype": compute.name}
-    digest = config_hash(hashed)
-    saved = out / "train_config.json"
-    old = json.loads(saved.read_text()) if saved.is_file() else None
+    digest = rundir.config_hash(hashed)
+    keyed = rundir.KeyedDir(out, "train_config.json", "a training run")
+    old = keyed.existing(hashed)
     _barrier(world)  # every rank looks before rank 0 writes, so all of them take the same branch
     if old is not None:
-        if old.get("config_hash") != digest:
-            raise UserError(f"--out: {str(out)!r} holds a training run with a different config "
-                            f"(differs in: {', '.join(diff_keys(old.get('config', {}), hashed)[:6])}); "
-                            f"use another --out")
         if not resume:
             raise UserError(f"--out: {str(out)!r} already holds this run; add --resume to continue it")
     elif resume:
         raise UserError(f"--resume: {str(out)!r} holds no training run to resume")
     elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(saved, json.dumps({"config": hashed, "config_hash": digest,
-                                             "precision": compute.record()}, indent=2) + "\n")
+        keyed.write(hashed, precision=compute.record())
     _barrier(world)
 
     # -- model and engine ------------------------------------------------------------------------
@@ -255,6 +245,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     else:
         engine = TorchEngine(model, loss_chunk=cfg.loss_chunk, compile=cfg.compile, **common)
 
+    metrics = rundir.JsonlLog(out / "metrics.jsonl")
     step, position = 0, 0
     if resume:
         ckpt = latest_checkpoint(out)
@@ -267,6 +258,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         step, position = state["step"], state["position"]
+        if rank == 0:  # steps logged after this checkpoint are redone: drop them so none is doubled
+            metrics.keep(lambda r: r["step"] <= step)
         say(f"resuming {out} from {ckpt.name} (step {step}, {state['tokens']:,} tokens)")
 
     # -- metrics ---------------------------------------------------------------------------------
@@ -317,8 +310,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
                       "tokens_per_s": per_step * cfg.seq_len / seconds,
                       "mfu": per_step * per_seq_flops / seconds / peak, "seconds": seconds}
             if rank == 0:
-                with open(out / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(record) + "\n")
+                metrics.append(record)
                 for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
                     writer.add_scalar(f"train/{key}", record[key], step)
             progress.update(task, completed=tokens, loss=f"{loss:.4f}")

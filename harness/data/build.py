@@ -7,7 +7,6 @@ the same directory is a no-op; a different one is refused.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -15,9 +14,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness import atomic
+from harness import rundir
 from harness.errors import UserError
-from harness.store import diff_keys, check_writable, config_hash
 from harness.data import corpus, mixture, packing, stats
 
 
@@ -32,27 +30,22 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
     if tokens < seq_len:
         raise UserError(f"--tokens: {tokens:,} is below one sequence of --seq-len {seq_len:,}")
     strat = mixture.resolve(strategy, seq_len)
-    check_writable(out)
+    rundir.check_writable(out)
     tok = packing.load_tokenizer(tokenizer)
     src = corpus.open_source(source, max_bad_fraction=max_bad_fraction)
     embedded = getattr(src, "manifest", None) or {}
     held_out = embedded.get("held_out", [])
     read_tokens = None if source.startswith("embedded") else int(tokens * read_factor)
-    corpus_key = {"source": src.describe(), "corpus_manifest": config_hash(embedded) if embedded else None,
+    corpus_key = {"source": src.describe(), "corpus_manifest": rundir.config_hash(embedded) if embedded else None,
                   "tokenizer": packing.vocab_hash(tok), "eos": tok.eos_token_id, "exclude": sorted(held_out),
                   "read_tokens": read_tokens}
     config = {"corpus": corpus_key, "strategy": strat.to_dict(), "tokens": tokens, "seq_len": seq_len,
               "seed": seed, "tokenizer_name": tokenizer}
-    digest = config_hash(config)
-    manifest_path = out / "manifest.json"
-    if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text())
-        if old.get("config_hash") == digest:
-            console.print(f"{out}: already built with this config ({digest}); nothing to do")
-            return old
-        diff = diff_keys(old.get("config", {}), config)
-        raise UserError(f"--out: {str(out)!r} holds a build with a different config "
-                        f"(differs in: {', '.join(diff[:6]) or 'config'}); use another --out or remove it")
+    keyed = rundir.KeyedDir(out, "manifest.json", "a build")  # written last: the build's completion mark
+    old = keyed.existing(config)
+    if old is not None:
+        console.print(f"{out}: already built with this config ({old['config_hash']}); nothing to do")
+        return old
     packing.ensure_documents(src, held_out)
     started = time.perf_counter()
     console.print(f"data build: {strat.name} · {tokens:,} tokens · seq_len {seq_len:,} · seed {seed} · {src.name}")
@@ -69,14 +62,14 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
                TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         packed = packing.pack(the_plan, ds, seq_len, out, progress)
-    atomic.write_text(out / "stats.json", json.dumps(summary, indent=2) + "\n")
+    rundir.write_json(out / "stats.json", summary)
     stats.plot(summary, out / "mixture.png")
-    manifest = {"config": config, "config_hash": digest, "tokenizer": {"name": tokenizer, "class": type(tok).__name__,
+    manifest = {"tokenizer": {"name": tokenizer, "class": type(tok).__name__,
                 "vocab_hash": packing.vocab_hash(tok), "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id},
                 "strategy": strat.name, "seed": seed, "seq_len": seq_len, **packed,
                 "corpus_documents": int(len(ds)), "held_out": held_out,
                 "seconds": round(time.perf_counter() - started, 2)}
-    atomic.write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
+    manifest = keyed.write(config, **manifest)
     console.print(stats.table(summary))
     return manifest
 
@@ -96,4 +89,4 @@ def load_stats(path: Path) -> dict:
     f = Path(path) / "stats.json"
     if not f.is_file():
         raise UserError(f"{str(path)!r} is not a data build directory (no stats.json); run `harness data build` first")
-    return json.loads(f.read_text())
+    return rundir.read_json(f, "data stats")

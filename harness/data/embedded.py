@@ -54,10 +54,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from harness import pypi
-from harness.atomic import atomic_path, write_text
+from harness.rundir import atomic_path, write_text
 from harness.errors import UserError
 from harness.paths import cache_dir
-from harness.store import check_writable
+from harness.rundir import check_writable
 from harness.data.corpus import DOMAINS
 from harness.data.debian import Apt, Deb, Unavailable, sha256_file
 

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness import atomic
+from harness import rundir
 from harness.errors import UserError
 from harness.paths import cache_dir
 from harness.data.mixture import Plan
@@ -103,8 +104,20 @@ def tokenize_corpus(source, tok, *, key: dict, exclude: list[str] = (), read_tok
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     path = cache_dir("tokenized") / digest
+    rundir.recover(path)
     if (path / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(path))
+    # One process tokenizes a corpus; another that asks for the same one waits and reuses it.
+    with FileLock(str(cache_dir("tokenized") / f".{digest}.lock")):
+        if not (path / "dataset_info.json").is_file():
+            _tokenize_into(path, source, tok, digest, exclude, read_tokens, num_proc)
+    return datasets.load_from_disk(str(path))
+
+
+def _tokenize_into(path: Path, source, tok, digest: str, exclude, read_tokens, num_proc) -> None:
+    """Tokenize ``source`` and publish the dataset at ``path`` (whole, or not at all)."""
+    import datasets
+
     ensure_documents(source, exclude)
     work = cache_dir("tokenized", ".work", digest)
     text_features = datasets.Features({"id": datasets.Value("string"), "domain": datasets.Value("string"),
@@ -131,11 +144,9 @@ def tokenize_corpus(source, tok, *, key: dict, exclude: list[str] = (), read_tok
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
         else:
             os.environ["TOKENIZERS_PARALLELISM"] = parallel
-    tmp = path.with_name(f".{digest}.tmp")
-    tokenized.save_to_disk(str(tmp))
-    os.replace(tmp, path)
+    with rundir.publishing(path) as tmp:
+        tokenized.save_to_disk(str(tmp))
     shutil.rmtree(work, ignore_errors=True)
-    return datasets.load_from_disk(str(path))
 
 
 def flat_tokens(ds) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +196,7 @@ def pack(plan: Plan, ds, seq_len: int, out_dir: Path, progress=None) -> dict:
             rows["domains"].append(doms)
         table = pa.table(rows, schema=schema)
         dest = shard_dir / f"part-{shard:05d}.parquet"
-        with atomic.atomic_path(dest) as tmp:
+        with rundir.atomic_path(dest) as tmp:
             pq.write_table(table, tmp, compression="zstd")
         files.append(dest.name)
         if progress:

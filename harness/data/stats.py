@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import atomic
+from harness import rundir
 from harness.data.mixture import Plan
 
 LONG_4K, LONG_32K = 4096, 32768
@@ -119,7 +119,7 @@ def plot(stats: dict, dest: Path) -> Path:
     note = f"\nstand-ins (documentation, not web crawl): {', '.join(stand_in)}" if stand_in else ""
     fig.suptitle(f"{stats['strategy']} · {stats['total_tokens']:,} tokens{note}", fontsize=10)
     fig.tight_layout()
-    with atomic.atomic_path(dest) as tmp:
+    with rundir.atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return dest

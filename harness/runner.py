@@ -1,4 +1,4 @@
-"""The run engine: schedule a suite's unfinished cells, evaluate them, append to the store."""
+"""The suite runner: schedule a suite's unfinished cells, evaluate them, append to the store."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from harness import flops
 from harness.store import RunStore
+from harness.tasks.base import Suite
 
 
-def run_suite(suite, backend, store: RunStore, console: Console, model_config) -> int:
+def run_suite(suite: Suite, backend, store: RunStore, console: Console, model_config) -> int:
     """Evaluate every cell of ``suite`` not yet in ``store``; returns how many ran.
 
     ``model_config`` (the HF config) sizes the FLOP estimate printed before the grid starts.
@@ -19,7 +20,7 @@ def run_suite(suite, backend, store: RunStore, console: Console, model_config) -
     cells = suite.cells()
     done = store.done(suite.name)
     todo = [c for c in cells if c.key not in done]
-    new = suite.config.max_new_tokens if getattr(suite.config, "scorer", "generate") != "loglik" else 0
+    new = suite.new_tokens
     prompt_tokens = sum(c.length for c in todo)
     cost = sum(flops.prefill_flops(model_config, c.length) + flops.decode_flops(model_config, c.length, new) for c in todo)
     already = len(cells) - len(todo)
@@ -39,7 +40,7 @@ def run_suite(suite, backend, store: RunStore, console: Console, model_config) -
     started = time.perf_counter()
     with Progress(*columns, console=console, transient=False, disable=not live) as progress:
         task = progress.add_task(suite.name, total=prompt_tokens, last="-", cells=f"0/{len(todo)}")
-        for i, (cell, result) in enumerate(_results(suite, todo, backend), 1):
+        for i, (cell, result) in enumerate(suite.run(todo, backend), 1):
             store.append(result)
             last = f"{cell.key} → {_score(result)}"
             progress.update(task, advance=cell.length, cells=f"{i}/{len(todo)}", last=last)
@@ -57,16 +58,3 @@ def _score(result: dict) -> str:
 def _seconds(result: dict) -> str:
     seconds = result.get("seconds")
     return "" if seconds is None else f"{seconds:,.1f} s; "
-
-
-def _results(suite, todo: list, backend):
-    """(cell, result) as each finishes. A suite with ``request``/``result`` (the needle grid) hands
-    all its prompts to the backend at once, which shares their common prefixes; others go cell by cell."""
-    if not hasattr(suite, "request"):
-        for cell in todo:
-            yield cell, suite.evaluate(cell, backend)
-        return
-    pending = [suite.request(cell) for cell in todo]
-    for index, gen in backend.generate_many([req for req, *_ in pending]):
-        _, sample, prompt = pending[index]
-        yield todo[index], suite.result(todo[index], sample, prompt, gen)

@@ -1,0 +1,128 @@
+"""What every suite is: one interface, so the suite runner, the terminal table and the report loop
+over the registry (``harness.tasks.SUITES``) instead of naming suites.
+
+A suite has two halves:
+
+- **class side** (no model): ``Options`` (its own flags, declared once as dataclass fields whose
+  metadata holds the CLI help), ``prepare(grid, options)`` that checks every flag and resolves
+  what needs no model (grids, files, task names), ``summary(results)`` that turns stored results
+  into rows, and ``figures`` naming the plots its results support.
+- **instance side** (bound to a loaded model by ``bind(prepared, loaded)``): ``config`` (saved in
+  the manifest; it determines the results), ``cells()`` (pure data with stable keys), ``check()``
+  (fails before the run directory is made), and ``run(todo, backend)`` yielding ``(cell, result)``
+  as each finishes (cell by cell through ``evaluate`` unless the suite batches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Iterator
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Settings every suite may read: the grid preset and axes, the seed, the backend's name."""
+
+    preset: str | None = None
+    lengths: str | None = None
+    depths: str | None = None
+    seed: int = 0
+    backend: str = "hf"
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A suite without flags of its own."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One summary number: a line of the terminal table; with ``column``, a cell of the report table."""
+
+    suite: str
+    slice: str
+    metric: str
+    value: float
+    n: int | None = None
+    stderr: float | None = None
+    display: str | None = None   # the value as printed, when one float does not say it
+    column: str | None = None    # the report table's column (one row per model), None: terminal only
+
+
+def option(flag: str, help: str, default: Any = None, kind: type | None = None) -> Any:
+    """A suite option: a dataclass field whose metadata makes it a ``harness run`` flag.
+
+    ``kind`` is the value's type (default: the default's type, or str); a bool is an on/off flag.
+    """
+    from dataclasses import field
+
+    kind = kind or (type(default) if default is not None else str)
+    return field(default=default, metadata={"flag": flag, "help": help, "kind": kind})
+
+
+@dataclass(frozen=True)
+class Flag:
+    field: str
+    flag: str
+    default: Any
+    kind: type
+    help: str
+
+
+def option_flags(options_type: type) -> list[Flag]:
+    """The flags a suite's ``Options`` declares."""
+    return [Flag(f.name, f.metadata["flag"], f.default, f.metadata["kind"], f.metadata["help"])
+            for f in fields(options_type) if "flag" in f.metadata]
+
+
+def variant_of(manifest: dict, suite: str) -> str | None:
+    """The variant a stored run of ``suite`` used (None: the suite's own task)."""
+    return (manifest.get("config", {}).get("suites", {}).get(suite, {}).get("variant") or {}).get("name")
+
+
+class Suite:
+    name: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    backends: ClassVar[tuple[str, ...]] = ("hf", "vllm")
+    figures: ClassVar[tuple[str, ...]] = ()       # a run's own plots: "heatmap" (length x depth), "loss_curves"
+    report_pages: ClassVar[tuple[str, ...]] = ()  # comparison report pages: "heatmaps", "differences", "loss_curves"
+    config: Any
+
+    # -- class side: no model -----------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, grid: Grid, options) -> Any:
+        """Check the flags and resolve what needs no model; mistakes fail before a model loads."""
+        raise NotImplementedError
+
+    @classmethod
+    def bind(cls, prepared, loaded) -> "Suite":
+        """The suite on a loaded model (its tokenizer, its positions)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def summary(results: list[dict], manifest: dict) -> list[Row]:
+        """The suite's summary rows from its stored results (``results`` holds every suite's)."""
+        return []
+
+    # -- instance side: bound to a model --------------------------------------------------------------
+    def cells(self) -> list:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Refuse a grid that cannot be built (before the run directory is made)."""
+
+    def warn(self, max_positions: int) -> None:
+        """Say what the user should know before the cells run (nothing by default)."""
+
+    @property
+    def new_tokens(self) -> int:
+        """Greedy tokens per cell at most (the cost estimate's decoding part)."""
+        return getattr(self.config, "max_new_tokens", 0)
+
+    def evaluate(self, cell, backend) -> dict:
+        raise NotImplementedError
+
+    def run(self, todo: list, backend) -> Iterator[tuple[Any, dict]]:
+        """(cell, result) as each finishes; cell by cell unless a suite batches."""
+        for cell in todo:
+            yield cell, self.evaluate(cell, backend)

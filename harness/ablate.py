@@ -23,7 +23,9 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 from rich.console import Console
 
@@ -65,6 +67,11 @@ class AblateConfig:
     base_tokens: int | None = None      # from-scratch base only
     base_seq_len: int | None = None
     evaluation: EvalRequest = field(default_factory=EvalRequest)
+
+    def __post_init__(self):
+        from harness.trainer import loop
+
+        loop.check_engine(self.engine)  # every training stage's TrainConfig checks the rest
 
     def hashed(self) -> dict:
         d = asdict(self)
@@ -155,55 +162,113 @@ def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tup
     return rows
 
 
+@dataclass
+class Stage:
+    """One resumable step of an ablation: skipped when stages.jsonl says it finished."""
+
+    name: str                 # base | data:<mixture> | train:<mixture> | eval:<model>
+    tokens: int | None
+    work: Callable[[], object]
+    extra: dict = field(default_factory=dict)
+
+
 def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) -> Path:
     """Run (or resume) the whole ablation; returns the report's PDF path."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from harness import flops, models, precision
-    from harness.evaluate import evaluate, prepare
-    from harness.data import build
-    from harness.trainer import loop
+    from harness import models
+    from harness.evaluate import prepare
+    from harness.reports import document
 
     out = Path(cfg.out)
     rundir.check_writable(out)
     prep = prepare(cfg.evaluation)
-    tiny = cfg.base == TINY_BASE
-    if not tiny:
-        models.resolve(cfg.base)
-    tokenizer_name = "smollm2-135m" if tiny else cfg.base
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve(tokenizer_name))
+    tokenizer_name = "smollm2-135m" if cfg.base == TINY_BASE else cfg.base
+    tokenizer = _tokenizer(models.resolve(tokenizer_name))
     mixtures = resolve_mixtures(cfg.mixtures, cfg.seq_len, tokenizer)
     for m in mixtures:
-        if not m.data:
-            m.data = str(_data_dir(cfg, m.strategy, tokenizer_name))
-    if cfg.engine not in loop.ENGINES:
-        raise UserError(f"--engine: unknown {cfg.engine!r}; known: {', '.join(loop.ENGINES)}")
-
-    # -- the ablation directory: new, or the same config resumed --------------------------------
+        m.data = m.data or str(_data_dir(cfg, m.strategy, tokenizer_name))
+    plan = stages(cfg, prep, mixtures, tokenizer_name, console)  # every stage's config checked: nothing written yet
     keyed = rundir.KeyedDir(out, store.ABLATION, "an ablation")
     if keyed.existing(cfg.hashed()) is not None:
         console.print(f"resuming the ablation in {out}")
-    plan = {"base": cfg.base, "mixtures": [asdict(m) for m in mixtures],
-            "models": ["base"] + [m.label for m in mixtures]}
-    keyed.write(cfg.hashed(), plan=plan)
+    keyed.write(cfg.hashed(), plan={"base": cfg.base, "mixtures": [asdict(m) for m in mixtures],
+                                    "models": ["base"] + [m.label for m in mixtures]})
+    _print_plan(cfg, tokenizer, mixtures, prep, console)
     log = store.stages(out)
     log.repair()
     done = {r["stage"] for r in log.records()}
+    for stage in plan:
+        if stage.name not in done:
+            started = time.perf_counter()
+            stage.work()
+            log.append({"stage": stage.name, "seconds": round(time.perf_counter() - started, 2),
+                        "tokens": stage.tokens, **stage.extra})
+    return document.write_report([out], out / "report.pdf", reference=reference, console=console)
 
-    # -- the plan ---------------------------------------------------------------------------------
-    base_config = loop.tiny_config(tokenizer, cfg.base_seq_len) if tiny else AutoConfig.from_pretrained(models.resolve(cfg.base))
+
+def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str, console: Console) -> list[Stage]:
+    """The ablation in order: [the tiny base from scratch], per mixture its data then its training
+    from the same base, then every suite on the base and on each trained model."""
+    from harness.data import build
+    from harness.trainer import loop
+
+    out = Path(cfg.out)
+    plan, base_path = [], cfg.base
+    if cfg.base == TINY_BASE:
+        base_path = str(out / "base" / "final")
+        plan.append(Stage("base", cfg.base_tokens, partial(_train_tiny_base, cfg, console)))
+    trained = [("base", base_path)]
+    for m in mixtures:
+        if m.strategy:
+            make = partial(build.build, source=cfg.source, strategy=m.strategy, tokens=cfg.tokens, seq_len=cfg.seq_len,
+                           tokenizer=tokenizer_name, seed=cfg.seed, out=Path(m.data), console=console)
+        else:
+            make = lambda: None  # noqa: E731  (a prebuilt directory, checked by resolve_mixtures)
+        plan.append(Stage(f"data:{m.label}", cfg.tokens, make, {"path": m.data}))
+        tcfg = loop.TrainConfig(base=base_path, data=m.data, seq_len=cfg.seq_len, tokens=cfg.tokens,
+                                out=str(out / "train" / m.label), rope_theta=cfg.rope_theta, lr=cfg.lr,
+                                batch_tokens=cfg.batch_tokens, engine=cfg.engine, seed=cfg.seed,
+                                save_every=cfg.save_every, dtype=cfg.evaluation.dtype)
+        plan.append(Stage(f"train:{m.label}", cfg.tokens, partial(_train, tcfg, console)))
+        trained.append((m.label, str(out / "train" / m.label / "final")))
+    plan += [Stage(f"eval:{label}", None, partial(_evaluate, label, model, prep, out / "eval" / label, console))
+             for label, model in trained]
+    return plan
+
+
+def _evaluate(label: str, model: str, prep, run_dir: Path, console: Console) -> None:
+    from harness.evaluate import evaluate
+
+    console.rule(f"evaluate {label}")
+    evaluate(model, prep, run_dir, console)
+
+
+def _tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _print_plan(cfg: AblateConfig, tokenizer, mixtures: list[Mixture], prep, console: Console) -> None:
+    """Stages, tokens and a time estimate at the measured GEMM peak, before any work starts."""
     import torch
+    from transformers import AutoConfig
 
+    from harness import flops, models, precision
+    from harness.trainer import loop
+
+    if cfg.base == TINY_BASE:
+        base_config = loop.tiny_config(tokenizer, cfg.base_seq_len)
+    else:
+        base_config = AutoConfig.from_pretrained(models.resolve(cfg.base))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     compute = precision.resolve(cfg.evaluation.dtype, device)  # training's autocast follows the same rule
     peak = flops.measure_peak(device, compute.torch_dtype)
-    rows = _estimate(cfg, base_config, len(mixtures), prep)
     console.print(f"[bold]ablate[/]: base {cfg.base}; mixtures {', '.join(m.label for m in mixtures)}; "
                   f"{cfg.tokens:,} tokens each at {format_length(cfg.seq_len)}"
                   f"{f', RoPE base {cfg.rope_theta:g}' if cfg.rope_theta else ''}; seed {cfg.seed}; "
                   f"suites {', '.join(prep.suites)}")
     total = 0.0
-    for name, tokens, cost in rows:
+    for name, tokens, cost in _estimate(cfg, base_config, len(mixtures), prep):
         # Training here reaches about 15% of the GEMM peak (measured), generation-heavy evaluation less:
         # the estimate is a planning figure, the stage log records what it really took.
         seconds = cost / (peak * (0.15 if "train" in name or "base" in name else 0.1))
@@ -213,50 +278,17 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
                   f"({compute.reason}), plus data "
                   f"builds, BookQA/regression/loss evaluation and model loads; finished stages are skipped")
 
-    # -- stage 0 (tiny): the short-context base, pretrained from scratch -------------------------
-    base_path = cfg.base
-    if tiny:
-        base_dir = out / "base"
-        base_path = str(base_dir / "final")
-        if "base" not in done:
-            started = time.perf_counter()
-            data = build.from_scratch_data(cfg.base_seq_len, cfg.base_tokens, cfg.seed, console)
-            _train(loop.TrainConfig(base="", from_scratch=TINY_BASE, data=str(data), seq_len=cfg.base_seq_len,
-                                    tokens=cfg.base_tokens, out=str(base_dir), lr=1e-3, batch_tokens=8 * cfg.base_seq_len,
-                                    seed=cfg.seed, save_every=cfg.save_every, dtype=cfg.evaluation.dtype), console)
-            log.append({"stage": "base", "seconds": round(time.perf_counter() - started, 2), "tokens": cfg.base_tokens})
 
-    # -- per mixture: data, then training from the same base ------------------------------------
-    trained = {}
-    for m in mixtures:
-        if f"data:{m.label}" not in done:
-            started = time.perf_counter()
-            if m.strategy:
-                build.build(source=cfg.source, strategy=m.strategy, tokens=cfg.tokens, seq_len=cfg.seq_len,
-                            tokenizer=tokenizer_name, seed=cfg.seed, out=Path(m.data), console=console)
-            log.append({"stage": f"data:{m.label}", "seconds": round(time.perf_counter() - started, 2), "tokens": cfg.tokens, "path": m.data})
-        run_dir = out / "train" / m.label
-        trained[m.label] = run_dir / "final"
-        if f"train:{m.label}" not in done:
-            started = time.perf_counter()
-            _train(loop.TrainConfig(base=base_path, data=m.data, seq_len=cfg.seq_len, tokens=cfg.tokens,
-                                    out=str(run_dir), rope_theta=cfg.rope_theta, lr=cfg.lr, batch_tokens=cfg.batch_tokens,
-                                    engine=cfg.engine, seed=cfg.seed, save_every=cfg.save_every,
-                                    dtype=cfg.evaluation.dtype), console)
-            log.append({"stage": f"train:{m.label}", "seconds": round(time.perf_counter() - started, 2), "tokens": cfg.tokens})
+def _train_tiny_base(cfg: AblateConfig, console: Console) -> Path:
+    """Stage 0 of the tiny preset: the short-context base, pretrained from scratch."""
+    from harness.data import build
+    from harness.trainer import loop
 
-    # -- every suite on the base and on each trained model --------------------------------------
-    for label, model in [("base", base_path)] + [(k, str(v)) for k, v in trained.items()]:
-        if f"eval:{label}" in done:
-            continue
-        started = time.perf_counter()
-        console.rule(f"evaluate {label}")
-        evaluate(model, prep, out / "eval" / label, console)
-        log.append({"stage": f"eval:{label}", "seconds": round(time.perf_counter() - started, 2), "tokens": None})
-
-    from harness.reports import document
-
-    return document.write_report([out], out / "report.pdf", reference=reference, console=console)
+    data = build.from_scratch_data(cfg.base_seq_len, cfg.base_tokens, cfg.seed, console)
+    return _train(loop.TrainConfig(base="", from_scratch=TINY_BASE, data=str(data), seq_len=cfg.base_seq_len,
+                                   tokens=cfg.base_tokens, out=str(Path(cfg.out) / "base"), lr=1e-3,
+                                   batch_tokens=8 * cfg.base_seq_len, seed=cfg.seed, save_every=cfg.save_every,
+                                   dtype=cfg.evaluation.dtype), console)
 
 
 def _train(tcfg, console: Console) -> Path:

@@ -11,6 +11,7 @@ User mistakes end with one line on stderr and exit code 2; ``harness --debug`` s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -219,24 +220,20 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
     if seq_len is None or budget is None:
         raise UserError("train --base: --seq-len and --tokens are required (e.g. --seq-len 8k --tokens 50M)")
     length, tokens = parse_length(seq_len, "--seq-len"), parse_budget(budget, "--tokens")
-    if engine not in loop.ENGINES:
-        raise UserError(f"--engine: unknown {engine!r}; known: {', '.join(loop.ENGINES)}")
-    scaling = models.parse_rope_scaling(rope_scaling)
-    models.check_rope_theta(rope_theta)
-    _quiet_libraries()
-    if data_dir is None:
-        if not from_scratch:
-            raise UserError("--data: required with --base (shards from `harness data build`)")
-        from harness.data import build
-
-        data_dir = build.from_scratch_data(length, tokens, seed, console)
-    cfg = loop.TrainConfig(
-        base=base or "", data=str(data_dir), seq_len=length, tokens=tokens, out=str(out), rope_theta=rope_theta,
-        rope_scaling=scaling, lr=lr if lr is not None else (1e-3 if from_scratch else 2e-5),
+    if data_dir is None and not from_scratch:
+        raise UserError("--data: required with --base (shards from `harness data build`)")
+    cfg = loop.TrainConfig(  # checks every value, before a from-scratch base's data is built
+        base=base or "", data=str(data_dir or ""), seq_len=length, tokens=tokens, out=str(out), rope_theta=rope_theta,
+        rope_scaling=models.parse_rope_scaling(rope_scaling), lr=lr if lr is not None else (1e-3 if from_scratch else 2e-5),
         batch_tokens=parse_budget(batch_tokens, "--batch-tokens") if batch_tokens else (8 * length if from_scratch else None),
         micro_batch=micro_batch, warmup_steps=warmup_steps, engine=engine, deepspeed_config=deepspeed_config,
         doc_mask=doc_mask, grad_ckpt=not no_grad_ckpt, compile=compile_, dtype=dtype, save_every=save_every, seed=seed,
         peak_tflops=peak_tflops, from_scratch=from_scratch)
+    _quiet_libraries()
+    if data_dir is None:
+        from harness.data import build
+
+        cfg = dataclasses.replace(cfg, data=str(build.from_scratch_data(length, tokens, seed, console)))
     final = loop.train(cfg, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(final))

@@ -60,8 +60,7 @@ def prepare(req: EvalRequest) -> Prepared:
     from harness.tasks.base import Grid
 
     names = parse_names(req.suites, list(tasks.SUITES), "--suite")
-    scaling = models.parse_rope_scaling(req.rope_scaling)
-    models.check_rope_theta(req.rope_theta)
+    scaling = models.parse_rope_scaling(req.rope_scaling)  # --rope-theta is checked where it is used, models.load
     precision.check(req.dtype)
     if req.backend not in BACKENDS:
         raise UserError(f"--backend: unknown {req.backend!r}; known: {', '.join(BACKENDS)}")

@@ -163,6 +163,21 @@ def attn_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
+def _instantiate(path: Path, config, dtype: torch.dtype, attn: str, weights: bool):
+    """The model with its weights, or (``weights=False``) its shapes on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if weights:
+                return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, attn_implementation=attn)
+            with torch.device("meta"):
+                return AutoModelForCausalLM.from_config(config)
+        except ValueError as exc:
+            raise UserError(f"--model: {path} is not a causal LM transformers can load ({str(exc).splitlines()[0]})") from None
+
+
 def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str, float] | None = None,
          dtype: str = "auto", device: str | None = None, weights: bool = True) -> LoadedModel:
     """Load a causal LM and its tokenizer for evaluation, RoPE overrides and dtype applied and recorded.
@@ -172,7 +187,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     ``weights=False`` reads config and tokenizer only (shapes on the meta device), for a backend
     that loads the weights itself.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     path = resolve(spec)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -186,17 +201,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     factor = float(rope.get("factor", 1.0)) if rope.get("rope_type", "default") != "default" else 1.0
     original = int(rope.get("original_max_position_embeddings", trained_max))
     attn = attn_implementation(dev)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            if weights:
-                model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=compute.torch_dtype,
-                                                             attn_implementation=attn)
-            else:
-                with torch.device("meta"):
-                    model = AutoModelForCausalLM.from_config(config)
-        except ValueError as exc:
-            raise UserError(f"--model: {path} is not a causal LM transformers can load ({str(exc).splitlines()[0]})") from None
+    model = _instantiate(path, config, compute.torch_dtype, attn, weights)
     parameters = sum(p.numel() for p in model.parameters())
     if weights:
         model.to(dev).eval()

@@ -1,7 +1,9 @@
-"""Continual pretraining: RoPE extension on packed mixtures. Reads top to bottom.
+"""Continual pretraining: RoPE extension on packed mixtures. ``train`` reads top to bottom:
 
-    setup (distributed, device) -> tokenizer + shards (same vocabulary) -> model (RoPE raised,
-    max positions set) -> engine (torch | deepspeed) -> [resume] -> steps -> checkpoints -> final
+    _setup (processes, dtype in force, tokenizer + shards of the same vocabulary, step plan)
+    -> _open_run_dir (a new run, or the same config resumed) -> _load_model (RoPE raised, max
+    positions set) -> _engine (torch | deepspeed) -> [_resume from the latest Checkpoint]
+    -> _loop (steps; metrics.jsonl and TensorBoard; a Checkpoint every --save-every) -> final Checkpoint
 
 Defaults follow the paper: AdamW at a constant 2e-5 after a short linear warm-up, bf16 autocast
 where the device computes bf16 natively (fp32 elsewhere: harness.precision), gradient
@@ -30,6 +32,12 @@ from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config
 
 ENGINES = ("torch", "deepspeed")
 PAPER_BATCH_TOKENS = 4 * 1024 * 1024
+METRICS = "metrics.jsonl"
+
+
+def check_engine(name: str) -> None:
+    if name not in ENGINES:
+        raise UserError(f"--engine: unknown {name!r}; known: {', '.join(ENGINES)}")
 
 
 class Diverged(UserError):
@@ -64,6 +72,16 @@ class TrainConfig:
     save_every: int = 0               # 0: only the final checkpoint
     seed: int = 0
     from_scratch: str | None = None   # "tiny": a small Llama built here instead of loading --base
+
+    def __post_init__(self):
+        """Every value checked once, here: the CLI, ablate and Python callers all construct one."""
+        check_engine(self.engine)
+        if self.engine == "deepspeed":
+            load_ds_config(Path(self.deepspeed_config) if self.deepspeed_config else None)
+        if self.seq_len < 1 or self.tokens < 1:
+            raise UserError("--seq-len and --tokens must be positive")
+        precision.check(self.dtype)
+        models.check_rope_theta(self.rope_theta)
 
     def hashed(self) -> dict:
         """What determines the run's numbers (the resume check compares this)."""
@@ -150,64 +168,132 @@ def _plan(cfg: TrainConfig, world: int) -> tuple[int, int, int]:
     return per_step, accum, steps
 
 
+class Checkpoint:
+    """One checkpoint directory, saved and restored whole.
+
+    It holds an HF model directory (``from_pretrained`` loads it), the tokenizer, the engine's own
+    state (optimizer, scheduler; DeepSpeed's shards), ``trainer_state.json`` (step, data position,
+    tokens, config hash), ``SOURCE.json`` (what it was trained from) and ``rng.pt`` (every RNG), and
+    is published by :func:`harness.rundir.publishing`: a killed save leaves the previous copy.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def latest(cls, out: Path) -> "Checkpoint | None":
+        rundir.recover(Path(out) / "final")
+        found = sorted((Path(out) / "checkpoints").glob("step-*")) if (Path(out) / "checkpoints").is_dir() else []
+        return cls(found[-1]) if found else None
+
+    @classmethod
+    def at_step(cls, out: Path, step: int) -> "Checkpoint":
+        return cls(Path(out) / "checkpoints" / f"step-{step:06d}")
+
+    def save(self, engine, tokenizer, state: dict, source: dict, rank: int, world: int) -> None:
+        shared = self.path.with_name(f".{self.path.name}.shared")  # every rank writes its engine shards here
+        try:
+            if rank == 0:
+                shutil.rmtree(shared, ignore_errors=True)
+                shared.mkdir(parents=True)
+            _barrier(world)
+            engine.save(shared, rank)
+            weights = engine.full_state_dict(rank)
+            _barrier(world)
+            if rank == 0:
+                with rundir.publishing(self.path) as new:
+                    os.rmdir(new)
+                    os.rename(shared, new)
+                    engine.model.save_pretrained(new, state_dict=weights, safe_serialization=True)
+                    tokenizer.save_pretrained(new)
+                    (new / "trainer_state.json").write_text(json.dumps(state, indent=2))
+                    (new / "SOURCE.json").write_text(json.dumps(source, indent=2))
+                    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                "python": random.getstate()}, new / "rng.pt")
+            _barrier(world)
+        except OSError as exc:
+            if rank == 0:
+                shutil.rmtree(shared, ignore_errors=True)
+            raise UserError(f"checkpoint {self.path.name} could not be written ({exc.strerror or exc}); "
+                            f"earlier checkpoints are intact") from None
+
+    def restore(self, engine) -> dict:
+        """Load the engine's state and every RNG; returns the trainer state (step, position, tokens)."""
+        engine.load(self.path)
+        rng = torch.load(self.path / "rng.pt", weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        return json.loads((self.path / "trainer_state.json").read_text())
+
+
 def latest_checkpoint(out: Path) -> Path | None:
-    rundir.recover(out / "final")
-    ckpts = sorted((out / "checkpoints").glob("step-*")) if (out / "checkpoints").is_dir() else []
-    return ckpts[-1] if ckpts else None
+    ckpt = Checkpoint.latest(out)
+    return ckpt.path if ckpt else None
 
 
-def _save(engine, tokenizer, dest: Path, state: dict, rank: int, world: int, source: dict) -> None:
-    """A complete HF checkpoint plus trainer state, published by renaming a finished temp dir."""
-    tmp = dest.with_name(f".{dest.name}.shared")  # every rank writes its engine shards here
-    try:
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        _barrier(world)
-        engine.save(tmp, rank)
-        weights = engine.full_state_dict(rank)
-        _barrier(world)
-        if rank == 0:
-            with rundir.publishing(dest) as new:
-                os.rmdir(new)
-                os.rename(tmp, new)
-                engine.model.save_pretrained(new, state_dict=weights, safe_serialization=True)
-                tokenizer.save_pretrained(new)
-                (new / "trainer_state.json").write_text(json.dumps(state, indent=2))
-                (new / "SOURCE.json").write_text(json.dumps(source, indent=2))
-                torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                            "python": random.getstate()}, new / "rng.pt")
-        _barrier(world)
-    except OSError as exc:
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"checkpoint {dest.name} could not be written ({exc.strerror or exc}); "
-                        f"earlier checkpoints are intact") from None
+@dataclass
+class Run:
+    """What every step of a training run reads: where it runs, on what data, in how many steps."""
+
+    cfg: TrainConfig
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    compute: precision.Precision
+    tokenizer: object
+    data: shard_io.PackedShards
+    per_step: int       # sequences per optimizer step (all processes)
+    accum: int          # micro-steps per optimizer step
+    steps: int
+    warmup: int
+    digest: str = ""    # the config hash (set when the run directory is opened)
+    say: object = print
+
+    def tokens_at(self, step: int) -> int:
+        return step * self.per_step * self.cfg.seq_len
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: int | None = None) -> Path:
     """Run (or resume) continual pretraining; returns the final checkpoint's directory."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = console or Console(stderr=True)
+    run = _setup(cfg, console)
+    _open_run_dir(run, resume)
+    model, base_name = _load_model(cfg, run.tokenizer, run.device)
+    engine = _engine(run, model)
+    step, position = _resume(run, engine) if resume else (0, 0)
+    source = {"name": f"{base_name}-{run.out.name}", "base": cfg.base if not cfg.from_scratch else cfg.from_scratch,
+              "data": str(cfg.data), "tokens": cfg.tokens, "seq_len": cfg.seq_len}
+    meter = _Meter(run, engine)
+    run.say(f"train {source['name']}: {run.steps} steps x {run.per_step} sequences x {cfg.seq_len} = "
+            f"{run.tokens_at(run.steps):,} tokens ({run.accum} micro-steps of {cfg.micro_batch} on {run.world} "
+            f"{run.device.type} process{'es' if run.world > 1 else ''}, engine {engine.name}); lr {cfg.lr:g}, "
+            f"warm-up {run.warmup}; RoPE {engine.model.config.rope_parameters}; doc mask "
+            f"{'on' if cfg.doc_mask else 'off'}; {run.compute.name} ({run.compute.reason}), "
+            f"peak {meter.peak / 1e12:.2f} TFLOP/s")
+    state = _loop(run, engine, meter, source, step, position, console, stop_after)
+    if state is None:  # stopped early (tests): the last checkpoint is the result
+        return latest_checkpoint(run.out)
+    final = Checkpoint(run.out / "final")
+    final.save(engine, run.tokenizer, state, source, run.rank, run.world)
+    meter.close()
+    run.say(f"final checkpoint: {final.path}")
+    return final.path
+
+
+def _setup(cfg: TrainConfig, console) -> Run:
+    """Processes and device, the dtype in force, the tokenizer and shards (same vocabulary), the plan."""
     from transformers import AutoTokenizer
 
+    from harness.data import packing
+
     out = Path(cfg.out)
-    if cfg.engine not in ENGINES:
-        raise UserError(f"--engine: unknown {cfg.engine!r}; known: {', '.join(ENGINES)}")
-    if cfg.engine == "deepspeed":
-        load_ds_config(Path(cfg.deepspeed_config) if cfg.deepspeed_config else None)  # fail fast
-    if cfg.seq_len < 1 or cfg.tokens < 1:
-        raise UserError("--seq-len and --tokens must be positive")
-    precision.check(cfg.dtype)
     rundir.check_writable(out)
     rank, world, device = _distributed()
     compute = precision.resolve(cfg.dtype, device)
-    console = console or Console(stderr=True)
-    say = console.print if rank == 0 else (lambda *a, **k: None)
-
-    # -- tokenizer and data: the shards must come from the base's tokenizer ----------------------
-    from harness.data import packing
-
     tok_path = models.resolve("smollm2-135m") if cfg.from_scratch else models.resolve(cfg.base)
     tokenizer = AutoTokenizer.from_pretrained(tok_path)
     data = shard_io.PackedShards(Path(cfg.data), cfg.seq_len)
@@ -217,112 +303,116 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
                         f"rebuild them with --tokenizer {cfg.base}")
     per_step, accum, steps = _plan(cfg, world)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, min(20, steps // 20))
+    say = console.print if rank == 0 else (lambda *a, **k: None)
+    return Run(cfg, out, rank, world, device, compute, tokenizer, data, per_step, accum, steps, warmup, say=say)
 
-    # -- the run directory: a new run, or a resume of the same config ---------------------------
+
+def _open_run_dir(run: Run, resume: bool) -> None:
+    """A new run, or a resume of the same config; anything else is refused before the model loads."""
     # The dtype in force, not the request: `auto` resumed on a machine that picks another dtype is refused.
-    hashed = {**cfg.hashed(), "dtype": compute.name}
-    digest = rundir.config_hash(hashed)
-    keyed = rundir.KeyedDir(out, "train_config.json", "a training run")
+    hashed = {**run.cfg.hashed(), "dtype": run.compute.name}
+    run.digest = rundir.config_hash(hashed)
+    keyed = rundir.KeyedDir(run.out, "train_config.json", "a training run")
     old = keyed.existing(hashed)
-    _barrier(world)  # every rank looks before rank 0 writes, so all of them take the same branch
-    if old is not None:
-        if not resume:
-            raise UserError(f"--out: {str(out)!r} already holds this run; add --resume to continue it")
-    elif resume:
-        raise UserError(f"--resume: {str(out)!r} holds no training run to resume")
-    elif rank == 0:
-        keyed.write(hashed, precision=compute.record())
-    _barrier(world)
+    _barrier(run.world)  # every rank looks before rank 0 writes, so all of them take the same branch
+    if old is not None and not resume:
+        raise UserError(f"--out: {str(run.out)!r} already holds this run; add --resume to continue it")
+    if old is None and resume:
+        raise UserError(f"--resume: {str(run.out)!r} holds no training run to resume")
+    if old is None and run.rank == 0:
+        keyed.write(hashed, precision=run.compute.record())
+    _barrier(run.world)
 
-    # -- model and engine ------------------------------------------------------------------------
-    model, base_name = _load_model(cfg, tokenizer, device)
-    dtype = compute.torch_dtype
-    common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=warmup, accum=accum, clip=cfg.clip,
-                  dtype=dtype, device=device, world=world)
+
+def _engine(run: Run, model):
+    cfg = run.cfg
+    common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=run.warmup, accum=run.accum, clip=cfg.clip,
+                  dtype=run.compute.torch_dtype, device=run.device, world=run.world)
     if cfg.engine == "deepspeed":
-        engine = DeepSpeedEngine(model, micro_batch=cfg.micro_batch,
-                                 config_path=Path(cfg.deepspeed_config) if cfg.deepspeed_config else None, **common)
-    else:
-        engine = TorchEngine(model, loss_chunk=cfg.loss_chunk, compile=cfg.compile, **common)
+        return DeepSpeedEngine(model, micro_batch=cfg.micro_batch,
+                               config_path=Path(cfg.deepspeed_config) if cfg.deepspeed_config else None, **common)
+    return TorchEngine(model, loss_chunk=cfg.loss_chunk, compile=cfg.compile, **common)
 
-    metrics = rundir.JsonlLog(out / "metrics.jsonl")
-    step, position = 0, 0
-    if resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise UserError(f"--resume: {str(out)!r} has no checkpoint yet (use --save-every N)")
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        engine.load(ckpt)
-        rng = torch.load(ckpt / "rng.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        step, position = state["step"], state["position"]
-        if rank == 0:  # steps logged after this checkpoint are redone: drop them so none is doubled
-            metrics.keep(lambda r: r["step"] <= step)
-        say(f"resuming {out} from {ckpt.name} (step {step}, {state['tokens']:,} tokens)")
 
-    # -- metrics ---------------------------------------------------------------------------------
-    per_seq_flops = flops.train_flops(engine.model.config, cfg.seq_len)
-    if cfg.peak_tflops:
-        peak = cfg.peak_tflops * 1e12 * world
-    else:
-        peak = flops.measure_peak(device.type if device.type == "cpu" else str(device), dtype) * world
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
+def _resume(run: Run, engine) -> tuple[int, int]:
+    """(step, data position) of the latest checkpoint, with the engine and RNGs restored from it."""
+    ckpt = Checkpoint.latest(run.out)
+    if ckpt is None:
+        raise UserError(f"--resume: {str(run.out)!r} has no checkpoint yet (use --save-every N)")
+    state = ckpt.restore(engine)
+    step = state["step"]
+    if run.rank == 0:  # steps logged after this checkpoint are redone: drop them so none is doubled
+        rundir.JsonlLog(run.out / METRICS).keep(lambda r: r["step"] <= step)
+    run.say(f"resuming {run.out} from {ckpt.path.name} (step {step}, {state['tokens']:,} tokens)")
+    return step, state["position"]
 
-        writer = SummaryWriter(str(out / "tensorboard"))
-    source = {"name": f"{base_name}-{out.name}", "base": cfg.base if not cfg.from_scratch else cfg.from_scratch,
-              "data": str(cfg.data), "tokens": cfg.tokens, "seq_len": cfg.seq_len}
-    rope = engine.model.config.rope_parameters
-    say(f"train {source['name']}: {steps} steps x {per_step} sequences x {cfg.seq_len} = "
-        f"{steps * per_step * cfg.seq_len:,} tokens ({accum} micro-steps of {cfg.micro_batch} on {world} "
-        f"{device.type} process{'es' if world > 1 else ''}, engine {engine.name}); lr {cfg.lr:g}, warm-up {warmup}; "
-        f"RoPE {rope}; doc mask {'on' if cfg.doc_mask else 'off'}; {compute.name} ({compute.reason}), "
-        f"peak {peak / 1e12:.2f} TFLOP/s")
 
+class _Meter:
+    """Per-step metrics: metrics.jsonl (durable, one line per step) and TensorBoard, on rank 0."""
+
+    def __init__(self, run: Run, engine):
+        cfg = run.cfg
+        self.run = run
+        self.per_seq_flops = flops.train_flops(engine.model.config, cfg.seq_len)
+        device = run.device.type if run.device.type == "cpu" else str(run.device)
+        self.peak = (cfg.peak_tflops * 1e12 if cfg.peak_tflops
+                     else flops.measure_peak(device, run.compute.torch_dtype)) * run.world
+        self.log = rundir.JsonlLog(run.out / METRICS)
+        self.writer = None
+        if run.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run.out / "tensorboard"))
+
+    def record(self, step: int, loss: float, grad_norm: float, lr: float, seconds: float) -> None:
+        run = self.run
+        record = {"step": step, "tokens": run.tokens_at(step), "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": run.per_step * run.cfg.seq_len / seconds,
+                  "mfu": run.per_step * self.per_seq_flops / seconds / self.peak, "seconds": seconds}
+        if run.rank == 0:
+            self.log.append(record)
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
+                self.writer.add_scalar(f"train/{key}", record[key], step)
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: int, console,
+          stop_after: int | None) -> dict | None:
+    """Optimizer steps from ``step`` to the plan's last; returns the final trainer state (None:
+    stopped at ``stop_after``)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    cfg = run.cfg
     columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    progress = Progress(*columns, console=console, disable=rank != 0)
-    last_good = latest_checkpoint(out)
-    state = {"step": step, "position": position, "tokens": step * per_step * cfg.seq_len, "config_hash": digest}
-    with progress:
-        task = progress.add_task("train", total=steps * per_step * cfg.seq_len,
-                                 completed=step * per_step * cfg.seq_len, loss="-")
-        while step < steps:
+    last_good = latest_checkpoint(run.out)
+    state = {"step": step, "position": position, "tokens": run.tokens_at(step), "config_hash": run.digest}
+    with Progress(*columns, console=console, disable=run.rank != 0) as progress:
+        task = progress.add_task("train", total=run.tokens_at(run.steps), completed=run.tokens_at(step), loss="-")
+        while step < run.steps:
             started = time.perf_counter()
             losses = []
-            for micro in range(accum):
-                batch = data.batch(position + micro * cfg.micro_batch * world, cfg.micro_batch, cfg.seed, rank, world)
+            for micro in range(run.accum):
+                batch = run.data.batch(position + micro * cfg.micro_batch * run.world, cfg.micro_batch, cfg.seed,
+                                       run.rank, run.world)
                 pos = shard_io.position_ids(batch.doc_lens) if cfg.doc_mask else None
                 losses.append(engine.backward(batch.input_ids, shard_io.labels(batch, cfg.doc_mask), pos))
             grad_norm = engine.step()
-            loss = _mean(sum(losses) / len(losses), world)
-            step += 1
-            position += per_step
-            seconds = time.perf_counter() - started
+            loss = _mean(sum(losses) / len(losses), run.world)
+            step, position = step + 1, position + run.per_step
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss} at step {step}; training stopped; last good checkpoint: "
                                f"{last_good or 'none (the base model is unchanged)'}")
-            tokens = step * per_step * cfg.seq_len
-            record = {"step": step, "tokens": tokens, "loss": loss, "lr": engine.lr, "grad_norm": grad_norm,
-                      "tokens_per_s": per_step * cfg.seq_len / seconds,
-                      "mfu": per_step * per_seq_flops / seconds / peak, "seconds": seconds}
-            if rank == 0:
-                metrics.append(record)
-                for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
-                    writer.add_scalar(f"train/{key}", record[key], step)
-            progress.update(task, completed=tokens, loss=f"{loss:.4f}")
-            state = {"step": step, "position": position, "tokens": tokens, "config_hash": digest}
-            if cfg.save_every and step % cfg.save_every == 0 and step < steps:
-                last_good = out / "checkpoints" / f"step-{step:06d}"
-                _save(engine, tokenizer, last_good, state, rank, world, source)
+            meter.record(step, loss, grad_norm, engine.lr, time.perf_counter() - started)
+            progress.update(task, completed=run.tokens_at(step), loss=f"{loss:.4f}")
+            state = {"step": step, "position": position, "tokens": run.tokens_at(step), "config_hash": run.digest}
+            if cfg.save_every and step % cfg.save_every == 0 and step < run.steps:
+                ckpt = Checkpoint.at_step(run.out, step)
+                ckpt.save(engine, run.tokenizer, state, source, run.rank, run.world)
+                last_good = ckpt.path
             if stop_after is not None and step >= stop_after:
-                return last_good
-    final = out / "final"
-    _save(engine, tokenizer, final, state, rank, world, source)
-    if writer:
-        writer.close()
-    say(f"final checkpoint: {final}")
-    return final
+                return None
+    return state

@@ -101,16 +101,8 @@ class HFBackend(ModelBackend):
                                  use_cache=True, logits_to_keep=1)
             held.extend(ids[keep:])
             branch = _Branch(index, req, out.logits[0, -1], keep, start)
-            if req.target:  # teacher-forced answer after the prompt, then back to the prompt's end
-                target = list(req.target)
-                rows = [branch.first[None]]
-                if len(target) > 1:
-                    rest = torch.tensor([target[:-1]], dtype=torch.long, device=device)
-                    rows.append(self._forward(input_ids=rest, cache=cache, use_cache=True).logits[0])
-                    held.extend(target[:-1])
-                logp = torch.log_softmax(torch.cat(rows).float(), dim=-1)
-                branch.target_lp = logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0].tolist()
-                _crop(cache, held, len(ids))
+            if req.target:
+                branch.target_lp = self._score_target(branch, list(req.target), cache, held)
             if not req.max_new_tokens:
                 yield index, self._finish(branch, [], time.perf_counter() - start)
                 continue
@@ -131,6 +123,20 @@ class HFBackend(ModelBackend):
                 yield from self._decode_batch(waiting.pop(max(waiting, key=lambda g: len(waiting[g]) * g[0])))
         for group in list(waiting):
             yield from self._decode_batch(waiting.pop(group))
+
+    def _score_target(self, branch: "_Branch", target: list[int], cache, held: list[int]) -> list[float]:
+        """log p of each target token after the prompt, teacher-forced; the cache goes back to the
+        prompt's end afterwards (decoding, if asked, starts there)."""
+        device = self.model.device
+        end = len(held)
+        rows = [branch.first[None]]
+        if len(target) > 1:
+            rest = torch.tensor([target[:-1]], dtype=torch.long, device=device)
+            rows.append(self._forward(input_ids=rest, cache=cache, use_cache=True).logits[0])
+            held.extend(target[:-1])
+        logp = torch.log_softmax(torch.cat(rows).float(), dim=-1)
+        _crop(cache, held, end)
+        return logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0].tolist()
 
     def _decode_batch(self, branches: list["_Branch"]) -> Iterator[tuple[int, Generation]]:
         start = time.perf_counter()

@@ -39,6 +39,7 @@ def main() -> None:
     loaded = models.load(args.model, dtype=args.dtype)
     hay = haystack.load("kjv")
     cfg = needle.resolve_config(preset=None, lengths=args.lengths, depths=args.depths, chat=False, haystack=hay,
+                                protocol="exact",
                                 max_new_tokens=args.new_tokens)
     suite = needle.NeedleSuite(cfg, hay, loaded.tokenizer)
     cells = suite.cells()

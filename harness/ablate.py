@@ -59,6 +59,7 @@ class AblateConfig:
     rope_theta: float | None
     out: str
     source: str = "embedded"
+    mix: str = "slimpajama"             # target domain mix of the built-in strategies (mixture.MIXES)
     seed: int = 0
     lr: float = 2e-5
     batch_tokens: int | None = None
@@ -69,9 +70,11 @@ class AblateConfig:
     evaluation: EvalRequest = field(default_factory=EvalRequest)
 
     def __post_init__(self):
+        from harness.data import mixture
         from harness.trainer import loop
 
         loop.check_engine(self.engine)  # every training stage's TrainConfig checks the rest
+        mixture.check_mix(self.mix)
 
     def hashed(self) -> dict:
         d = asdict(self)
@@ -134,11 +137,18 @@ def resolve_mixtures(specs: list[str], seq_len: int, tokenizer) -> list[Mixture]
     return out
 
 
+def _mix_for(cfg: AblateConfig, strategy: str) -> str | None:
+    """The --mix of a built-in strategy; a mixture YAML brings its own weights."""
+    from harness.data import mixture
+
+    return cfg.mix if strategy in mixture.STRATEGIES else None
+
+
 def _data_dir(cfg: AblateConfig, strategy: str, tokenizer_name: str) -> Path:
     from harness.paths import cache_dir
 
     key = {"source": cfg.source, "strategy": strategy, "tokens": cfg.tokens, "seq_len": cfg.seq_len,
-           "tokenizer": tokenizer_name, "seed": cfg.seed}
+           "tokenizer": tokenizer_name, "seed": cfg.seed, "mix": _mix_for(cfg, strategy)}
     return cache_dir("data", f"ablate-{Path(strategy).stem}-{rundir.config_hash(key)[:12]}")
 
 
@@ -220,7 +230,8 @@ def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str
     for m in mixtures:
         if m.strategy:
             make = partial(build.build, source=cfg.source, strategy=m.strategy, tokens=cfg.tokens, seq_len=cfg.seq_len,
-                           tokenizer=tokenizer_name, seed=cfg.seed, out=Path(m.data), console=console)
+                           tokenizer=tokenizer_name, seed=cfg.seed, out=Path(m.data), mix=_mix_for(cfg, m.strategy),
+                           console=console)
         else:
             make = lambda: None  # noqa: E731  (a prebuilt directory, checked by resolve_mixtures)
         plan.append(Stage(f"data:{m.label}", cfg.tokens, make, {"path": m.data}))
@@ -336,7 +347,8 @@ def from_preset(preset: str | None, **flags) -> AblateConfig:
     return AblateConfig(
         base=p["base"], mixtures=[s.strip() for s in p["mixtures"].split(",") if s.strip()],
         tokens=parse_budget(str(p["tokens"]), "--tokens"), seq_len=parse_length(str(p["seq_len"]), "--seq-len"),
-        rope_theta=p.get("rope_theta"), out=str(p["out"]), source=p.get("source", "embedded"), seed=p.get("seed", 0),
+        rope_theta=p.get("rope_theta"), out=str(p["out"]), source=p.get("source", "embedded"),
+        mix=p.get("mix", "slimpajama"), seed=p.get("seed", 0),
         lr=p.get("lr", 2e-5), batch_tokens=parse_budget(str(p["batch_tokens"]), "--batch-tokens") if p.get("batch_tokens") else None,
         engine=p.get("engine", "torch"), save_every=p.get("save_every", 0),
         base_tokens=parse_budget(str(p["base_tokens"]), "--base-tokens") if tiny else None,

@@ -252,6 +252,8 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
 @click.option("--lengths", default=None, help="Needle/BookQA lengths (default: the preset's grid).")
 @click.option("--depths", default=None, help="Needle depths (default: the preset's grid).")
 @click.option("--source", default=None, help="Corpus: embedded (default) | slimpajama:DIR | jsonl:PATH | hf:DIR.")
+@click.option("--mix", default=None, help="Target domain mix of the built-in strategies: slimpajama (default, the "
+              "reference code's) or llama (the paper text's).")
 @click.option("--lr", type=float, default=None, help="Learning rate (tiny: 1e-3; paper: 2e-5).")
 @click.option("--batch-tokens", default=None, help="Tokens per optimizer step (default: the trainer's).")
 @click.option("--engine", default=None, help="torch or deepspeed (paper preset: deepspeed).")
@@ -265,13 +267,13 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
 @click.option("--reference", default=None, help="The model the difference heatmaps subtract (default: base).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Ablation directory (default: runs/ablate-<preset>). Rerunning resumes it.")
-def ablate(preset, base, mixtures, budget, seq_len, rope_theta, suites, lengths, depths, source, lr, batch_tokens,
+def ablate(preset, base, mixtures, budget, seq_len, rope_theta, suites, lengths, depths, source, mix, lr, batch_tokens,
            engine, regression_limit, loss_bucket, loss_length, base_tokens, base_seq_len, save_every, seed, reference, out) -> None:
     """Train one base on several mixtures with one budget, evaluate all of them, write one report."""
     from harness import ablate as ablation
 
     cfg = ablation.from_preset(preset, base=base, mixtures=mixtures, tokens=budget, seq_len=seq_len,
-                               rope_theta=rope_theta, suites=suites, lengths=lengths, depths=depths, source=source,
+                               rope_theta=rope_theta, suites=suites, lengths=lengths, depths=depths, source=source, mix=mix,
                                lr=lr, batch_tokens=batch_tokens, engine=engine, regression_limit=regression_limit,
                                loss_bucket=loss_bucket, loss_length=loss_length, base_tokens=base_tokens, base_seq_len=base_seq_len,
                                save_every=save_every, seed=seed, out=str(out or Path("runs") / f"ablate-{preset}"))
@@ -312,6 +314,8 @@ def data_corpus(out, force) -> None:
               help="embedded[:DIR] | slimpajama:DIR | jsonl:PATH | hf:DIR")
 @click.option("--strategy", required=True,
               help="cut_4k | cut_target | per_source | global | upsample_abg | a mixture YAML file")
+@click.option("--mix", default=None, help="Target domain mix of a built-in strategy: slimpajama (the reference code's "
+              "measured shares; default) or llama (the mix the paper's text quotes).")
 @click.option("--tokens", "budget", required=True, help="Token budget: 5M, 50M, 2B (k/M/B = 10^3/10^6/10^9).")
 @click.option("--seq-len", "seq_len", required=True, help="Sequence length in tokens: 8k, 32k (k = 1024).")
 @click.option("--tokenizer", default="smollm2-135m", show_default=True, help="smollm2-135m or a model/tokenizer directory.")
@@ -320,7 +324,7 @@ def data_corpus(out, force) -> None:
 @click.option("--max-bad-fraction", default=0.01, show_default=True, type=float,
               help="Fail when more than this fraction of jsonl lines are malformed.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
-def data_build(source, strategy, budget, seq_len, tokenizer, seed, num_proc, max_bad_fraction, out) -> None:
+def data_build(source, strategy, mix, budget, seq_len, tokenizer, seed, num_proc, max_bad_fraction, out) -> None:
     """Build a mixture with one of the paper's strategies and pack it into shards."""
     from harness.data import build
     from harness.values import parse_budget, parse_length
@@ -329,7 +333,7 @@ def data_build(source, strategy, budget, seq_len, tokenizer, seed, num_proc, max
     length = parse_length(seq_len, "--seq-len")
     _quiet_libraries()
     build.build(source=source, strategy=strategy, tokens=tokens, seq_len=length, tokenizer=tokenizer, seed=seed,
-                out=out, num_proc=num_proc, max_bad_fraction=max_bad_fraction, console=console)
+                out=out, mix=mix, num_proc=num_proc, max_bad_fraction=max_bad_fraction, console=console)
     click.echo(str(out))
 
 

@@ -9,12 +9,11 @@ first cell it had not finished, and a torn last line is cut off when the run is 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
 from harness.errors import UserError
-from harness.rundir import JsonlLog, KeyedDir
+from harness.rundir import JsonlLog, KeyedDir, read_json
 
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
@@ -51,12 +50,9 @@ class RunStore:
         return store
 
     def read_manifest(self) -> dict:
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{str(self.path)!r} is not a run directory (no {MANIFEST})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{self.manifest_path} is not valid JSON ({exc})") from None
+        if not self.manifest_path.is_file():
+            raise UserError(f"{str(self.path)!r} is not a run directory (no {MANIFEST})")
+        return read_json(self.manifest_path, "run")
 
     # -- results --------------------------------------------------------------------------------
     def results(self) -> Iterator[dict]:

@@ -129,9 +129,9 @@ def figure_table(df: pd.DataFrame, title: str):
             cell.set_text_props(fontweight="bold")
     fig.suptitle(title, fontsize=12, fontweight="bold")
     fig.subplots_adjust(top=1 - 0.85 / fig.get_figheight())  # room for the title and a two-line caption
-    ax.set_title("needle: paper score (fraction of answer words); needle (variant): RULER string match "
-                 "(distractor: paper score)\nbookqa: answer-word recall; loss: nats/token, mean over domains; "
-                 "regression: lm-eval", fontsize=8)
+    ax.set_title("needle and bookqa: paper = the reference code's score (needle: share of the answer's words, "
+                 "its heatmap; bookqa: recall of the first answer's words)\nneedle (variant): RULER string match "
+                 "(distractor: paper); loss: nats/token, mean over domains; regression: lm-eval", fontsize=8)
     return fig
 
 
@@ -153,6 +153,14 @@ def _colorbar(fig, image, axes, label: str) -> None:
     bar.solids.set_rasterized(False)  # vector: the page's only images are the heatmaps
 
 
+def _score_labels(grids: list[tuple[Run, pd.DataFrame]], suite: str) -> str:
+    """What the heatmaps' scores are (and under which protocol), once per distinct label."""
+    from harness import tasks
+
+    labels = dict.fromkeys(tasks.get(suite).score_label(run.manifest) for run, _ in grids)
+    return "; ".join(labels)
+
+
 def figure_heatmaps(col: Collection, suite: str = "needle"):
     """Every model's heatmap on one colour scale (0-1) with a single colour bar."""
     grids = _grids(col, suite)
@@ -169,7 +177,7 @@ def figure_heatmaps(col: Collection, suite: str = "needle"):
     for ax in list(axes.flat)[len(grids):]:
         ax.axis("off")
     _colorbar(fig, image, axes, "score (one scale for every model)")
-    fig.suptitle(f"{suite.capitalize()} heatmaps", fontsize=12, fontweight="bold")
+    fig.suptitle(f"{suite.capitalize()} heatmaps\n{_score_labels(grids, suite)}", fontsize=12, fontweight="bold")
     return fig
 
 
@@ -191,7 +199,8 @@ def figure_differences(col: Collection, reference: str, suite: str = "needle"):
     for ax in list(axes.flat)[len(others):]:
         ax.axis("off")
     _colorbar(fig, image, axes, f"score difference against {reference}")
-    fig.suptitle(f"{suite.capitalize()} difference heatmaps (against {reference})", fontsize=12, fontweight="bold")
+    fig.suptitle(f"{suite.capitalize()} difference heatmaps (against {reference})\n"
+                 f"{_score_labels(list(grids.values()), suite)}", fontsize=12, fontweight="bold")
     return fig
 
 

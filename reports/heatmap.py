@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 
-from harness import rundir  # noqa: E402
+from harness import rundir, tasks  # noqa: E402
 from harness.tasks.base import variant_of  # noqa: E402
 from harness.values import format_length  # noqa: E402
 
@@ -42,7 +42,7 @@ def max_position_x(lengths: list[int], max_positions: int | None) -> float | Non
 
 
 def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None, *, cmap=CMAP, vmin: float = 0.0,
-         vmax: float = 1.0, colorbar: str | None = "score (fraction of answer words recalled)"):
+         vmax: float = 1.0, colorbar: str | None = "score"):
     """Draw one heatmap on ``ax`` (created if None); returns the figure, or the image when
     ``colorbar`` is None (the caller draws one shared colour bar for several heatmaps)."""
     lengths = [int(c) for c in table.columns]
@@ -90,9 +90,10 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     max_pos = model.get("effective_max_positions")
     variant = variant_of(manifest, suite)
     what = f"{suite} ({variant})" if variant else suite
-    title = f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
-    label = "score (RULER string match)" if variant and variant != "distractor" else "score (fraction of answer words recalled)"
-    fig = draw(table, title, max_pos, colorbar=label)
+    label = tasks.get(suite).score_label(manifest)
+    title = (f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
+             f"\n{label}")
+    fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0].split(":")[0])
     fig.tight_layout()
     out_dir = Path(out_dir or run_dir)
     paths = []

@@ -104,6 +104,11 @@ class Suite:
         """The suite's summary rows from its stored results (``results`` holds every suite's)."""
         return []
 
+    @staticmethod
+    def score_label(manifest: dict) -> str:
+        """What a stored run's ``score`` is, and under which protocol: every figure names it."""
+        return "score"
+
     # -- instance side: bound to a model --------------------------------------------------------------
     def cells(self) -> list:
         raise NotImplementedError

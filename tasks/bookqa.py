@@ -154,7 +154,10 @@ class BookQAConfig:
     max_new_tokens: int
     stop_at_eos: bool
     source: str
-    sha256: str
+    sha256: str                    # of the items and books as read
+    questions: int = 0             # items in the source
+    file_sha256: str | None = None  # of the --bookqa file (InfiniteBench's data changed after the paper)
+    skip_leading_eos: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -172,25 +175,29 @@ def resolve_config(*, preset: str | None, lengths: str | None, bookqa: str | Non
     if name not in spec["presets"]:
         raise UserError(f"--preset: unknown {name!r} for suite bookqa; known: {', '.join(spec['presets'])}")
     grid = spec["presets"][name]
+    file_digest = None
     if bookqa:
         books, items = read_infinitebench(Path(bookqa))
         source = f"infinitebench:{Path(bookqa).resolve()}"
+        file_digest = hashlib.sha256(Path(bookqa).read_bytes()).hexdigest()
     else:
         books, items = offline_items(spec, embedded.build(), seed)
         source = "offline:embedded-plays"
     digest = hashlib.sha256(json.dumps([[i.id, i.question, i.answers] for i in items]).encode()
                             + "".join(books[k] for k in sorted(books)).encode()).hexdigest()[:16]
     cfg = BookQAConfig(tuple(parse_lengths(lengths or str(grid["lengths"]))), int(grid["per_book"]), spec["prompt"],
-                       int(spec["max_new_tokens"]), bool(spec["stop_at_eos"]), source, digest)
+                       int(spec["max_new_tokens"]), bool(spec["stop_at_eos"]), source, digest, len(items),
+                       file_digest, bool(spec.get("skip_leading_eos", False)))
     return cfg, books, items
 
 
 def middle_truncate(ids: list[int], budget: int) -> tuple[list[int], int]:
-    """Keep the first and last ``budget // 2``-ish tokens; returns (kept ids, index where the cut is)."""
+    """The reference's truncate_input: keep the first and the last ``budget // 2`` tokens (so
+    ``budget - 1`` of them when it is odd); returns (kept ids, index where the cut is)."""
     if len(ids) <= budget:
         return ids, len(ids)
-    head = budget // 2
-    return ids[:head] + ids[len(ids) - (budget - head):], head
+    half = budget // 2
+    return ids[:half] + ids[len(ids) - half:], half
 
 
 @dataclass(frozen=True)
@@ -218,46 +225,55 @@ class BookQASuite(base.Suite):
                          display=f"{v['paper']:.3f} / {v['qa_f1']:.3f}", column=f"bookqa recall {format_length(length)}")
                 for length, v in summary(results)["by_length"].items()]
 
+    @staticmethod
+    def score_label(manifest: dict) -> str:
+        return "paper: the reference's recall of the first answer's words · reference protocol"
+
     def __init__(self, config: BookQAConfig, books: dict[str, str], items: list[Item], tokenizer):
         self.config, self.tok = config, tokenizer
         self.items = {i.id: i for i in items}
         self._overheads: dict[str, int] = {}
+        self.book_texts = books
         self.books = {}
         for book_id, text in books.items():
             enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             self.books[book_id] = (enc["input_ids"], [o[0] for o in enc["offset_mapping"]])
         self._cells = self._plan()
 
-    def _overhead(self, item: Item) -> int:
-        """Prompt tokens besides the book's (planning asks once per item and length: cached)."""
+    def _around(self, item: Item) -> tuple[int, int]:
+        """Prompt tokens before and after the book's (planning asks once per item: cached)."""
         if item.id not in self._overheads:
-            prompt = self.config.prompt.format(context="", question=item.question)
-            self._overheads[item.id] = len(self.tok(prompt)["input_ids"])
+            head, _, tail = self.config.prompt.format(context="\0", question=item.question).partition("\0")
+            self._overheads[item.id] = (len(self.tok(head)["input_ids"]),
+                                        len(self.tok(tail, add_special_tokens=False)["input_ids"]))
         return self._overheads[item.id]
 
-    def _place(self, item: Item, length: int):
-        """(context ids, depth percent or None), or None when the answer's line is cut away."""
-        ids, starts = self.books[item.book]
-        budget = max(16, length - self._overhead(item))
-        kept, cut = middle_truncate(ids, budget)
+    def _place(self, item: Item, length: int) -> float | None | bool:
+        """Where the answer's line lands (percent of the kept prompt) once the whole prompt is
+        middle-truncated to ``length``: None for items without one, False when it is cut away.
+        Planning counts the prompt as template + book + template tokens (boundaries may merge a
+        token or two; the cell itself truncates the real prompt)."""
         if item.offset is None:
-            return kept, None
-        first = int(np.searchsorted(starts, item.offset, side="right")) - 1
-        last = int(np.searchsorted(starts, item.offset + item.span, side="left"))
-        removed = len(ids) - len(kept)
-        if last <= cut:
-            at = first
-        elif first >= cut + removed:
-            at = first - removed
-        else:
             return None
-        return kept, 100.0 * at / max(1, len(kept))
+        ids, starts = self.books[item.book]
+        before, after = self._around(item)
+        total = before + len(ids) + after
+        first = before + int(np.searchsorted(starts, item.offset, side="right")) - 1
+        last = before + int(np.searchsorted(starts, item.offset + item.span, side="left"))
+        if total <= length:
+            return 100.0 * first / total
+        half = length // 2
+        if last <= half:
+            return 100.0 * first / (2 * half)
+        if first >= total - half:
+            return 100.0 * (first - (total - 2 * half)) / (2 * half)
+        return False
 
     def _plan(self) -> list[Cell]:
         cells = []
         for length in self.config.lengths:
             for book_id in self.books:
-                fits = [i for i in self.items.values() if i.book == book_id and self._place(i, length) is not None]
+                fits = [i for i in self.items.values() if i.book == book_id and self._place(i, length) is not False]
                 step = max(1, len(fits) / self.config.per_book)
                 chosen = [fits[int(k * step)] for k in range(min(self.config.per_book, len(fits)))]
                 cells += [Cell(NAME, f"{NAME}/{length}/{i.id}", length, i.id) for i in chosen]
@@ -266,20 +282,27 @@ class BookQASuite(base.Suite):
     def cells(self) -> list[Cell]:
         return self._cells
 
+    def prompt_ids(self, item: Item, length: int) -> list[int]:
+        """The reference's get_pred: the whole prompt encoded, middle-truncated to ``length``,
+        decoded without special tokens and tokenized again."""
+        text = self.config.prompt.format(context=self.book_texts[item.book], question=item.question)
+        kept, _ = middle_truncate(self.tok.encode(text), length)
+        return self.tok(self.tok.decode(kept, skip_special_tokens=True))["input_ids"]
+
     def evaluate(self, cell: Cell, backend) -> dict:
         started = time.perf_counter()
         item = self.items[cell.item]
-        kept, depth = self._place(item, cell.length)
-        context = self.tok.decode(kept)
-        prompt = self.config.prompt.format(context=context, question=item.question)
-        ids = self.tok(prompt)["input_ids"]
-        gen = backend.generate(ids, self.config.max_new_tokens, stop_at_eos=self.config.stop_at_eos)
-        paper = max(scoring.paper_recall(gen.text, a) for a in item.answers)
-        f1 = max(scoring.qa_f1(gen.text, a) for a in item.answers)
+        depth = self._place(item, cell.length)
+        ids = self.prompt_ids(item, cell.length)
+        gen = backend.generate(ids, self.config.max_new_tokens, stop_at_eos=self.config.stop_at_eos,
+                               skip_leading_eos=self.config.skip_leading_eos)
+        scores = {"paper": scoring.reference_recall(gen.text, item.answers[0], distinct=True),
+                  "qa_f1": max(scoring.qa_f1(gen.text, a) for a in item.answers),
+                  "word_recall": max(scoring.word_recall(gen.text, a) for a in item.answers)}
         return {"suite": NAME, "key": cell.key, "length": cell.length, "tokens": len(ids), "item": item.id,
                 "book": item.book, "depth": None if depth is None else round(depth / 10) * 10,
                 "depth_actual": None if depth is None else round(depth, 2), "answers": list(item.answers),
-                "score": paper, "scores": {"paper": paper, "qa_f1": f1}, "output": gen.text,
+                "score": scores["paper"], "scores": scores, "output": gen.text,
                 "new_tokens": gen.new_tokens, "seconds": round(time.perf_counter() - started, 3)}
 
 

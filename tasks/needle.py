@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from harness.backends import Request
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 SPEC_PATH = Path(__file__).with_name("needle.yaml")
 NAME = "needle"
 SCORERS = ("generate", "loglik", "both")
+PROTOCOLS = ("reference", "exact")
 
 
 def load_spec(path: Path = SPEC_PATH) -> dict:
@@ -59,6 +61,10 @@ class NeedleConfig:
     variant: dict | None = None   # a needle_variants/*.yaml spec (None: the paper's single needle)
     scorer: str = "generate"      # generate | loglik (teacher-forced answer, no decoding) | both
     seed: int = 0                 # variants: keys, values and the other needles' depths
+    protocol: str = "exact"       # reference: the paper's code, rule for rule | exact: prompt = length tokens
+    reference_answer: str = ""    # what the reference heatmap scores against (whitespace words)
+    reference_buffer: int = 0     # reference: tokens the haystack leaves free of L (its final_context_length_buffer)
+    skip_leading_eos: bool = False  # EOS before any other token does not stop decoding (ChatML models; README)
 
     @property
     def variant_name(self) -> str | None:
@@ -83,7 +89,8 @@ def haystack_spec(spec: dict, variant: str | None, requested: str | None) -> str
 
 def resolve_config(*, preset: str | None, lengths: str | None, depths: str | None, chat: bool,
                    haystack: Haystack, max_new_tokens: int | None = None, spec: dict | None = None,
-                   variant: str | None = None, seed: int = 0, scorer: str = "generate") -> NeedleConfig:
+                   variant: str | None = None, seed: int = 0, scorer: str = "generate",
+                   protocol: str | None = None) -> NeedleConfig:
     """CLI flags over the preset over the YAML spec (and the variant's spec)."""
     spec = spec or load_spec()
     presets = spec["presets"]
@@ -96,10 +103,17 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
     if variant is not None:
         vspec = needle_variants.load(variant)
         if vspec["name"] == "distractor":  # the paper's needle, question and prompt, plus look-alikes
-            vspec.update({k: spec[k] for k in ("needle", "question", "answer")}, prompt=prompt)
+            vspec.update({k: spec[k] for k in ("needle", "question", "answer", "reference_answer")}, prompt=prompt)
         prompt = needle_variants.template(vspec)
     if scorer not in SCORERS:
         raise UserError(f"--scorer: unknown {scorer!r}; known: {', '.join(SCORERS)}")
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise UserError(f"--protocol: unknown {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if protocol == "reference" and (variant or chat):
+        raise UserError(f"--protocol reference: the paper's single needle and base prompt only; "
+                        f"{'--chat' if chat else f'--variant {variant}'} runs with --protocol exact")
+    # The preset's protocol, unless the run is a variant or a chat prompt (those have only `exact`).
+    protocol = protocol or ("exact" if variant or chat else grid.get("protocol", spec["protocol"]))
     default_new = vspec["max_new_tokens"] if vspec else spec["max_new_tokens"]
     new_tokens = default_new if max_new_tokens is None else max_new_tokens
     if new_tokens < 1:
@@ -111,15 +125,24 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
         if new_tokens < need:
             raise UserError(f"--max-new-tokens: {new_tokens} cannot hold the {variant} variant's "
                             f"{int(vspec['num_queries']) * int(vspec['num_values'])} values; use at least {need}")
+    reference = protocol == "reference"
+    grid_depths = parse_depths(depths or str(grid["depths"]))
+    if reference:  # the reference's np.round(np.linspace(0, 100, 10)).astype(int): 0, 11, 22, ...
+        grid_depths = sorted({int(np.round(d)) for d in grid_depths})
+    rules = spec["reference"] if reference else spec
     return NeedleConfig(
         lengths=tuple(parse_lengths(lengths or str(grid["lengths"]))),
-        depths=tuple(parse_depths(depths or str(grid["depths"]))),
+        depths=tuple(grid_depths),
         needle=spec["needle"], question=spec["question"], answer=spec["answer"],
         prompt=prompt, chat=chat,
         max_new_tokens=int(new_tokens),
-        stop_at_eos=chat or bool((vspec or {}).get("stop_at_eos", spec["stop_at_eos"])),  # a variant's own, if set
+        # a variant's own rule, if set
+        stop_at_eos=chat or bool((vspec or {}).get("stop_at_eos", rules["stop_at_eos"])),
         sentence_ends=spec["sentence_ends"],
         haystack=haystack.describe(), variant=vspec, seed=seed, scorer=scorer,
+        protocol=protocol, reference_answer=spec["reference_answer"],
+        reference_buffer=int(spec["reference"]["buffer"]) if reference else 0,
+        skip_leading_eos=bool(rules.get("skip_leading_eos", False)) and not chat,
     )
 
 
@@ -135,6 +158,9 @@ class Options:
                              "base prompt.", False)
     max_new_tokens: int | None = base.option("--max-new-tokens", "Greedy tokens to generate (suite default: 50).",
                                              kind=int)
+    protocol: str | None = base.option("--protocol", "Needle prompt construction: reference (the paper's code, "
+                                       "rule for rule) or exact (the prompt is exactly the length's tokens); "
+                                       "default: the preset's.")
 
 
 @dataclass
@@ -158,7 +184,7 @@ class NeedleSuite(base.Suite):
         hay = haystacks.load(haystack_spec(spec, options.variant, options.haystack))
         cfg = resolve_config(preset=grid.preset, lengths=grid.lengths, depths=grid.depths, chat=options.chat,
                              haystack=hay, max_new_tokens=options.max_new_tokens, spec=spec, variant=options.variant,
-                             scorer=options.scorer, seed=grid.seed)
+                             scorer=options.scorer, seed=grid.seed, protocol=options.protocol)
         return cfg, hay
 
     @classmethod
@@ -176,6 +202,18 @@ class NeedleSuite(base.Suite):
         label = f"needle ({variant})" if variant else "needle"
         mean = sum(r["score"] for r in rows) / len(rows)
         return [base.Row(label, "all cells", f"{metric} (mean)", mean, len(rows), column=f"{label} mean")]
+
+    @staticmethod
+    def score_label(manifest: dict) -> str:
+        cfg = manifest.get("config", {}).get("suites", {}).get(NAME, {})
+        variant = (cfg.get("variant") or {}).get("name")
+        if cfg.get("scorer") == "loglik":
+            what = "answer probability (teacher-forced, per-token geometric mean)"
+        elif variant and variant != "distractor":
+            what = "RULER string match"
+        else:
+            what = "paper: the reference heatmap's share of the answer's words"
+        return f"{what} · {cfg.get('protocol', 'exact')} protocol"
 
     def __init__(self, config: NeedleConfig, haystack: Haystack, tokenizer: Any):
         self.config = config
@@ -285,12 +323,22 @@ class NeedleSuite(base.Suite):
         shortest = min(self.cells(), key=lambda c: c.length)
         sample = self.sample(shortest)
         overhead = self.overhead(sample)
+        if self.config.protocol == "reference":
+            need = self.config.reference_buffer + len(self.tok.encode(self._reference_needle())) + 16
+            if shortest.length < need:
+                raise UserError(f"--lengths: {shortest.length} tokens is too short for --protocol reference (it "
+                                f"leaves {self.config.reference_buffer} tokens of each length free, and the needle "
+                                f"takes {need - 16 - self.config.reference_buffer}); use lengths of at least {need}, "
+                                f"or --protocol exact")
+            return
         if shortest.length - overhead < 16:
             what = f"{len(sample.needles)} needles" if len(sample.needles) > 1 else "needle"
             raise UserError(f"--lengths: {shortest.length} tokens is too short: the template, question and {what} "
                             f"alone take {overhead} tokens; use lengths of at least {overhead + 16}")
 
     def build(self, cell: Cell, sample: needle_variants.Sample | None = None) -> Prompt:
+        if self.config.protocol == "reference":
+            return self._build_reference(cell)
         sample = sample or self.sample(cell)
         target = cell.length
         overhead = self.overhead(sample)
@@ -320,12 +368,57 @@ class NeedleSuite(base.Suite):
         depth_actual = 100.0 * (needle_tok - context_tok) / max(1, context_end - context_tok)
         return Prompt(ids=list(ids), needle_token=needle_tok, depth_actual=round(min(100.0, max(0.0, depth_actual)), 2))
 
+    # -- the reference protocol -------------------------------------------------------------------
+    def _reference_needle(self) -> str:
+        return f"\n{self.config.needle}\n"  # the reference wraps its needle in newlines
+
+    def _sentence_end_tokens(self) -> set[int]:
+        """Token ids that are a period, with or without a leading space. The reference hard-codes
+        LLaMA's two (29889 ".", 869 "▁."); this is the same rule for any tokenizer's vocabulary."""
+        if not hasattr(self, "_periods"):
+            to_text = self.tok.convert_tokens_to_string
+            self._periods = {i for t, i in self.tok.get_vocab().items() if to_text([t]).strip() == "."}
+        return self._periods
+
+    def _build_reference(self, cell: Cell) -> Prompt:
+        """The reference code's prompt, rule for rule (eval/needle/needle_in_haystack.py):
+
+        the haystack's first L tokens (``encode``/``decode`` with the tokenizer's defaults, as it
+        calls them), cut to L - buffer - needle tokens; the needle ("\\n" + sentence + "\\n") inserted
+        at ``int(len * depth / 100)`` backed up to just after a period token (depth 100: appended);
+        the tokens decoded, put in the template, and the prompt tokenized with the defaults.
+        """
+        tok, length = self.tok, cell.length
+        self._ensure_haystack(length + 64)
+        # A prefix holding 64 tokens more than L encodes to the same first L tokens as the whole text.
+        text = self._hay_text[:self._hay_offsets[length + 63][1]]
+        context = tok.decode(tok.encode(text)[:length])
+        needle = tok.encode(self._reference_needle())
+        tokens = tok.encode(context)
+        budget = length - self.config.reference_buffer
+        if len(tokens) + len(needle) > budget:
+            tokens = tokens[:budget - len(needle)]
+        at = len(tokens)
+        if cell.depth != 100:
+            at = int(len(tokens) * (cell.depth / 100))
+            periods = self._sentence_end_tokens()
+            while at > 0 and tokens[at - 1] not in periods:
+                at -= 1
+        context = tok.decode(tokens[:at] + needle + tokens[at:])
+        prompt = self.config.prompt.format(context=context, question=self.config.question)
+        enc = tok(prompt, return_offsets_mapping=True)
+        marker = prompt.index(self.config.needle, prompt.index(context))
+        needle_tok = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > marker)
+        return Prompt(ids=list(enc["input_ids"]), needle_token=needle_tok,
+                      depth_actual=round(100.0 * at / max(1, len(tokens)), 2))
+
     # -- scoring --------------------------------------------------------------------------------
     def score(self, output: str, sample: needle_variants.Sample | None = None) -> dict[str, float]:
         if self.config.variant:
             return needle_variants.score(self.config.variant, output, sample)
         return {
-            "paper": scoring.paper_recall(output, self.config.needle),
+            "paper": scoring.reference_recall(output, self.config.reference_answer),
+            "word_recall": scoring.word_recall(output, self.config.needle),
             "rouge1_f": scoring.rouge1_f(output, self.config.needle),
             "exact": scoring.exact(output, self.config.answer),
         }
@@ -339,7 +432,8 @@ class NeedleSuite(base.Suite):
         if scorer in ("loglik", "both"):
             target = tuple(self.tok(" " + self.target_text(sample), add_special_tokens=False)["input_ids"])
         new_tokens = 0 if scorer == "loglik" else self.config.max_new_tokens
-        return Request(tuple(prompt.ids), new_tokens, self.config.stop_at_eos, target), sample, prompt
+        return (Request(tuple(prompt.ids), new_tokens, self.config.stop_at_eos, target,
+                        skip_leading_eos=self.config.skip_leading_eos), sample, prompt)
 
     def target_text(self, sample: needle_variants.Sample) -> str:
         """What a perfect answer says: the needle sentence (RULER variants: the values, listed)."""

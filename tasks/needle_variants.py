@@ -122,10 +122,10 @@ def template(spec: dict) -> str:
 
 
 def score(spec: dict, output: str, sample: Sample) -> dict[str, float]:
-    """RULER's string_match_all (distractor: the paper's recall, plus whether a look-alike won)."""
+    """RULER's string_match_all (distractor: the paper's score, plus whether a look-alike won)."""
     if spec["name"] == "distractor":
-        true = scoring.paper_recall(output, sample.expected[0])
-        fooled = max((scoring.paper_recall(output, a) for a in sample.distractors), default=0.0)
-        return {"paper": true, "rouge1_f": scoring.rouge1_f(output, sample.needles[0]),
-                "distracted": float(fooled > true)}
+        true = scoring.word_recall(output, sample.expected[0])
+        fooled = max((scoring.word_recall(output, a) for a in sample.distractors), default=0.0)
+        return {"paper": scoring.reference_recall(output, spec["reference_answer"]), "word_recall": true,
+                "rouge1_f": scoring.rouge1_f(output, sample.needles[0]), "distracted": float(fooled > true)}
     return {"string_match_all": scoring.string_match_all(output, sample.expected)}

@@ -1,8 +1,13 @@
 """Scorers for generated answers. Each takes (output, reference) strings and returns [0, 1].
 
-- ``paper``: the paper's heatmap metric: the fraction of the reference's distinct words present
-  in the output (lower-cased, punctuation dropped). The seed repo stores ROUGE-1 F x 10 as its
-  score; the heatmap it draws is this recall.
+- ``reference_recall`` (stored as ``paper``): the paper's scores, exactly as its reference code
+  computes them: the output and the expected answer lower-cased and split on whitespace (so
+  punctuation stays attached: "day." is not "day"), and the share of the answer's words found in
+  the output's set. The needle heatmap divides by the answer's word count (12 for "eat a sandwich
+  and sit in Dolores Park on a sunny day.", 11 of them distinct: its ceiling is 11/12); BookQA
+  divides by the distinct words of the first answer.
+- ``word_recall``: a cleaner recall: the share of the reference's distinct ``[a-z0-9]+`` words
+  present in the output (punctuation dropped). Not the paper's number.
 - ``rouge1_f``: ROUGE-1 F-measure with Porter stemming (``rouge-score``), the seed repo's number
   before its x10.
 - ``exact``: 1 if the normalised answer occurs as a contiguous word sequence in the output.
@@ -22,7 +27,16 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def paper_recall(output: str, reference: str) -> float:
+def reference_recall(output: str, answer: str, distinct: bool = False) -> float:
+    """The reference code's recall: whitespace words, lower-cased; over ``len(answer words)``
+    (its needle heatmap) or, with ``distinct``, over the distinct ones (its BookQA)."""
+    expected = answer.lower().split()
+    if not expected:
+        return 0.0
+    return len(set(output.lower().split()) & set(expected)) / (len(set(expected)) if distinct else len(expected))
+
+
+def word_recall(output: str, reference: str) -> float:
     ref = set(words(reference))
     if not ref:
         return 0.0

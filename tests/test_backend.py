@@ -31,6 +31,22 @@ def test_stops_at_eos_when_asked(tiny_model_dir, tokenizer):
     assert stopped.new_tokens == 0 and stopped.text == ""
 
 
+def test_a_leading_eos_does_not_stop_when_asked(tiny_model_dir, tokenizer):
+    """The needle's reference protocol on ChatML models: EOS stops decoding, except an EOS before
+    any other token (tasks/needle.yaml)."""
+    loaded = models.load(str(tiny_model_dir), dtype="fp32")
+    ids = tokenizer("Hello there. " * 10)["input_ids"]
+    free = loaded.model.generate(torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    tokens = free[0, len(ids):].tolist()
+    backend = HFBackend(loaded)
+    backend.eos = {tokens[0]}  # the first greedy token is EOS by construction
+    lead = next((i for i, t in enumerate(tokens) if t != tokens[0]), len(tokens))
+    end = next((i for i in range(lead, len(tokens)) if tokens[i] == tokens[0]), len(tokens))
+    got = backend.generate(ids, 12, stop_at_eos=True, skip_leading_eos=True)
+    assert got.new_tokens == end >= 1
+    assert got.text == tokenizer.decode(tokens[:end], skip_special_tokens=True).strip()
+
+
 def test_prefix_tree_reuse_equals_one_prompt_at_a_time(tiny_model_dir, tokenizer, kjv):
     """A needle grid's prompts share the haystack: served together they reuse it, with the same outputs
     (exact mode: bit for bit in any dtype; on SmolLM2 in bf16, bench/needle_grid.py counts them)."""
@@ -38,7 +54,7 @@ def test_prefix_tree_reuse_equals_one_prompt_at_a_time(tiny_model_dir, tokenizer
 
     loaded = models.load(str(tiny_model_dir), dtype="fp32")
     cfg = needle.resolve_config(preset=None, lengths="256,512", depths="0,50,100", chat=False, haystack=kjv,
-                                max_new_tokens=8, scorer="both")
+                                max_new_tokens=8, scorer="both", protocol="exact")
     suite = needle.NeedleSuite(cfg, kjv, tokenizer)
     requests = [suite.request(cell)[0] for cell in suite.cells()]
     backend = HFBackend(loaded, prefill_chunk=100)

@@ -17,14 +17,28 @@ def test_both_metrics_on_known_strings():
     # "it was aldous" vs "aldous of york": 1 common token, precision 1/3, recall 1/3
     assert scoring.qa_f1("it was Aldous", "Aldous of York") == pytest.approx(1 / 3)
     assert scoring.qa_f1("nobody", "Aldous") == 0.0
-    assert scoring.paper_recall("I think it was Aldous, sir.", "Aldous") == 1.0
-    assert scoring.paper_recall("Aldous", "Aldous of York") == pytest.approx(1 / 3)
+    assert scoring.word_recall("I think it was Aldous, sir.", "Aldous") == 1.0
+    assert scoring.word_recall("Aldous", "Aldous of York") == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("output, answers, expected", [
+    ("Aldous", ["Aldous"], 1.0),
+    ("It was aldous.", ["Aldous"], 0.0),          # whitespace words: "aldous." keeps its period
+    ("aldous of york", ["Aldous of York", "Aldous"], 1.0),
+    ("Aldous", ["Aldous of York"], 1 / 3),
+    ("Aldous", ["Brisa", "Aldous"], 0.0),         # the first answer only
+    ("the king", ["the king of the isles"], 2 / 4),  # over the answer's distinct words
+])
+def test_reference_recall_on_fixed_answers(output, answers, expected):
+    """eval/book/eval_book.py: len(set(gt) & set(pred)) / len(set(gt)), gt = answers[0].lower().split()."""
+    assert scoring.reference_recall(output, answers[0], distinct=True) == pytest.approx(expected)
 
 
 def test_middle_truncation_keeps_head_and_tail():
     ids = list(range(100))
     kept, cut = bookqa.middle_truncate(ids, 10)
     assert kept == [0, 1, 2, 3, 4, 95, 96, 97, 98, 99] and cut == 5
+    assert bookqa.middle_truncate(ids, 11)[0] == kept  # the reference keeps 2 * (L // 2)
     assert bookqa.middle_truncate(ids, 200) == (ids, 100)
 
 
@@ -80,5 +94,10 @@ def test_bookqa_runs_end_to_end_on_an_infinitebench_file(tiny_model_dir, kjv, tm
     results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     assert len(results) == 4 and {r["length"] for r in results} == {512, 1024}
     assert all(abs(r["tokens"] - r["length"]) <= 0.02 * r["length"] for r in results)
-    assert all(set(r["scores"]) == {"paper", "qa_f1"} for r in results)
+    assert all(set(r["scores"]) == {"paper", "qa_f1", "word_recall"} for r in results)
     assert re.search(r"bookqa .* 1K .* paper recall / qa_f1", proc.stderr)
+    import hashlib
+
+    cfg = json.loads((out / "manifest.json").read_text())["config"]["suites"]["bookqa"]
+    assert cfg["file_sha256"] == hashlib.sha256(f.read_bytes()).hexdigest() and cfg["questions"] == 2
+    assert cfg["prompt"].startswith("<|im_start|>Read the book below and answer a question.")

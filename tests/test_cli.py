@@ -19,7 +19,7 @@ FIELDS = {"suite", "key", "length", "tokens", "depth", "score", "scores", "outpu
 def tiny_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     args = ["run", "--model", str(tiny_model_dir), "--suite", "needle", "--lengths", "256,512",
-            "--depths", "0,100", "--dtype", "fp32", "--out", str(out)]
+            "--depths", "0,100", "--protocol", "exact", "--dtype", "fp32", "--out", str(out)]
     proc = harness_cli(*args)
     assert proc.returncode == 0, proc.stderr
     return out, args, proc
@@ -38,7 +38,7 @@ def test_two_by_two_grid_end_to_end(tiny_run):
     assert len(rows) == 4 and all(FIELDS <= set(r) for r in rows)
     assert {(r["length"], r["depth"]) for r in rows} == {(256, 0), (256, 100), (512, 0), (512, 100)}
     assert all(abs(r["tokens"] - r["length"]) <= 0.01 * r["length"] for r in rows)
-    assert set(rows[0]["scores"]) == {"paper", "rouge1_f", "exact"}
+    assert set(rows[0]["scores"]) == {"paper", "word_recall", "rouge1_f", "exact"}
     assert (out / "needle_heatmap.png").stat().st_size > 0 and (out / "needle_heatmap.pdf").stat().st_size > 0
     assert "4 cells, 4 to run" in proc.stderr and "prompt tokens" in proc.stderr
     assert "float32: requested" in proc.stderr  # the dtype in force and why

@@ -23,9 +23,12 @@ def corpus():
     return np.array(domains), np.array(lengths)
 
 
-def _stats(name, corpus, budget=1_000_000, seed=0, seq_len=8192):
+MIX = mixture.MIXES[mixture.DEFAULT_MIX]  # the reference code's SlimPajama shares
+
+
+def _stats(name, corpus, budget=1_000_000, seed=0, seq_len=8192, mix=mixture.DEFAULT_MIX):
     domains, lengths = corpus
-    strat = mixture.builtin(name, seq_len)
+    strat = mixture.builtin(name, seq_len, mix)
     plan = mixture.plan(strat, domains, lengths, budget, seed)
     return plan, stats.compute(plan, domains, lengths, strategy=name, seq_len=seq_len)
 
@@ -34,7 +37,7 @@ def test_per_source_holds_shares_and_raises_long_share(corpus):
     _, s = _stats("per_source", corpus)
     _, natural = _stats("cut_target", corpus, seq_len=1 << 20)  # the mix without any length rule
     assert s["total_tokens"] == 1_000_000
-    for d, target in mixture.PAPER_SHARES.items():
+    for d, target in MIX.items():
         assert abs(s["domains"][d]["share"] - target) <= 0.02, d
     assert s["long_4k_share"] > natural["long_4k_share"] + 0.15
     for d in ("commoncrawl", "c4"):
@@ -44,15 +47,38 @@ def test_per_source_holds_shares_and_raises_long_share(corpus):
 def test_global_shifts_share_toward_long_domains(corpus):
     _, s = _stats("global", corpus)
     assert s["total_tokens"] == 1_000_000
-    assert s["domains"]["book"]["share"] > mixture.PAPER_SHARES["book"] + 0.05
-    assert s["domains"]["arxiv"]["share"] > mixture.PAPER_SHARES["arxiv"] + 0.02
-    assert s["domains"]["commoncrawl"]["share"] < mixture.PAPER_SHARES["commoncrawl"] - 0.05
+    assert s["domains"]["book"]["share"] > MIX["book"] + 0.05
+    assert s["domains"]["arxiv"]["share"] > MIX["arxiv"] + 0.02
+    assert s["domains"]["commoncrawl"]["share"] < MIX["commoncrawl"] - 0.05
 
 
 def test_upsample_abg_gives_about_22_percent_each(corpus):
+    # The reference's UPSAMPLE_CODE_ARXIV_BOOK: 0.6 for ArXiv, Book and GitHub in the SlimPajama mix,
+    # normalised: 22.5% each, CommonCrawl 20.0%, C4 10.0%.
+    strat = mixture.builtin("upsample_abg", 8192)
+    assert {d: round(w, 3) for d, w in strat.weights.items()} == {
+        "c4": 0.1, "commoncrawl": 0.2, "stackexchange": 0.012, "wikipedia": 0.013, "github": 0.225,
+        "arxiv": 0.225, "book": 0.225}
     _, s = _stats("upsample_abg", corpus)
     for d in ("arxiv", "book", "github"):
-        assert abs(s["domains"][d]["share"] - 0.6 / 2.685) < 0.01, d
+        assert abs(s["domains"][d]["share"] - 0.6 / 2.6655682) < 0.01, d
+    _, llama = _stats("upsample_abg", corpus, mix="llama")  # over the paper text's LLaMA mix: 0.6 / 2.685
+    assert abs(llama["domains"]["book"]["share"] - 0.6 / 2.685) < 0.01
+
+
+def test_target_mixes_by_name(corpus, tmp_path):
+    _, llama = _stats("per_source", corpus, mix="llama")
+    for d, target in mixture.MIXES["llama"].items():
+        assert abs(llama["domains"][d]["share"] - target) <= 0.02, d
+    assert mixture.builtin("per_source", 8192).mix == "slimpajama"
+    yml = tmp_path / "m.yaml"
+    yml.write_text("weights: llama\nlength_rule: {type: upsample_long}\n")
+    strat = mixture.resolve(str(yml), 8192)
+    assert strat.mix == "llama" and strat.weights == pytest.approx(mixture.MIXES["llama"])
+    with pytest.raises(UserError, match="sets its own weights"):
+        mixture.resolve(str(yml), 8192, mix="slimpajama")
+    with pytest.raises(UserError, match="--mix: unknown 'redpajama'; known: slimpajama, llama"):
+        mixture.builtin("per_source", 8192, "redpajama")
 
 
 def test_cut_4k_never_puts_more_than_4k_of_one_document_in_a_row(corpus):
@@ -61,7 +87,7 @@ def test_cut_4k_never_puts_more_than_4k_of_one_document_in_a_row(corpus):
     assert (seg[:, 2] - seg[:, 1]).max() <= 4096
     assert not np.any(seg[1:, 0] == seg[:-1, 0])  # neighbours always differ
     assert s["long_4k_share"] == 0.0
-    for d, target in mixture.PAPER_SHARES.items():
+    for d, target in MIX.items():
         assert abs(s["domains"][d]["share"] - target) <= 0.02
 
 

@@ -10,7 +10,7 @@ from harness.tasks.haystack import Haystack
 
 
 def _suite(tokenizer, hay, lengths="1000,1024,3000,8k", depths="0,10,50,90,100", chat=False):
-    cfg = needle.resolve_config(preset=None, lengths=lengths, depths=depths, chat=chat, haystack=hay)
+    cfg = needle.resolve_config(preset=None, lengths=lengths, depths=depths, chat=chat, haystack=hay, protocol="exact")
     return needle.NeedleSuite(cfg, hay, tokenizer)
 
 

@@ -50,12 +50,15 @@ def test_prompt_holds_every_needle_once_and_the_asked_one_at_its_depth(tokenizer
         assert len(seen_values) >= len(suite.cells())
 
 
-@pytest.mark.parametrize("variant, stops", [("passkey", True), ("multikey", True), ("multivalue", True),
-                                             ("multiquery", True), ("distractor", False), (None, False)])
-def test_ruler_variants_end_at_eos_the_paper_needle_runs_on(tokenizer, variant, stops):
-    suite = _suite(tokenizer, variant, lengths="1k", depths="50")
+@pytest.mark.parametrize("variant, protocol, stops", [
+    ("passkey", None, True), ("multikey", None, True), ("multivalue", None, True), ("multiquery", None, True),
+    ("distractor", None, False), (None, "exact", False),
+    (None, "reference", True)])  # the reference stops at EOS (except a leading one: test_backend)
+def test_ruler_variants_end_at_eos_the_paper_needle_runs_on(tokenizer, variant, protocol, stops):
+    suite = _suite(tokenizer, variant, lengths="1k", depths="50", protocol=protocol)
     request, _, _ = suite.request(suite.cells()[0])
     assert suite.config.stop_at_eos is stops and request.stop_at_eos is stops
+    assert request.skip_leading_eos is (protocol == "reference")
     assert _suite(tokenizer, variant, lengths="1k", depths="50", chat=True).config.stop_at_eos  # --chat: always
 
 
@@ -92,10 +95,11 @@ def test_scorers_on_known_outputs():
     assert scoring.string_match_all("The UUID is ABC-def", ["abc-DEF"]) == 1.0
     d = needle.load_spec()
     spec = needle_variants.load("distractor")
-    spec.update(needle=d["needle"], question=d["question"], answer=d["answer"], prompt=d["prompt"])
+    spec.update(needle=d["needle"], question=d["question"], answer=d["answer"], prompt=d["prompt"],
+                reference_answer=d["reference_answer"])
     sample = needle_variants.make_sample(spec, 50, "0/x")
-    right = needle_variants.score(spec, "eat a sandwich and sit in Dolores Park on a sunny day", sample)
-    assert right["paper"] == 1.0 and right["distracted"] == 0.0
+    right = needle_variants.score(spec, "eat a sandwich and sit in Dolores Park on a sunny day.", sample)
+    assert right["paper"] == 11 / 12 and right["word_recall"] == 1.0 and right["distracted"] == 0.0
     wrong = needle_variants.score(spec, sample.distractors[0], sample)
     assert wrong["distracted"] == 1.0 and wrong["paper"] < 0.5
 

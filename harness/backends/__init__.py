@@ -31,6 +31,9 @@ class Request:
     max_new_tokens: int = 0          # 0: no decoding (a log-likelihood request)
     stop_at_eos: bool = True
     target: tuple[int, ...] = ()     # continuation to score: log p(target | ids), teacher-forced
+    # With stop_at_eos: an EOS before any other token is decoded past instead of stopping (a
+    # ChatML model closing the turn a prompt's leading <|im_start|> opened; tasks/needle.yaml).
+    skip_leading_eos: bool = False
 
 
 class Backend(Protocol):
@@ -40,7 +43,8 @@ class Backend(Protocol):
     def max_length(self) -> int:
         """Positions the model is meant to handle with its RoPE in force."""
 
-    def generate(self, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True) -> Generation:
+    def generate(self, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True,
+                 skip_leading_eos: bool = False) -> Generation:
         """Greedy continuation of ``ids``: at most ``max_new_tokens``, stopping at EOS if asked."""
 
     def token_nll(self, ids: list[int]):
@@ -60,6 +64,8 @@ class ModelBackend:
     def max_length(self) -> int:
         return self.loaded.max_positions
 
-    def generate(self, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True) -> Generation:
-        ((_, gen),) = self.generate_many([Request(tuple(ids), max_new_tokens, stop_at_eos)])
+    def generate(self, ids: list[int], max_new_tokens: int, stop_at_eos: bool = True,
+                 skip_leading_eos: bool = False) -> Generation:
+        ((_, gen),) = self.generate_many([Request(tuple(ids), max_new_tokens, stop_at_eos,
+                                                  skip_leading_eos=skip_leading_eos)])
         return gen

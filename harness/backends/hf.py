@@ -163,7 +163,8 @@ class HFBackend(ModelBackend):
             for row, token in enumerate(tokens):
                 if not active[row]:
                     continue
-                if req.stop_at_eos and token in self.eos:
+                leading = req.skip_leading_eos and all(t in self.eos for t in new[row])
+                if req.stop_at_eos and token in self.eos and not leading:
                     active[row] = False
                     continue
                 new[row].append(token)
@@ -216,8 +217,8 @@ class _Branch:
     seconds: float = 0.0
 
 
-def _group(req: Request) -> tuple[int, int, bool]:
-    return len(req.ids), req.max_new_tokens, req.stop_at_eos
+def _group(req: Request) -> tuple[int, int, bool, bool]:
+    return len(req.ids), req.max_new_tokens, req.stop_at_eos, req.skip_leading_eos
 
 
 def _crop(cache, held: list[int], keep: int) -> None:

@@ -57,8 +57,10 @@ class VLLMBackend(ModelBackend):
                 raise UserError(f"--backend vllm: a prompt of {len(req.ids):,} tokens plus its answer does not fit "
                                 f"vLLM's max_model_len {self.max_model_len:,}; evaluate it with --backend hf")
             prompts.append(TokensPrompt(prompt_token_ids=list(req.ids)))
+            # vLLM has no "EOS stops, except first": decode on and cut at the first later EOS below.
             params.append(SamplingParams(temperature=0.0, max_tokens=max(req.max_new_tokens, 1),
-                                         ignore_eos=not req.stop_at_eos, skip_special_tokens=True))
+                                         ignore_eos=not req.stop_at_eos or req.skip_leading_eos,
+                                         skip_special_tokens=True))
         start = time.perf_counter()
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         scored = self._target_logprobs(requests)
@@ -66,7 +68,10 @@ class VLLMBackend(ModelBackend):
         for index, (req, out) in enumerate(zip(requests, outputs)):
             tokens = list(out.outputs[0].token_ids)[:req.max_new_tokens] if req.max_new_tokens else []
             eos = self.tok.eos_token_id
-            if req.stop_at_eos and tokens and tokens[-1] == eos:
+            if req.stop_at_eos and req.skip_leading_eos:
+                lead = next((i for i, t in enumerate(tokens) if t != eos), len(tokens))
+                tokens = tokens[:next((i for i in range(lead, len(tokens)) if tokens[i] == eos), len(tokens))]
+            elif req.stop_at_eos and tokens and tokens[-1] == eos:
                 tokens = tokens[:-1]
             text = self.tok.decode(tokens, skip_special_tokens=True).strip()
             yield index, Generation(text=text, new_tokens=len(tokens), seconds=seconds,

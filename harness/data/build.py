@@ -20,7 +20,7 @@ from harness.data import corpus, mixture, packing, stats
 
 
 def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: str, seed: int, out: Path,
-          num_proc: int | None = None, max_bad_fraction: float = 0.01, read_factor: float = 20.0,
+          mix: str | None = None, num_proc: int | None = None, max_bad_fraction: float = 0.01, read_factor: float = 20.0,
           console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
     if seq_len < 1:
@@ -29,7 +29,7 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
         raise UserError(f"--tokens: {tokens} must be positive (e.g. 5M)")
     if tokens < seq_len:
         raise UserError(f"--tokens: {tokens:,} is below one sequence of --seq-len {seq_len:,}")
-    strat = mixture.resolve(strategy, seq_len)
+    strat = mixture.resolve(strategy, seq_len, mix)
     rundir.check_writable(out)
     tok = packing.load_tokenizer(tokenizer)
     src = corpus.open_source(source, max_bad_fraction=max_bad_fraction)
@@ -55,6 +55,7 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
     lengths = np.asarray(ds["n_tokens"], dtype=np.int64)
     the_plan = mixture.plan(strat, domains, lengths, tokens, seed)
     summary = stats.compute(the_plan, domains, lengths, strategy=strat.name, seq_len=seq_len)
+    summary["target_mix"] = strat.mix
     if embedded:
         summary["stand_in_domains"] = sorted({s["domain"] for s in embedded.get("sources", {}).values()
                                               if s.get("stand_in")})
@@ -79,7 +80,10 @@ def from_scratch_data(seq_len: int, tokens: int, seed: int, console: Console | N
     from harness.paths import cache_dir
 
     tokens = max(tokens, 2_000_000)
-    out = Path(cache_dir("data", f"tiny-cut_target-{seq_len}-{tokens}-seed{seed}"))
+    # Keyed by what decides the build (the strategy with its target mix): a changed default is a
+    # new directory, never a refused one.
+    key = {"strategy": mixture.resolve("cut_target", seq_len).to_dict(), "tokens": tokens, "seed": seed}
+    out = Path(cache_dir("data", f"tiny-cut_target-{seq_len}-{tokens}-seed{seed}-{rundir.config_hash(key)[:8]}"))
     build(source="embedded", strategy="cut_target", tokens=tokens, seq_len=seq_len,
           tokenizer="smollm2-135m", seed=seed, out=out, console=console)
     return out

@@ -12,6 +12,9 @@ segments (document, start token, end token) holding exactly the token budget.
 | global        | target shares, before the rule | keep a < 4K document with p = 0.1        | global     |
 | upsample_abg  | ArXiv, Book, GitHub at 0.6     | keep a < 4K document with p = 0.1        | per domain |
 
+The target shares are a named mix (MIXES: ``slimpajama``, the reference code's and the default;
+``llama``, the paper text's) or a mixture YAML's own weights.
+
 - *per domain*: each domain fills its own budget (weight x total) from its documents, shuffled
   with the seed; a domain that runs out starts another epoch over its documents (repetition,
   reported per domain). The last document taken is truncated to fit the budget exactly.
@@ -38,9 +41,16 @@ from harness.data.corpus import DOMAINS
 
 log = logging.getLogger(__name__)
 
-# The paper's SlimPajama domain shares (Table 1 / DESIGN.md).
-PAPER_SHARES = {"commoncrawl": 0.67, "c4": 0.15, "github": 0.045, "wikipedia": 0.045, "book": 0.045,
-                "arxiv": 0.025, "stackexchange": 0.02}
+# Target domain mixes, by name. `slimpajama` is the reference code's SLIMPAJAMA_ORIGINAL_MIX
+# (data_engineering/utils.py: SlimPajama's measured token shares), from which the paper's numbers
+# come; `llama` is LLaMA's mix, which the paper's text quotes. Not the same: CommonCrawl 53% vs 67%.
+MIXES = {
+    "slimpajama": {"c4": 0.26609933, "commoncrawl": 0.53374772, "stackexchange": 0.03169647,
+                   "wikipedia": 0.03402128, "github": 0.05004782, "arxiv": 0.04290379, "book": 0.0414836},
+    "llama": {"commoncrawl": 0.67, "c4": 0.15, "github": 0.045, "wikipedia": 0.045, "book": 0.045,
+              "arxiv": 0.025, "stackexchange": 0.02},
+}
+DEFAULT_MIX = "slimpajama"
 SHORT = 4096
 KEEP_SHORT = 0.1
 ABG_WEIGHT = 0.6
@@ -58,6 +68,7 @@ class Strategy:
     scope: str = "per_domain"
     short: int = SHORT
     keep_short: float = KEEP_SHORT
+    mix: str = "custom"    # the named target mix the weights come from (MIXES), or custom weights
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,19 +84,24 @@ def _normalise(weights: dict[str, float], what: str) -> dict[str, float]:
     return {k: v / total for k, v in weights.items() if v > 0}
 
 
-def builtin(name: str, seq_len: int, shares: dict[str, float] = PAPER_SHARES) -> Strategy:
-    if name == "cut_4k":
-        return Strategy(name, _normalise(shares, name), "cut", cut=SHORT)
-    if name == "cut_target":
-        return Strategy(name, _normalise(shares, name), "cut", cut=seq_len)
-    if name == "per_source":
-        return Strategy(name, _normalise(shares, name), "upsample_long")
-    if name == "global":
-        return Strategy(name, _normalise(shares, name), "upsample_long", scope="global")
+def check_mix(mix: str) -> str:
+    if mix not in MIXES:
+        raise UserError(f"--mix: unknown {mix!r}; known: {', '.join(MIXES)}")
+    return mix
+
+
+def builtin(name: str, seq_len: int, mix: str = DEFAULT_MIX) -> Strategy:
+    """One of the paper's strategies over a named target mix (upsample_abg: ArXiv, Book and GitHub
+    set to 0.6 in that mix, then normalised, as the reference's UPSAMPLE_CODE_ARXIV_BOOK)."""
+    shares = MIXES[check_mix(mix)]
     if name == "upsample_abg":
-        weights = {d: (ABG_WEIGHT if d in ("arxiv", "book", "github") else w) for d, w in shares.items()}
-        return Strategy(name, _normalise(weights, name), "upsample_long")
-    raise UserError(f"--strategy: unknown {name!r}; known: {', '.join(STRATEGIES)}, or a mixture YAML file")
+        shares = {d: (ABG_WEIGHT if d in ("arxiv", "book", "github") else w) for d, w in shares.items()}
+    rules = {"cut_4k": dict(rule="cut", cut=SHORT), "cut_target": dict(rule="cut", cut=seq_len),
+             "per_source": dict(rule="upsample_long"), "global": dict(rule="upsample_long", scope="global"),
+             "upsample_abg": dict(rule="upsample_long")}
+    if name not in rules:
+        raise UserError(f"--strategy: unknown {name!r}; known: {', '.join(STRATEGIES)}, or a mixture YAML file")
+    return Strategy(name, _normalise(shares, name), mix=mix, **rules[name])
 
 
 def from_yaml(path: Path, seq_len: int) -> Strategy:
@@ -98,8 +114,15 @@ def from_yaml(path: Path, seq_len: int) -> Strategy:
         spec = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise UserError(f"--strategy {path}: cannot read the mixture YAML ({exc})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("weights"), dict):
-        raise UserError(f"--strategy {path}: needs a 'weights' mapping of domain -> weight")
+    if not isinstance(spec, dict) or not isinstance(spec.get("weights"), (dict, str)):
+        raise UserError(f"--strategy {path}: needs 'weights': a mapping of domain -> weight, or a target mix "
+                        f"name ({', '.join(MIXES)})")
+    mix = "custom"
+    if isinstance(spec["weights"], str):
+        mix = spec["weights"]
+        if mix not in MIXES:
+            raise UserError(f"--strategy {path}: weights {mix!r} is not a target mix; known: {', '.join(MIXES)}")
+        spec["weights"] = MIXES[mix]
     unknown = [d for d in spec["weights"] if d not in DOMAINS]
     if unknown:
         raise UserError(f"--strategy {path}: unknown domain {unknown[0]!r}; known: {', '.join(DOMAINS)}")
@@ -119,15 +142,16 @@ def from_yaml(path: Path, seq_len: int) -> Strategy:
     if not 0 < keep <= 1:
         raise UserError(f"--strategy {path}: keep_short {keep} must be in (0, 1]")
     return Strategy(str(spec.get("name", Path(path).stem)), _normalise(spec["weights"], str(path)), kind,
-                    cut=cut, scope=scope, short=int(rule.get("threshold", SHORT)), keep_short=keep)
+                    cut=cut, scope=scope, short=int(rule.get("threshold", SHORT)), keep_short=keep, mix=mix)
 
 
-def resolve(name_or_path: str, seq_len: int) -> Strategy:
-    if name_or_path in STRATEGIES:
-        return builtin(name_or_path, seq_len)
+def resolve(name_or_path: str, seq_len: int, mix: str | None = None) -> Strategy:
+    """A built-in strategy over ``mix`` (default: slimpajama), or a mixture YAML (its own weights)."""
     if name_or_path.endswith((".yaml", ".yml")) and Path(name_or_path).is_file():
+        if mix is not None:
+            raise UserError(f"--mix: {name_or_path} sets its own weights (a mapping, or a mix name in 'weights')")
         return from_yaml(Path(name_or_path), seq_len)
-    return builtin(name_or_path, seq_len)  # raises with the list of known ones
+    return builtin(name_or_path, seq_len, mix or DEFAULT_MIX)  # an unknown name raises with the known ones
 
 
 @dataclass

@@ -74,7 +74,8 @@ def table(stats: dict):
     from rich.table import Table
 
     stand_in = stats.get("stand_in_domains")
-    t = Table(title=f"mixture {stats['strategy']} · {stats['total_tokens']:,} tokens · seq_len {stats['seq_len']:,} · "
+    t = Table(title=f"mixture {stats['strategy']} · target mix {stats.get('target_mix', '?')} · "
+                    f"{stats['total_tokens']:,} tokens · seq_len {stats['seq_len']:,} · "
                     f"long(>4K) {stats['long_4k_share']:.1%} (source {stats['source_long_4k_share']:.1%})",
               caption=f"stand-ins (documentation, not web crawl): {', '.join(stand_in)}" if stand_in else None)
     for col in ("domain", "tokens", "share", "target", "source share", ">4K", "source >4K", ">32K", "repeat"):
@@ -100,7 +101,7 @@ def plot(stats: dict, dest: Path) -> Path:
         ax1.bar(x + (i - 1) * 0.27, [stats["domains"][n][key] for n in names], 0.27, label=label)
     ax1.set_xticks(x, names, rotation=30, ha="right")
     ax1.set_ylabel("share of tokens")
-    ax1.set_title("Domain mix")
+    ax1.set_title(f"Domain mix (target: {stats.get('target_mix', '?')})")
     ax1.legend()
     bins = stats["length_bins"]
     bottom = np.zeros(len(bins) - 1)
@@ -117,7 +118,8 @@ def plot(stats: dict, dest: Path) -> Path:
     ax2.legend(fontsize=7, loc="upper left")
     stand_in = stats.get("stand_in_domains")
     note = f"\nstand-ins (documentation, not web crawl): {', '.join(stand_in)}" if stand_in else ""
-    fig.suptitle(f"{stats['strategy']} · {stats['total_tokens']:,} tokens{note}", fontsize=10)
+    fig.suptitle(f"{stats['strategy']} · target mix {stats.get('target_mix', '?')} · "
+                 f"{stats['total_tokens']:,} tokens{note}", fontsize=10)
     fig.tight_layout()
     with rundir.atomic_path(dest) as tmp:
         fig.savefig(tmp, format="png", dpi=120)

@@ -87,7 +87,9 @@ def _suite_options(command):
 @click.option("--tensor-parallel", default=1, show_default=True, type=int, help="vllm: GPUs per model.")
 @_suite_options
 @click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
-@click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR", help="linear|dynamic|yarn with a factor > 1, e.g. linear:4.")
+@click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR",
+              help="linear|dynamic|yarn with a factor > 1, e.g. linear:4; or frozen_dynamic:FACTOR@LENGTH, dynamic "
+              "NTK frozen at LENGTH as the paper evaluated its checkpoint (e.g. frozen_dynamic:10@81920).")
 @click.option("--dtype", default="auto", show_default=True,
               help="auto (bf16 where the device computes it natively: CUDA, CPUs with AVX512-BF16/AMX; else fp32), "
               "bf16, fp32 or fp16. HARNESS_DTYPE sets what auto picks.")

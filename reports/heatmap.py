@@ -93,7 +93,7 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     label = tasks.get(suite).score_label(manifest)
     title = (f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
              f"\n{label}")
-    fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0].split(":")[0])
+    fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0])
     fig.tight_layout()
     out_dir = Path(out_dir or run_dir)
     paths = []

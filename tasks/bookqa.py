@@ -227,7 +227,7 @@ class BookQASuite(base.Suite):
 
     @staticmethod
     def score_label(manifest: dict) -> str:
-        return "paper: the reference's recall of the first answer's words · reference protocol"
+        return "paper score (the reference's recall) · reference protocol"
 
     def __init__(self, config: BookQAConfig, books: dict[str, str], items: list[Item], tokenizer):
         self.config, self.tok = config, tokenizer

@@ -208,11 +208,11 @@ class NeedleSuite(base.Suite):
         cfg = manifest.get("config", {}).get("suites", {}).get(NAME, {})
         variant = (cfg.get("variant") or {}).get("name")
         if cfg.get("scorer") == "loglik":
-            what = "answer probability (teacher-forced, per-token geometric mean)"
+            what = "answer probability (teacher-forced, per token)"
         elif variant and variant != "distractor":
             what = "RULER string match"
         else:
-            what = "paper: the reference heatmap's share of the answer's words"
+            what = "paper score (the reference heatmap's)"
         return f"{what} · {cfg.get('protocol', 'exact')} protocol"
 
     def __init__(self, config: NeedleConfig, haystack: Haystack, tokenizer: Any):

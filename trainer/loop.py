@@ -82,6 +82,9 @@ class TrainConfig:
             raise UserError("--seq-len and --tokens must be positive")
         precision.check(self.dtype)
         models.check_rope_theta(self.rope_theta)
+        if self.rope_scaling and self.rope_scaling[0] == models.FROZEN_DYNAMIC:
+            raise UserError("--rope-scaling frozen_dynamic: evaluation only (the paper's reset_rope); "
+                            "train with --rope-theta or linear|dynamic|yarn")
 
     def hashed(self) -> dict:
         """What determines the run's numbers (the resume check compares this)."""

@@ -43,6 +43,11 @@ class HFBackend(ModelBackend):
         self.eos = set(eos if isinstance(eos, list) else [eos]) - {None}
         self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         # Fast mode on CPU: prompts that continue a cache run split-causal attention (attention.py).
+        # Dynamic RoPE (and its frozen variant) recomputes the base from the longest position a
+        # forward has seen, and keeps it: chunked prefill, a shared prefix or the previous prompt
+        # would change what a prompt gets. Each prompt is therefore prefilled whole, from a reset
+        # rotary state and an empty cache, as a fresh transformers `generate` does.
+        self._dynamic = "dynamic" in str(loaded.info.get("rope_parameters", {}).get("rope_type", ""))
         self._attn = None
         if fast and self.model.device.type == "cpu" and self.model.config._attn_implementation == "sdpa":
             self._attn = attention.register()
@@ -93,12 +98,14 @@ class HFBackend(ModelBackend):
             req = requests[index]
             start = time.perf_counter()
             ids = list(req.ids)
-            keep = min(_common_prefix(held, ids), len(ids) - 1)
+            keep = 0 if self._dynamic else min(_common_prefix(held, ids), len(ids) - 1)
             _crop(cache, held, keep)
+            chunk = len(ids) if self._dynamic else self.prefill_chunk
+            if self._dynamic:
+                self._reset_rope()
             suffix = torch.tensor([ids[keep:]], dtype=torch.long, device=device)
-            for s in range(0, suffix.shape[1], self.prefill_chunk):
-                out = self._forward(input_ids=suffix[:, s:s + self.prefill_chunk], cache=cache,
-                                 use_cache=True, logits_to_keep=1)
+            for s in range(0, suffix.shape[1], chunk):
+                out = self._forward(input_ids=suffix[:, s:s + chunk], cache=cache, use_cache=True, logits_to_keep=1)
             held.extend(ids[keep:])
             branch = _Branch(index, req, out.logits[0, -1], keep, start)
             if req.target:
@@ -108,7 +115,7 @@ class HFBackend(ModelBackend):
                 continue
             group = _group(req)
             left[group] -= 1
-            cap = self.decode_batch_tokens // len(ids)
+            cap = 0 if self._dynamic else self.decode_batch_tokens // len(ids)
             if cap < 2 or (left[group] == 0 and not waiting.get(group)):
                 new, fed = self._decode([branch], cache)  # alone: in the tree's own cache
                 held.extend(fed)
@@ -137,6 +144,13 @@ class HFBackend(ModelBackend):
         logp = torch.log_softmax(torch.cat(rows).float(), dim=-1)
         _crop(cache, held, end)
         return logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0].tolist()
+
+    def _reset_rope(self) -> None:
+        """Every rotary embedding back to its state after loading (dynamic RoPE only changes it)."""
+        for module in self.model.modules():
+            if hasattr(module, "original_inv_freq") and hasattr(module, "max_seq_len_cached"):
+                module.register_buffer("inv_freq", module.original_inv_freq.clone(), persistent=False)
+                module.max_seq_len_cached = module.original_max_seq_len
 
     def _decode_batch(self, branches: list["_Branch"]) -> Iterator[tuple[int, Generation]]:
         start = time.perf_counter()
@@ -190,6 +204,9 @@ class HFBackend(ModelBackend):
         The sequence goes through the model in chunks with a KV cache, so memory holds one
         chunk's logits at a time, never ``[len(ids), vocab]``.
         """
+        if self._dynamic:
+            self._reset_rope()
+            chunk = len(ids)
         device = self.model.device
         seq = torch.tensor([ids], dtype=torch.long, device=device)
         cache = DynamicCache(config=self.model.config)

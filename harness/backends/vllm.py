@@ -37,6 +37,9 @@ class VLLMBackend(ModelBackend):
         self.tok = loaded.tokenizer
         rope = loaded.info["rope_parameters"]
         overrides = {}
+        if "dynamic" in str(rope.get("rope_type", "")):
+            raise UserError("--backend vllm: dynamic RoPE recomputes its base from the prompt's length, which "
+                            "vLLM's prefix cache and batching do not keep apart; evaluate it with --backend hf")
         if loaded.info["rope_overrides"]["rope_theta"] or loaded.info["rope_overrides"]["rope_scaling"]:
             # The same RoPE as the HF backend evaluates with (vLLM reads it from the HF config).
             overrides = {"rope_parameters": rope, "rope_theta": rope.get("rope_theta"),

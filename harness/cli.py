@@ -2,6 +2,7 @@
 
     harness run    --model PATH|smollm2-135m --suite needle [--preset quick] [--lengths ..] [--depths ..]
     harness report RUN_DIR... [--out DIR | --out FILE.pdf]
+    harness compare RUN_DIR... [--reference NAME] [--json]
     harness ablate --preset tiny | --base PATH --mixtures per_source,global,cut_4k --tokens 5M --seq-len 8k --out DIR
     harness data   corpus | build --strategy per_source --tokens 5M --seq-len 8k --out DIR | stats DIR
     harness train  --base PATH|smollm2-135m --data SHARDS --seq-len 8k --rope-theta 5e5 --tokens 50M --out DIR
@@ -125,13 +126,12 @@ def _summary_table(results: list[dict], manifest: dict):
 
     from harness import tasks
 
-    t = Table(title="results")
+    t = Table(title="results", caption="± : half-width of the 95% interval (README: Uncertainty)")
     for col in ("suite", "slice", "metric", "value", "n"):
         t.add_column(col, justify="right" if col in ("value", "n") else "left")
     for name in tasks.SUITES:
         for row in tasks.get(name).summary(results, manifest):
-            t.add_row(row.suite, row.slice, row.metric, row.display or f"{row.value:.3f}",
-                      "" if row.n is None else str(row.n))
+            t.add_row(row.suite, row.slice, row.metric, row.text(), "" if row.n is None else str(row.n))
     return t
 
 
@@ -178,6 +178,38 @@ def report(run_dirs, out, reference) -> None:
             console.print(f"{run_dir}: no results to draw yet")
         for path in paths:
             click.echo(str(path))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--reference", default=None, help="The run the others are compared with (default: the first).")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparisons as JSON.")
+def compare(run_dirs, reference, as_json) -> None:
+    """Paired comparisons against a reference run: difference, 95% interval, Holm-adjusted p, verdict.
+
+    RUN_DIR is a `harness run` directory or a `harness ablate` directory (all of its models).
+    """
+    from rich.table import Table
+
+    from harness.reports import paired
+    from harness.reports.compare import collect
+
+    col = collect(list(run_dirs))
+    names = [r.name for r in col.runs]
+    reference = reference or names[0]
+    if reference not in names:
+        raise UserError(f"--reference: {reference!r} is not one of the runs; known: {', '.join(names)}")
+    found = paired.compare(col, reference)
+    if as_json:
+        click.echo(json.dumps([c.to_dict() for c in found], indent=2))
+        return
+    t = Table(title=f"against {reference}", caption=paired.summary_sentence(found, reference))
+    for name in ("run", "column", "difference", "95% interval", "p (Holm)", "verdict", "n", "method"):
+        t.add_column(name, justify="right" if name in ("difference", "p (Holm)", "n") else "left")
+    for c in found:
+        interval = "–" if c.low is None else f"[{c.low:+.3f}, {c.high:+.3f}]"
+        t.add_row(c.run, c.column, f"{c.diff:+.3f}", interval, f"{c.p_adjusted:.3g}", c.verdict, str(c.n), c.method)
+    _console(stderr=False).print(t)
 
 
 @cli.command()

@@ -88,14 +88,15 @@ def collect(paths: list[Path]) -> Collection:
 
 # -- the table ------------------------------------------------------------------------------------
 
-def table(col: Collection) -> pd.DataFrame:
+def table(col: Collection, what: str = "value") -> pd.DataFrame:
     """One row per model, one column per number a researcher compares (paper Tables 3-5): every
-    suite's summary rows that name a report column, in registry order."""
+    suite's summary rows that name a report column, in registry order. ``what="half_width"``: the
+    half-widths of their 95% intervals instead."""
     from harness import tasks
 
     rows = {}
     for run in col.runs:
-        rows[run.name] = {row.column: row.value for name in tasks.SUITES
+        rows[run.name] = {row.column: getattr(row, what) for name in tasks.SUITES
                           for row in tasks.get(name).summary(run.results, run.manifest) if row.column}
     return pd.DataFrame.from_dict(rows, orient="index")
 
@@ -108,12 +109,35 @@ def _fmt(column: str, value: float) -> str:
     return f"{value:.3f}"
 
 
-def figure_table(df: pd.DataFrame, title: str):
+MARKS = {"better": " ▲", "worse": " ▼", "no detectable difference": " ="}
+
+
+def cell_texts(df: pd.DataFrame, errors: pd.DataFrame | None, verdicts: dict | None) -> list[list[str]]:
+    """metric x model cells: value ± half-width, and a mark against the reference (▲ ▼ =)."""
+    rows = []
+    for metric in df.columns:
+        cells = []
+        for run in df.index:
+            value = df.at[run, metric]
+            text = _fmt(metric, value)
+            hw = None if errors is None or metric not in errors.columns else errors.at[run, metric]
+            if hw is not None and not (isinstance(hw, float) and math.isnan(hw)) and text != "–":
+                text += f" ± {_fmt(metric, hw)}"
+            text += MARKS.get((verdicts or {}).get((run, metric), ""), "")
+            cells.append(text)
+        rows.append([metric] + cells)
+    return rows
+
+
+def figure_table(df: pd.DataFrame, title: str, errors: pd.DataFrame | None = None, verdicts: dict | None = None,
+                 sentence: str = ""):
     """The comparison table as a page: models as columns (they are few), metrics as rows."""
+    import textwrap
+
     t = df.T
-    fig, ax = plt.subplots(figsize=(11, max(3.0, 0.32 * len(t) + 1.6)))
+    fig, ax = plt.subplots(figsize=(11, max(3.0, 0.32 * len(t) + 2.2)))
     ax.axis("off")
-    cells = [[metric] + [_fmt(metric, v) for v in row] for metric, row in zip(t.index, t.to_numpy(dtype=float))]
+    cells = cell_texts(df, errors, verdicts)
     first = 0.34
     widths = [first] + [(1 - first) / max(len(t.columns), 1)] * len(t.columns)
     widget = ax.table(cellText=cells, colLabels=["metric"] + list(t.columns), colWidths=widths, loc="upper center",
@@ -129,7 +153,10 @@ def figure_table(df: pd.DataFrame, title: str):
             cell.set_text_props(fontweight="bold")
     fig.suptitle(title, fontsize=12, fontweight="bold")
     fig.subplots_adjust(top=1 - 0.85 / fig.get_figheight())  # room for the title and a two-line caption
-    ax.set_title("needle and bookqa: paper = the reference code's score (needle: share of the answer's words, "
+    ax.set_title("\n".join(textwrap.wrap(sentence, 170)) + ("\n" if sentence else "")
+                 + "± : 95% interval · ▲ better, ▼ worse, = no detectable difference against the reference "
+                 "(paired, Holm-adjusted; README: Uncertainty)\n"
+                 "needle and bookqa: paper = the reference code's score (needle: share of the answer's words, "
                  "its heatmap; bookqa: recall of the first answer's words)\nneedle (variant): RULER string match "
                  "(distractor: paper); loss: nats/token, mean over domains; regression: lm-eval", fontsize=8)
     return fig

@@ -25,7 +25,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from harness import rundir  # noqa: E402
 from harness.errors import UserError  # noqa: E402
-from harness.reports import compare  # noqa: E402
+from harness.reports import compare, paired  # noqa: E402
 
 log = logging.getLogger("harness")
 
@@ -44,16 +44,24 @@ def _suite_pages() -> list[tuple[str, str, str]]:
 TITLES = ("Comparison table", *(title for _, _, title in _suite_pages()), "Mixture composition", "Provenance")
 
 
-def figures(col: compare.Collection, reference: str | None) -> list[tuple[str, object]]:
-    """(page title, matplotlib figure) for every page the collection supports."""
+def _reference(col: compare.Collection, reference: str | None) -> str:
     names = [r.name for r in col.runs]
     reference = reference or names[0]
     if reference not in names:
         raise UserError(f"--reference: {reference!r} is not one of the runs; known: {', '.join(names)}")
+    return reference
+
+
+def figures(col: compare.Collection, reference: str | None) -> list[tuple[str, object]]:
+    """(page title, matplotlib figure) for every page the collection supports."""
+    reference = _reference(col, reference)
     draw = {"heatmaps": lambda suite: compare.figure_heatmaps(col, suite),
             "differences": lambda suite: compare.figure_differences(col, reference, suite),
             "loss_curves": lambda suite: compare.figure_loss(col)}
-    pages = [(TITLES[0], compare.figure_table(compare.table(col), TITLES[0]))]
+    found = paired.compare(col, reference)
+    verdicts = {(c.run, c.column): c.verdict for c in found}
+    pages = [(TITLES[0], compare.figure_table(compare.table(col), TITLES[0], compare.table(col, "half_width"),
+                                               verdicts, paired.summary_sentence(found, reference)))]
     pages += [(title, draw[kind](suite)) for suite, kind, title in _suite_pages()]
     pages += [(TITLES[-2], compare.figure_mixtures(col)), (TITLES[-1], compare.figure_provenance(col))]
     return [(title, fig) for title, fig in pages if fig is not None]
@@ -78,7 +86,7 @@ def write_report(paths: list[Path], pdf: Path, *, reference: str | None = None, 
                 fig.savefig(buf, format="png", dpi=110)
                 pngs.append((title, base64.b64encode(buf.getvalue()).decode()))
                 plt.close(fig)
-    page = render_html(col, pngs, missing)
+    page = render_html(col, pngs, missing, _reference(col, reference))
     html_path = pdf.with_suffix(".html")
     rundir.write_text(html_path, page)
     if console is not None:
@@ -86,10 +94,18 @@ def write_report(paths: list[Path], pdf: Path, *, reference: str | None = None, 
     return pdf
 
 
-def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: dict[str, list[str]]) -> str:
+def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: dict[str, list[str]],
+                reference: str) -> str:
     """One self-contained page: the table as HTML, every figure inline, provenance as tables."""
+    found = paired.compare(col, reference)
     df = compare.table(col)
-    table_html = df.T.to_html(float_format=lambda v: f"{v:.3f}", na_rep="–", border=0, classes="numbers")
+    cells = compare.cell_texts(df, compare.table(col, "half_width"), {(c.run, c.column): c.verdict for c in found})
+    table_html = ("<p>" + html.escape(paired.summary_sentence(found, reference)) + "</p><p>± : 95% interval · "
+                  "▲ better, ▼ worse, = no detectable difference against the reference (paired, Holm-adjusted)</p>"
+                  "<table class='numbers'><tr><th>metric</th>" + "".join(f"<th>{html.escape(r)}</th>" for r in df.index)
+                  + "</tr>" + "".join("<tr>" + f"<td style='text-align:left'>{html.escape(row[0])}</td>"
+                                      + "".join(f"<td>{html.escape(c)}</td>" for c in row[1:]) + "</tr>"
+                                      for row in cells) + "</table>")
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>longctx-harness report</title>",
              "<style>body{font-family:sans-serif;margin:24px;max-width:1300px}"
              "table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd}"

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 
-from harness import rundir, tasks  # noqa: E402
+from harness import rundir, tasks, uncertainty  # noqa: E402
 from harness.tasks.base import variant_of  # noqa: E402
 from harness.values import format_length  # noqa: E402
 
@@ -42,7 +42,7 @@ def max_position_x(lengths: list[int], max_positions: int | None) -> float | Non
 
 
 def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None, *, cmap=CMAP, vmin: float = 0.0,
-         vmax: float = 1.0, colorbar: str | None = "score"):
+         vmax: float = 1.0, colorbar: str | None = "score", mean_text: str | None = None):
     """Draw one heatmap on ``ax`` (created if None); returns the figure, or the image when
     ``colorbar`` is None (the caller draws one shared colour bar for several heatmaps)."""
     lengths = [int(c) for c in table.columns]
@@ -59,7 +59,9 @@ def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None, *,
     ax.set_xlabel("Context length (tokens)")
     ax.set_ylabel("Depth of the answer")
     mean = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
-    ax.set_title(f"{title} · mean {mean:+.3f}" if vmin < 0 else f"{title} · mean {mean:.3f}", fontsize=10)
+    if mean_text is None:
+        mean_text = f"mean {mean:+.3f}" if vmin < 0 else f"mean {mean:.3f}"
+    ax.set_title(f"{title}\n{mean_text}", fontsize=10)
     x = max_position_x(lengths, max_positions)
     if x is not None:
         ax.axvline(x, color="white", linestyle="--", linewidth=2)
@@ -93,7 +95,10 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     label = tasks.get(suite).score_label(manifest)
     title = (f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
              f"\n{label}")
-    fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0])
+    rows = [r for r in results if r.get("suite") == suite]
+    est = uncertainty.estimate([r["score"] for r in rows], clusters=[r["length"] for r in rows])
+    fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0],
+               mean_text=f"mean {est.text()} (95% interval, clustered by length)")
     fig.tight_layout()
     out_dir = Path(out_dir or run_dir)
     paths = []

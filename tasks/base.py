@@ -37,7 +37,8 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class Row:
-    """One summary number: a line of the terminal table; with ``column``, a cell of the report table."""
+    """One summary number with its 95% interval: a line of the terminal table; with ``column``, a
+    cell of the report table."""
 
     suite: str
     slice: str
@@ -47,6 +48,24 @@ class Row:
     stderr: float | None = None
     display: str | None = None   # the value as printed, when one float does not say it
     column: str | None = None    # the report table's column (one row per model), None: terminal only
+    low: float | None = None     # the 95% interval (harness.uncertainty), None: not estimable
+    high: float | None = None
+    how: str = ""                # what the interval is over, e.g. "clustered by length"
+
+    @classmethod
+    def of(cls, suite: str, slice: str, metric: str, est, **kw) -> "Row":
+        """A row from a :class:`harness.uncertainty.Estimate`."""
+        return cls(suite, slice, metric, est.mean, est.n, est.stderr, low=est.low, high=est.high, **kw)
+
+    @property
+    def half_width(self) -> float | None:
+        return None if self.low is None else (self.high - self.low) / 2
+
+    def text(self, digits: int = 3) -> str:
+        if self.display:
+            return self.display
+        hw = self.half_width
+        return f"{self.value:.{digits}f}" + ("" if hw is None else f" ± {hw:.{digits}f}")
 
 
 def option(flag: str, help: str, default: Any = None, kind: type | None = None) -> Any:
@@ -103,6 +122,17 @@ class Suite:
     def summary(results: list[dict], manifest: dict) -> list[Row]:
         """The suite's summary rows from its stored results (``results`` holds every suite's)."""
         return []
+
+    @staticmethod
+    def paired_units(results: list[dict], manifest: dict) -> dict[str, dict[str, tuple[float, object]]]:
+        """Per report column: unit key -> (score, cluster), for paired comparisons of two runs on the
+        units both hold (harness.reports.paired). Empty: compared from the rows' standard errors."""
+        return {}
+
+    @staticmethod
+    def lower_is_better(column: str) -> bool:
+        """Whether a smaller value in this report column is the better one (a loss)."""
+        return False
 
     @staticmethod
     def score_label(manifest: dict) -> str:

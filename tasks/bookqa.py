@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from harness import uncertainty
 from harness.errors import UserError
 from harness.tasks import base, scoring
 from harness.values import format_length, parse_lengths
@@ -221,9 +222,23 @@ class BookQASuite(base.Suite):
 
     @staticmethod
     def summary(results: list[dict], manifest: dict) -> list[base.Row]:
-        return [base.Row(NAME, format_length(length), "paper recall / qa_f1", v["paper"], v["n"],
-                         display=f"{v['paper']:.3f} / {v['qa_f1']:.3f}", column=f"bookqa recall {format_length(length)}")
-                for length, v in summary(results)["by_length"].items()]
+        rows = []
+        for length in sorted({r["length"] for r in results if r.get("suite") == NAME}):
+            mine = [r for r in results if r.get("suite") == NAME and r["length"] == length]
+            paper = uncertainty.estimate([r["scores"]["paper"] for r in mine])   # questions are the units
+            f1 = uncertainty.estimate([r["scores"]["qa_f1"] for r in mine])
+            rows.append(base.Row.of(NAME, format_length(length), "paper recall / qa_f1", paper,
+                                    display=f"{paper.text()} / {f1.text()}",
+                                    column=f"bookqa recall {format_length(length)}", how="over questions"))
+        return rows
+
+    @staticmethod
+    def paired_units(results: list[dict], manifest: dict) -> dict:
+        out: dict[str, dict] = {}
+        for r in (r for r in results if r.get("suite") == NAME):
+            out.setdefault(f"bookqa recall {format_length(r['length'])}", {})[r["item"]] = (r["scores"]["paper"],
+                                                                                           r["item"])
+        return out
 
     @staticmethod
     def score_label(manifest: dict) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from harness import uncertainty
 from harness.errors import UserError
 from harness.tasks import base
 from harness.values import format_length, parse_length
@@ -89,6 +90,20 @@ class LossSuite(base.Suite):
     figures = ("loss_curves",)
     report_pages = ("loss_curves",)
 
+    @staticmethod
+    def paired_units(results: list[dict], manifest: dict) -> dict:
+        """Per bucket, each document's loss there (compared paired by document; the report's column
+        is the mean over domains, the comparison the mean over documents)."""
+        out: dict[str, dict] = {}
+        for r in (r for r in results if r.get("suite") == NAME):
+            for bucket, b in r["buckets"].items():
+                out.setdefault(f"loss {bucket}", {})[r["doc_id"]] = (b["loss"], r["doc_id"])
+        return out
+
+    @staticmethod
+    def lower_is_better(column: str) -> bool:
+        return column.startswith("loss ")
+
     @classmethod
     def prepare(cls, grid: base.Grid, options: Options) -> dict:
         """The flags, checked (the documents are cut to the model's positions, known at bind)."""
@@ -102,16 +117,27 @@ class LossSuite(base.Suite):
 
     @staticmethod
     def summary(results: list[dict], manifest: dict) -> list[base.Row]:
-        per_domain = summary(results)
-        rows = [base.Row(NAME, f"{domain} {bucket}", "nats/token", v["loss"], v["documents"])
-                for domain, buckets in per_domain.items() for bucket, v in buckets.items()]
-        by_bucket: dict[str, list[float]] = {}
-        for buckets in per_domain.values():
-            for bucket, v in buckets.items():
-                by_bucket.setdefault(bucket, []).append(v["loss"])
+        """Per domain and bucket: the token-weighted mean over documents (the documents are the units
+        of its interval); per bucket, the mean over domains (their intervals combined)."""
+        import math
+
+        docs = [r for r in results if r.get("suite") == NAME]
+        rows, by_bucket = [], {}
+        for domain, buckets in summary(results).items():
+            for bucket in buckets:
+                mine = [r["buckets"][bucket] for r in docs if r["domain"] == domain and bucket in r["buckets"]]
+                est = uncertainty.estimate([b["loss"] for b in mine], weights=[b["tokens"] for b in mine])
+                rows.append(base.Row.of(NAME, f"{domain} {bucket}", "nats/token", est, how="over documents"))
+                by_bucket.setdefault(bucket, []).append(est)
         # The report's columns: the mean over domains per bucket (per domain: the loss curves page).
-        rows += [base.Row(NAME, f"mean of {len(values)} domains {bucket}", "nats/token", sum(values) / len(values),
-                          column=f"loss {bucket}") for bucket, values in by_bucket.items()]
+        for bucket, ests in by_bucket.items():
+            mean = sum(e.mean for e in ests) / len(ests)
+            se = (math.sqrt(sum(e.stderr ** 2 for e in ests)) / len(ests)
+                  if all(e.stderr is not None for e in ests) else None)
+            rows.append(base.Row(NAME, f"mean of {len(ests)} domains {bucket}", "nats/token", mean,
+                                 sum(e.n for e in ests), se, column=f"loss {bucket}",
+                                 low=None if se is None else mean - 1.96 * se,
+                                 high=None if se is None else mean + 1.96 * se, how="domains independent"))
         return rows
 
     def __init__(self, config: LossConfig, texts: dict[str, str], tokenizer):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from harness import uncertainty
 from harness.backends import Request
 from harness.errors import UserError
 from harness.tasks import base, needle_variants, scoring
@@ -200,8 +201,22 @@ class NeedleSuite(base.Suite):
         variant = base.variant_of(manifest, NAME)
         metric = next(iter(rows[0].get("scores", {})), "score") if variant else "paper"
         label = f"needle ({variant})" if variant else "needle"
-        mean = sum(r["score"] for r in rows) / len(rows)
-        return [base.Row(label, "all cells", f"{metric} (mean)", mean, len(rows), column=f"{label} mean")]
+        # Cells at one length share their haystack, so lengths are the independent units of the
+        # overall mean; within a length the depths are taken as independent.
+        out = [base.Row.of(label, "all cells", f"{metric} (mean)",
+                           uncertainty.estimate([r["score"] for r in rows], clusters=[r.get("length") for r in rows]),
+                           column=f"{label} mean", how="clustered by length")]
+        for length in sorted({r["length"] for r in rows if r.get("length") is not None}):
+            scores = [r["score"] for r in rows if r.get("length") == length]
+            out.append(base.Row.of(label, format_length(length), f"{metric} (mean)", uncertainty.estimate(scores),
+                                   how="over depths"))
+        return out
+
+    @staticmethod
+    def paired_units(results: list[dict], manifest: dict) -> dict:
+        variant = base.variant_of(manifest, NAME)
+        label = f"needle ({variant})" if variant else "needle"
+        return {f"{label} mean": {r["key"]: (r["score"], r["length"]) for r in results if r.get("suite") == NAME}}
 
     @staticmethod
     def score_label(manifest: dict) -> str:

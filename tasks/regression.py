@@ -121,9 +121,11 @@ class RegressionSuite(base.Suite):
         rows = []
         for r in (r for r in results if r["suite"] == NAME):
             err = r["scores"].get(f"{r['metric']}_stderr")
+            half = 1.96 * err if err else None  # lm-eval's stderr, a normal interval
             rows.append(base.Row(NAME, r["task"], r["metric"], r["score"], r.get("n_samples"), stderr=err,
-                                 display=f"{r['score']:.4f}" + (f" ± {err:.4f}" if err else ""),
-                                 column=f"{r['task']} {r['metric']}"))
+                                 display=f"{r['score']:.4f}" + (f" ± {half:.4f}" if half else ""),
+                                 column=f"{r['task']} {r['metric']}", low=r["score"] - half if half else None,
+                                 high=r["score"] + half if half else None, how="lm-eval's stderr x 1.96"))
         return rows
 
     def __init__(self, config: RegressionConfig, tokenizer):

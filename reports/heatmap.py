@@ -96,9 +96,11 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     title = (f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
              f"\n{label}")
     rows = [r for r in results if r.get("suite") == suite]
-    est = uncertainty.estimate([r["score"] for r in rows], clusters=[r["length"] for r in rows])
+    est = uncertainty.estimate([r["score"] for r in rows], clusters=[(r["length"], r.get("sample", 0)) for r in rows])
+    draws = len({r.get("sample", 0) for r in rows})
     fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0],
-               mean_text=f"mean {est.text()} (95% interval, clustered by length)")
+               mean_text=f"mean {est.text()} (95% interval, clustered by length{' and draw' if draws > 1 else ''}"
+                         f"{f'; {draws} draws per cell' if draws > 1 else ''})")
     fig.tight_layout()
     out_dir = Path(out_dir or run_dir)
     paths = []

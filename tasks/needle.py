@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class Cell:
     key: str
     length: int
     depth: float
+    sample: int = 0   # which of the config's independent draws (haystack start; a variant's keys and values)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class NeedleConfig:
     reference_answer: str = ""    # what the reference heatmap scores against (whitespace words)
     reference_buffer: int = 0     # reference: tokens the haystack leaves free of L (its final_context_length_buffer)
     skip_leading_eos: bool = False  # EOS before any other token does not stop decoding (ChatML models; README)
+    samples: int = 1              # independent draws per (length, depth); draw 0 is the haystack's start
 
     @property
     def variant_name(self) -> str | None:
@@ -75,6 +78,11 @@ class NeedleConfig:
         d = asdict(self)
         d["lengths"], d["depths"] = list(self.lengths), list(self.depths)
         return d
+
+
+def _region(result: dict) -> tuple:
+    """The haystack region a stored cell read: its length and draw (cells sharing one are not independent)."""
+    return result.get("length"), result.get("sample", 0)
 
 
 def haystack_spec(spec: dict, variant: str | None, requested: str | None) -> str:
@@ -91,7 +99,7 @@ def haystack_spec(spec: dict, variant: str | None, requested: str | None) -> str
 def resolve_config(*, preset: str | None, lengths: str | None, depths: str | None, chat: bool,
                    haystack: Haystack, max_new_tokens: int | None = None, spec: dict | None = None,
                    variant: str | None = None, seed: int = 0, scorer: str = "generate",
-                   protocol: str | None = None) -> NeedleConfig:
+                   protocol: str | None = None, samples: int = 1) -> NeedleConfig:
     """CLI flags over the preset over the YAML spec (and the variant's spec)."""
     spec = spec or load_spec()
     presets = spec["presets"]
@@ -119,6 +127,8 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
     new_tokens = default_new if max_new_tokens is None else max_new_tokens
     if new_tokens < 1:
         raise UserError(f"--max-new-tokens: {new_tokens} must be at least 1")
+    if not 1 <= samples <= 1000:
+        raise UserError(f"--samples: {samples} must be between 1 and 1000")
     if vspec and vspec["name"] != "distractor":
         # Each asked value is 7 digits (a token each for SmolLM2-like tokenizers) or a UUID: leave room.
         per_value = 40 if vspec["type_v"] == "uuids" else 10
@@ -143,7 +153,7 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
         haystack=haystack.describe(), variant=vspec, seed=seed, scorer=scorer,
         protocol=protocol, reference_answer=spec["reference_answer"],
         reference_buffer=int(spec["reference"]["buffer"]) if reference else 0,
-        skip_leading_eos=bool(rules.get("skip_leading_eos", False)) and not chat,
+        skip_leading_eos=bool(rules.get("skip_leading_eos", False)) and not chat, samples=int(samples),
     )
 
 
@@ -159,6 +169,9 @@ class Options:
                              "base prompt.", False)
     max_new_tokens: int | None = base.option("--max-new-tokens", "Greedy tokens to generate (suite default: 50).",
                                              kind=int)
+    samples: int = base.option("--samples", "Needle: K independent draws per cell (the haystack starts at a "
+                               "seeded line for the paper's needle; new keys and values for a variant); the "
+                               "heatmap shows each cell's mean, the intervals count the draws.", 1)
     protocol: str | None = base.option("--protocol", "Needle prompt construction: reference (the paper's code, "
                                        "rule for rule) or exact (the prompt is exactly the length's tokens); "
                                        "default: the preset's.")
@@ -185,7 +198,8 @@ class NeedleSuite(base.Suite):
         hay = haystacks.load(haystack_spec(spec, options.variant, options.haystack))
         cfg = resolve_config(preset=grid.preset, lengths=grid.lengths, depths=grid.depths, chat=options.chat,
                              haystack=hay, max_new_tokens=options.max_new_tokens, spec=spec, variant=options.variant,
-                             scorer=options.scorer, seed=grid.seed, protocol=options.protocol)
+                             scorer=options.scorer, seed=grid.seed, protocol=options.protocol,
+                             samples=options.samples)
         return cfg, hay
 
     @classmethod
@@ -201,22 +215,25 @@ class NeedleSuite(base.Suite):
         variant = base.variant_of(manifest, NAME)
         metric = next(iter(rows[0].get("scores", {})), "score") if variant else "paper"
         label = f"needle ({variant})" if variant else "needle"
-        # Cells at one length share their haystack, so lengths are the independent units of the
-        # overall mean; within a length the depths are taken as independent.
+        # Cells of one length and draw share their haystack: those are the independent units of the
+        # overall mean. Within a length the draws are (the depths, with one draw).
         out = [base.Row.of(label, "all cells", f"{metric} (mean)",
-                           uncertainty.estimate([r["score"] for r in rows], clusters=[r.get("length") for r in rows]),
-                           column=f"{label} mean", how="clustered by length")]
+                           uncertainty.estimate([r["score"] for r in rows], clusters=[_region(r) for r in rows]),
+                           column=f"{label} mean", how="clustered by length and draw")]
         for length in sorted({r["length"] for r in rows if r.get("length") is not None}):
-            scores = [r["score"] for r in rows if r.get("length") == length]
-            out.append(base.Row.of(label, format_length(length), f"{metric} (mean)", uncertainty.estimate(scores),
-                                   how="over depths"))
+            mine = [r for r in rows if r.get("length") == length]
+            draws = {r.get("sample", 0) for r in mine}
+            est = uncertainty.estimate([r["score"] for r in mine],
+                                       clusters=[r.get("sample", 0) for r in mine] if len(draws) > 1 else None)
+            out.append(base.Row.of(label, format_length(length), f"{metric} (mean)", est,
+                                   how="over draws" if len(draws) > 1 else "over depths"))
         return out
 
     @staticmethod
     def paired_units(results: list[dict], manifest: dict) -> dict:
         variant = base.variant_of(manifest, NAME)
         label = f"needle ({variant})" if variant else "needle"
-        return {f"{label} mean": {r["key"]: (r["score"], r["length"]) for r in results if r.get("suite") == NAME}}
+        return {f"{label} mean": {r["key"]: (r["score"], _region(r)) for r in results if r.get("suite") == NAME}}
 
     @staticmethod
     def score_label(manifest: dict) -> str:
@@ -236,13 +253,14 @@ class NeedleSuite(base.Suite):
         self.tok = tokenizer
         self._hay_text = haystack.text
         self._hay_offsets: list[tuple[int, int]] = []
+        self._hays: dict[int, tuple[str, list]] = {}   # draw -> (haystack text, token char offsets)
         self._overheads: dict = {}
 
     # -- grid ---------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
         prefix = f"{NAME}/{self.config.variant_name}" if self.config.variant else NAME
-        return [Cell(NAME, f"{prefix}/{length}/{depth:g}", length, depth)
-                for length in self.config.lengths for depth in self.config.depths]
+        return [Cell(NAME, f"{prefix}/{length}/{depth:g}" + (f"/s{k}" if k else ""), length, depth, k)
+                for k in range(self.config.samples) for length in self.config.lengths for depth in self.config.depths]
 
     def sample(self, cell: Cell) -> needle_variants.Sample:
         """The cell's needles (the asked one first, at the cell's depth) and expected answer."""
@@ -271,12 +289,31 @@ class NeedleSuite(base.Suite):
             self._overheads[key] = len(self._encode(self._wrap(" ".join(sample.needles), sample.fields))["input_ids"])
         return self._overheads[key]
 
-    def _ensure_haystack(self, n_tokens: int) -> None:
-        """Tokenize enough haystack (with char offsets) for ``n_tokens``; repeat a short one, once."""
-        if len(self._hay_offsets) >= n_tokens + 8:
+    @property
+    def _draws_haystack(self) -> bool:
+        """The paper's needle draws a haystack start; a RULER variant draws its keys and values."""
+        return not self.config.variant or self.config.variant_name == "distractor"
+
+    def _draw_text(self, draw: int) -> str:
+        """The haystack of a draw: draw 0 from its start (the reference's); draw k from a seeded line
+        start, wrapping around to the beginning."""
+        text = self.haystack.text
+        if draw == 0:
+            return text
+        start = random.Random(f"{self.config.seed}/haystack/{draw}").randrange(len(text))
+        line = text.find("\n", start)
+        start = line + 1 if line != -1 else 0
+        return text[start:] + "\n\n" + text[:start]
+
+    def _ensure_haystack(self, n_tokens: int, draw: int = 0) -> None:
+        """Tokenize enough of draw ``draw``'s haystack (with char offsets) for ``n_tokens`` and make it
+        the current one; repeat a short haystack, once."""
+        if draw in self._hays:
+            self._hay_text, self._hay_offsets = self._hays[draw]
+        if draw in self._hays and len(self._hay_offsets) >= n_tokens + 8:
             return
         n_tokens = max(n_tokens, max(self.config.lengths))  # size for the whole grid at once
-        text = self.haystack.text
+        text = self._draw_text(draw)
         chars = min(len(text), max(4096, n_tokens * 8))
         while True:
             enc = self.tok(text[:chars], add_special_tokens=False, return_offsets_mapping=True)
@@ -292,6 +329,7 @@ class NeedleSuite(base.Suite):
             enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         self._hay_text = text
         self._hay_offsets = [tuple(o) for o in enc["offset_mapping"]]
+        self._hays[draw] = (self._hay_text, self._hay_offsets)
 
     def _position(self, n_hay: int, depth: float, cut: int) -> int:
         """Char offset for a needle at ``depth`` percent of ``n_hay`` tokens, backed to a sentence end."""
@@ -363,7 +401,7 @@ class NeedleSuite(base.Suite):
                             f"template ({overhead} tokens); use lengths of at least {overhead + 16}")
         best = None
         for _ in range(8):  # converge on the exact length: boundaries can merge a token or two
-            self._ensure_haystack(n_hay)
+            self._ensure_haystack(n_hay, cell.sample if self._draws_haystack else 0)
             context, needle_char = self._context(n_hay, sample)
             text = self._wrap(context, sample.fields)
             enc = self._encode(text, offsets=True)
@@ -404,7 +442,7 @@ class NeedleSuite(base.Suite):
         the tokens decoded, put in the template, and the prompt tokenized with the defaults.
         """
         tok, length = self.tok, cell.length
-        self._ensure_haystack(length + 64)
+        self._ensure_haystack(length + 64, cell.sample)
         # A prefix holding 64 tokens more than L encodes to the same first L tokens as the whole text.
         text = self._hay_text[:self._hay_offsets[length + 63][1]]
         context = tok.decode(tok.encode(text)[:length])
@@ -472,6 +510,8 @@ class NeedleSuite(base.Suite):
         }
         if self.config.variant:
             result.update(variant=self.config.variant_name, **sample.to_dict())
+        if self.config.samples > 1:
+            result["sample"] = cell.sample
         return result
 
     def evaluate(self, cell: Cell, backend) -> dict:

@@ -157,3 +157,18 @@ def test_sigkill_mid_grid_then_rerun_holds_every_cell_once(tiny_model_dir, tmp_p
     assert final.startswith(partial)  # finished cells were neither redone nor rewritten
     keys = [json.loads(line)["key"] for line in final.splitlines()]
     assert len(keys) == 30 and len(set(keys)) == 30
+
+
+def test_samples_store_one_line_per_draw_and_resume_per_draw(tiny_model_dir, tmp_path):
+    out = tmp_path / "k2"
+    args = ["run", "--model", str(tiny_model_dir), "--suite", "needle", "--lengths", "256", "--depths", "0,100",
+            "--protocol", "exact", "--samples", "2", "--max-new-tokens", "4", "--dtype", "fp32", "--out", str(out)]
+    assert harness_cli(*args).returncode == 0
+    results = out / "results.jsonl"
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    assert sorted((r["depth"], r["sample"]) for r in rows) == [(0, 0), (0, 1), (100, 0), (100, 1)]
+    results.write_text("".join(line + "\n" for line in results.read_text().splitlines()[:1]))  # lose three draws
+    proc = harness_cli(*args)
+    assert proc.returncode == 0 and "3 to run (1 already done)" in proc.stderr
+    keys = [json.loads(line)["key"] for line in results.read_text().splitlines()]
+    assert sorted(keys) == sorted(r["key"] for r in rows)  # every draw once

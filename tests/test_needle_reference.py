@@ -84,3 +84,19 @@ def test_reference_protocol_refuses_what_it_cannot_build(tokenizer, kjv):
                                                      haystack=kjv), kjv, tokenizer)
     with pytest.raises(UserError, match="too short for --protocol reference"):
         short.check()
+
+
+@pytest.mark.parametrize("protocol", ["reference", "exact"])
+def test_samples_draw_other_haystack_starts_and_keep_draw_zero(tokenizer, kjv, protocol):
+    one = needle.NeedleSuite(needle.resolve_config(preset="quick", lengths="1000", depths="50,100", chat=False,
+                                                   haystack=kjv, protocol=protocol), kjv, tokenizer)
+    three = needle.NeedleSuite(needle.resolve_config(preset="quick", lengths="1000", depths="50,100", chat=False,
+                                                     haystack=kjv, protocol=protocol, samples=3), kjv, tokenizer)
+    cells = three.cells()
+    assert [c.key for c in cells[:2]] == [c.key for c in one.cells()]       # draw 0: the keys and prompts of K = 1
+    assert [c.key for c in cells[2:4]] == ["needle/1000/50/s1", "needle/1000/100/s1"] and len(cells) == 6
+    prompts = [three.build(c).ids for c in cells]
+    assert prompts[:2] == [one.build(c).ids for c in one.cells()]
+    assert len({tuple(p[:300]) for p in prompts[::2]}) == 3                 # three haystack starts
+    # The cells of one draw share their haystack up to the needle: the prefix tree still pays off.
+    assert prompts[2][:300] == prompts[3][:300]

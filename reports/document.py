@@ -134,7 +134,7 @@ def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: d
 
 
 def inspect_pdf(path: Path) -> list[dict]:
-    """Per page: its title (the first of :data:`TITLES` in its text) and how many images it embeds."""
+    """Per page: its title (the first of :data:`TITLES` in its text), how many images it embeds, its text."""
     from pypdf import PdfReader
 
     from pypdf.generic import ContentStream
@@ -152,21 +152,29 @@ def inspect_pdf(path: Path) -> list[dict]:
         for operands, operator in ContentStream(page.get_contents(), reader).operations:
             if operator == b"Do" and operands[0] in xobjects:
                 images += xobjects[operands[0]].get_object().get("/Subtype") == "/Image"
-        pages.append({"title": title, "images": images})
+        pages.append({"title": title, "images": images, "text": text})
     return pages
 
 
 def check(pdf: Path, models: int) -> list[str]:
     """What is wrong with a report of ``models`` models whose first is the reference ([] if nothing).
 
-    CI runs this on reports/ci-report.pdf: every page present, in order, and one heatmap image per
-    model on the heatmap page (one per non-reference model on the difference page).
+    CI runs this on reports/ci-report.pdf: every page present, in order; one heatmap image per
+    model on the heatmap page (one per non-reference model on the difference page); the table page
+    opens with the computed comparison sentence, and its cells carry 95% intervals and one mark
+    against the reference per compared cell of each non-reference model.
     """
     pages = inspect_pdf(pdf)
     problems = []
     titles = [p["title"] for p in pages]
     if titles != list(TITLES):
         problems.append(f"pages {titles}, expected {list(TITLES)}")
+    table = next((p["text"] for p in pages if p["title"] == TITLES[0]), "")
+    if "Holm-adjusted over" not in table or "±" not in table:
+        problems.append(f"{TITLES[0]}: no comparison sentence or no intervals")
+    marks = sum(table.count(m.strip()) - 1 for m in compare.MARKS.values())  # less the legend's one each
+    if marks < models - 1:
+        problems.append(f"{TITLES[0]}: {marks} verdict marks, expected at least one per compared model")
     images = {p["title"]: p["images"] for p in pages}
     for _, kind, title in _suite_pages():
         expected = {"heatmaps": models, "differences": models - 1}.get(kind)

@@ -77,7 +77,7 @@ def prepare(req: EvalRequest) -> Prepared:
         from harness.backends import vllm
 
         vllm.check_installed()
-    grid = Grid(req.preset, req.lengths, req.depths, req.seed, req.backend)
+    grid = Grid(req.preset, req.lengths, req.depths, req.seed)
     resolved = {}
     for name in names:
         suite = tasks.get(name)

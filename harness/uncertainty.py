@@ -17,7 +17,7 @@ Evals", 2024).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,9 +32,6 @@ class Estimate:
     high: float | None
     n: int                      # units
     clusters: int               # independent groups the standard error is computed over
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def text(self, digits: int = 3) -> str:
         """``0.740 ± 0.112`` (the half-width of the 95% interval), or the mean alone."""
@@ -84,9 +81,6 @@ class Difference:
     p: float                    # two-sided, paired bootstrap
     n: int
     clusters: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def paired(a, b, clusters=None, *, resamples: int = 10_000, seed: int = 0) -> Difference:

@@ -21,13 +21,12 @@ from typing import Any, ClassVar, Iterator
 
 @dataclass(frozen=True)
 class Grid:
-    """Settings every suite may read: the grid preset and axes, the seed, the backend's name."""
+    """Settings every suite may read: the grid preset and axes, the seed."""
 
     preset: str | None = None
     lengths: str | None = None
     depths: str | None = None
     seed: int = 0
-    backend: str = "hf"
 
 
 @dataclass(frozen=True)

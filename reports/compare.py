@@ -88,17 +88,24 @@ def collect(paths: list[Path]) -> Collection:
 
 # -- the table ------------------------------------------------------------------------------------
 
-def table(col: Collection, what: str = "value") -> pd.DataFrame:
-    """One row per model, one column per number a researcher compares (paper Tables 3-5): every
-    suite's summary rows that name a report column, in registry order. ``what="half_width"``: the
-    half-widths of their 95% intervals instead."""
+def tables(col: Collection) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(values, half-widths of their 95% intervals): one row per model, one column per number a
+    researcher compares (paper Tables 3-5), from every suite's summary rows that name a report
+    column, in registry order."""
     from harness import tasks
 
-    rows = {}
+    values, widths = {}, {}
     for run in col.runs:
-        rows[run.name] = {row.column: getattr(row, what) for name in tasks.SUITES
-                          for row in tasks.get(name).summary(run.results, run.manifest) if row.column}
-    return pd.DataFrame.from_dict(rows, orient="index")
+        rows = [row for name in tasks.SUITES for row in tasks.get(name).summary(run.results, run.manifest)
+                if row.column]
+        values[run.name] = {row.column: row.value for row in rows}
+        widths[run.name] = {row.column: row.half_width for row in rows}
+    return pd.DataFrame.from_dict(values, orient="index"), pd.DataFrame.from_dict(widths, orient="index")
+
+
+def table(col: Collection) -> pd.DataFrame:
+    """The values of :func:`tables`."""
+    return tables(col)[0]
 
 
 def _fmt(column: str, value: float) -> str:

@@ -15,6 +15,7 @@ import base64
 import html
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -52,16 +53,31 @@ def _reference(col: compare.Collection, reference: str | None) -> str:
     return reference
 
 
-def figures(col: compare.Collection, reference: str | None) -> list[tuple[str, object]]:
+@dataclass
+class Table:
+    """The comparison table's contents, computed once for the PDF page and the HTML page."""
+
+    values: object       # DataFrame: model x column
+    widths: object       # DataFrame: half-widths of the 95% intervals
+    verdicts: dict       # (model, column) -> better | worse | no detectable difference
+    sentence: str        # the computed one-line summary against the reference
+
+
+def comparison_table(col: compare.Collection, reference: str) -> Table:
+    found = paired.compare(col, reference)
+    values, widths = compare.tables(col)
+    return Table(values, widths, {(c.run, c.column): c.verdict for c in found},
+                 paired.summary_sentence(found, reference))
+
+
+def figures(col: compare.Collection, reference: str | None, table: Table | None = None) -> list[tuple[str, object]]:
     """(page title, matplotlib figure) for every page the collection supports."""
     reference = _reference(col, reference)
+    table = table or comparison_table(col, reference)
     draw = {"heatmaps": lambda suite: compare.figure_heatmaps(col, suite),
             "differences": lambda suite: compare.figure_differences(col, reference, suite),
             "loss_curves": lambda suite: compare.figure_loss(col)}
-    found = paired.compare(col, reference)
-    verdicts = {(c.run, c.column): c.verdict for c in found}
-    pages = [(TITLES[0], compare.figure_table(compare.table(col), TITLES[0], compare.table(col, "half_width"),
-                                               verdicts, paired.summary_sentence(found, reference)))]
+    pages = [(TITLES[0], compare.figure_table(table.values, TITLES[0], table.widths, table.verdicts, table.sentence))]
     pages += [(title, draw[kind](suite)) for suite, kind, title in _suite_pages()]
     pages += [(TITLES[-2], compare.figure_mixtures(col)), (TITLES[-1], compare.figure_provenance(col))]
     return [(title, fig) for title, fig in pages if fig is not None]
@@ -74,7 +90,9 @@ def write_report(paths: list[Path], pdf: Path, *, reference: str | None = None, 
     if missing:
         log.warning("runs differ in suites; the table and figures show what each has; missing: %s",
                     "; ".join(f"{name}: {', '.join(s)}" for name, s in missing.items()))
-    pages = figures(col, reference)
+    reference = _reference(col, reference)
+    table = comparison_table(col, reference)
+    pages = figures(col, reference, table)
     pdf = Path(pdf)
     pdf.parent.mkdir(parents=True, exist_ok=True)
     pngs = []
@@ -86,7 +104,7 @@ def write_report(paths: list[Path], pdf: Path, *, reference: str | None = None, 
                 fig.savefig(buf, format="png", dpi=110)
                 pngs.append((title, base64.b64encode(buf.getvalue()).decode()))
                 plt.close(fig)
-    page = render_html(col, pngs, missing, _reference(col, reference))
+    page = render_html(col, pngs, missing, table)
     html_path = pdf.with_suffix(".html")
     rundir.write_text(html_path, page)
     if console is not None:
@@ -95,12 +113,11 @@ def write_report(paths: list[Path], pdf: Path, *, reference: str | None = None, 
 
 
 def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: dict[str, list[str]],
-                reference: str) -> str:
+                table: Table) -> str:
     """One self-contained page: the table as HTML, every figure inline, provenance as tables."""
-    found = paired.compare(col, reference)
-    df = compare.table(col)
-    cells = compare.cell_texts(df, compare.table(col, "half_width"), {(c.run, c.column): c.verdict for c in found})
-    table_html = ("<p>" + html.escape(paired.summary_sentence(found, reference)) + "</p><p>± : 95% interval · "
+    df = table.values
+    cells = compare.cell_texts(df, table.widths, table.verdicts)
+    table_html = ("<p>" + html.escape(table.sentence) + "</p><p>± : 95% interval · "
                   "▲ better, ▼ worse, = no detectable difference against the reference (paired, Holm-adjusted)</p>"
                   "<table class='numbers'><tr><th>metric</th>" + "".join(f"<th>{html.escape(r)}</th>" for r in df.index)
                   + "</tr>" + "".join("<tr>" + f"<td style='text-align:left'>{html.escape(row[0])}</td>"

@@ -17,7 +17,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 
 from harness import rundir, tasks, uncertainty  # noqa: E402
-from harness.tasks.base import variant_of  # noqa: E402
+from harness.tasks.base import haystack_region, variant_of  # noqa: E402
 from harness.values import format_length  # noqa: E402
 
 # The seed repo's palette: red (fail) -> yellow -> green (pass).
@@ -96,7 +96,7 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     title = (f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
              f"\n{label}")
     rows = [r for r in results if r.get("suite") == suite]
-    est = uncertainty.estimate([r["score"] for r in rows], clusters=[(r["length"], r.get("sample", 0)) for r in rows])
+    est = uncertainty.estimate([r["score"] for r in rows], clusters=[haystack_region(r) for r in rows])
     draws = len({r.get("sample", 0) for r in rows})
     fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0],
                mean_text=f"mean {est.text()} (95% interval, clustered by length{' and draw' if draws > 1 else ''}"

@@ -93,6 +93,12 @@ def option_flags(options_type: type) -> list[Flag]:
             for f in fields(options_type) if "flag" in f.metadata]
 
 
+def haystack_region(result: dict) -> tuple:
+    """The haystack region a stored cell read: its length and draw (cells sharing one are not
+    independent, so they are one cluster of an interval)."""
+    return result.get("length"), result.get("sample", 0)
+
+
 def variant_of(manifest: dict, suite: str) -> str | None:
     """The variant a stored run of ``suite`` used (None: the suite's own task)."""
     return (manifest.get("config", {}).get("suites", {}).get(suite, {}).get("variant") or {}).get("name")

@@ -319,20 +319,3 @@ class BookQASuite(base.Suite):
                 "depth_actual": None if depth is None else round(depth, 2), "answers": list(item.answers),
                 "score": scores["paper"], "scores": scores, "output": gen.text,
                 "new_tokens": gen.new_tokens, "seconds": round(time.perf_counter() - started, 3)}
-
-
-def summary(results: list[dict]) -> dict:
-    """Mean of both metrics by length, and by answer depth (offline items)."""
-    rows = [r for r in results if r.get("suite") == NAME]
-    by_length, by_depth = {}, {}
-    for r in rows:
-        for table, key in ((by_length, r["length"]), (by_depth, r["depth"])):
-            if key is None:
-                continue
-            acc = table.setdefault(key, {"paper": 0.0, "qa_f1": 0.0, "n": 0})
-            acc["paper"] += r["scores"]["paper"]
-            acc["qa_f1"] += r["scores"]["qa_f1"]
-            acc["n"] += 1
-    norm = lambda t: {k: {"paper": v["paper"] / v["n"], "qa_f1": v["qa_f1"] / v["n"], "n": v["n"]}  # noqa: E731
-                      for k, v in sorted(t.items())}
-    return {"by_length": norm(by_length), "by_depth": norm(by_depth)}

@@ -80,11 +80,6 @@ class NeedleConfig:
         return d
 
 
-def _region(result: dict) -> tuple:
-    """The haystack region a stored cell read: its length and draw (cells sharing one are not independent)."""
-    return result.get("length"), result.get("sample", 0)
-
-
 def haystack_spec(spec: dict, variant: str | None, requested: str | None) -> str:
     """The haystack a grid uses: --haystack, else the variant's own, else the suite's default."""
     if variant is None:
@@ -218,7 +213,8 @@ class NeedleSuite(base.Suite):
         # Cells of one length and draw share their haystack: those are the independent units of the
         # overall mean. Within a length the draws are (the depths, with one draw).
         out = [base.Row.of(label, "all cells", f"{metric} (mean)",
-                           uncertainty.estimate([r["score"] for r in rows], clusters=[_region(r) for r in rows]),
+                           uncertainty.estimate([r["score"] for r in rows],
+                                                clusters=[base.haystack_region(r) for r in rows]),
                            column=f"{label} mean", how="clustered by length and draw")]
         for length in sorted({r["length"] for r in rows if r.get("length") is not None}):
             mine = [r for r in rows if r.get("length") == length]
@@ -233,7 +229,8 @@ class NeedleSuite(base.Suite):
     def paired_units(results: list[dict], manifest: dict) -> dict:
         variant = base.variant_of(manifest, NAME)
         label = f"needle ({variant})" if variant else "needle"
-        return {f"{label} mean": {r["key"]: (r["score"], _region(r)) for r in results if r.get("suite") == NAME}}
+        return {f"{label} mean": {r["key"]: (r["score"], base.haystack_region(r))
+                                  for r in results if r.get("suite") == NAME}}
 
     @staticmethod
     def score_label(manifest: dict) -> str:
@@ -254,6 +251,7 @@ class NeedleSuite(base.Suite):
         self._hay_text = haystack.text
         self._hay_offsets: list[tuple[int, int]] = []
         self._hays: dict[int, tuple[str, list]] = {}   # draw -> (haystack text, token char offsets)
+        self._reference_contexts: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
         self._overheads: dict = {}
 
     # -- grid ---------------------------------------------------------------------------------
@@ -433,6 +431,23 @@ class NeedleSuite(base.Suite):
             self._periods = {i for t, i in self.tok.get_vocab().items() if to_text([t]).strip() == "."}
         return self._periods
 
+    def _reference_context(self, length: int, draw: int) -> tuple[list[int], list[int]]:
+        """(needle tokens, the haystack's tokens cut for the needle) at ``length``: the same for
+        every depth of a length and draw, so computed once for them."""
+        key = (length, draw)
+        if key not in self._reference_contexts:
+            tok = self.tok
+            self._ensure_haystack(length + 64, draw)
+            # A prefix holding 64 tokens more than L encodes to the same first L tokens as the whole text.
+            text = self._hay_text[:self._hay_offsets[length + 63][1]]
+            needle = tok.encode(self._reference_needle())
+            tokens = tok.encode(tok.decode(tok.encode(text)[:length]))
+            budget = length - self.config.reference_buffer
+            if len(tokens) + len(needle) > budget:
+                tokens = tokens[:budget - len(needle)]
+            self._reference_contexts[key] = (needle, tokens)
+        return self._reference_contexts[key]
+
     def _build_reference(self, cell: Cell) -> Prompt:
         """The reference code's prompt, rule for rule (eval/needle/needle_in_haystack.py):
 
@@ -442,15 +457,7 @@ class NeedleSuite(base.Suite):
         the tokens decoded, put in the template, and the prompt tokenized with the defaults.
         """
         tok, length = self.tok, cell.length
-        self._ensure_haystack(length + 64, cell.sample)
-        # A prefix holding 64 tokens more than L encodes to the same first L tokens as the whole text.
-        text = self._hay_text[:self._hay_offsets[length + 63][1]]
-        context = tok.decode(tok.encode(text)[:length])
-        needle = tok.encode(self._reference_needle())
-        tokens = tok.encode(context)
-        budget = length - self.config.reference_buffer
-        if len(tokens) + len(needle) > budget:
-            tokens = tokens[:budget - len(needle)]
+        needle, tokens = self._reference_context(length, cell.sample)
         at = len(tokens)
         if cell.depth != 100:
             at = int(len(tokens) * (cell.depth / 100))

@@ -9,8 +9,10 @@ The ablation directory::
     ablate.json        the resolved config and plan (a different config in the same --out is refused)
     stages.jsonl       one line per finished stage: name, seconds, tokens (the report's provenance)
     base/              the from-scratch base (preset tiny only)
-    train/<mixture>/   training runs (final/ is the stage's completion mark)
-    eval/<model>/      run stores, one per model (cell-level resume)
+    train/<mixture>/   training runs (final/ is the stage's completion mark); with --seeds N,
+                       train/<mixture>-s<k>/ for k = 0..N-1, trained with seed + k
+    eval/<model>/      run stores, one per model (cell-level resume); eval/<mixture>-s<k>/ per seed,
+                       pooled by the report (harness.reports.compare.Run.pooled)
     report.pdf, report.html
 
 Every stage is resumable: a finished stage is skipped, an unfinished training run continues from
@@ -61,6 +63,7 @@ class AblateConfig:
     source: str = "embedded"
     mix: str = "slimpajama"             # target domain mix of the built-in strategies (mixture.MIXES)
     seed: int = 0
+    seeds: int = 1                      # training seeds per mixture: seed, seed + 1, ... (the base stays one)
     lr: float = 2e-5
     batch_tokens: int | None = None
     engine: str = "torch"
@@ -75,12 +78,22 @@ class AblateConfig:
 
         loop.check_engine(self.engine)  # every training stage's TrainConfig checks the rest
         mixture.check_mix(self.mix)
+        if not 1 <= self.seeds <= 100:
+            raise UserError(f"--seeds: {self.seeds} must be between 1 and 100 (training runs per mixture)")
 
     def hashed(self) -> dict:
         d = asdict(self)
         d.pop("out")
         d.pop("save_every")
+        if d["seeds"] == 1:  # the key ablations made before --seeds existed hash without
+            d.pop("seeds")
         return d
+
+    def replicas(self, label: str) -> list[tuple[str, int]]:
+        """(directory name, training seed) of each training run of one mixture."""
+        if self.seeds == 1:
+            return [(label, self.seed)]
+        return [(f"{label}-s{k}", self.seed + k) for k in range(self.seeds)]
 
 
 @dataclass
@@ -161,14 +174,15 @@ def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tup
         rows.append(("base (from scratch)", cfg.base_tokens,
                      cfg.base_tokens / cfg.base_seq_len * flops.train_flops(base_config, cfg.base_seq_len)))
     per_train = cfg.tokens / cfg.seq_len * flops.train_flops(base_config, cfg.seq_len)
-    rows.append((f"train x {n_mixtures}", cfg.tokens * n_mixtures, per_train * n_mixtures))
+    n_trained = n_mixtures * cfg.seeds
+    rows.append((f"train x {n_trained}", cfg.tokens * n_trained, per_train * n_trained))
     if prep.of("needle") is not None:
         ncfg = prep.of("needle")[0]
         cells = [(n, d) for n in ncfg.lengths for d in ncfg.depths]
         tokens = sum(n for n, _ in cells)
         cost = sum(flops.prefill_flops(base_config, n) + flops.decode_flops(base_config, n, ncfg.max_new_tokens)
                    for n, _ in cells)
-        rows.append((f"needle x {n_mixtures + 1} models", tokens * (n_mixtures + 1), cost * (n_mixtures + 1)))
+        rows.append((f"needle x {n_trained + 1} models", tokens * (n_trained + 1), cost * (n_trained + 1)))
     return rows
 
 
@@ -176,7 +190,7 @@ def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tup
 class Stage:
     """One resumable step of an ablation: skipped when stages.jsonl says it finished."""
 
-    name: str                 # base | data:<mixture> | train:<mixture> | eval:<model>
+    name: str                 # base | data:<mixture> | train:<mixture>[-s<k>] | eval:<model>[-s<k>]
     tokens: int | None
     work: Callable[[], object]
     extra: dict = field(default_factory=dict)
@@ -201,7 +215,8 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     if keyed.existing(cfg.hashed()) is not None:
         console.print(f"resuming the ablation in {out}")
     keyed.write(cfg.hashed(), plan={"base": cfg.base, "mixtures": [asdict(m) for m in mixtures],
-                                    "models": ["base"] + [m.label for m in mixtures]})
+                                    "models": ["base"] + [m.label for m in mixtures],
+                                    "evals": {m.label: [name for name, _ in cfg.replicas(m.label)] for m in mixtures}})
     _print_plan(cfg, tokenizer, mixtures, prep, console)
     log = store.stages(out)
     log.repair()
@@ -217,7 +232,7 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
 
 def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str, console: Console) -> list[Stage]:
     """The ablation in order: [the tiny base from scratch], per mixture its data then its training
-    from the same base, then every suite on the base and on each trained model."""
+    from the same base (once per seed), then every suite on the base and on each trained model."""
     from harness.data import build
     from harness.trainer import loop
 
@@ -235,12 +250,13 @@ def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str
         else:
             make = lambda: None  # noqa: E731  (a prebuilt directory, checked by resolve_mixtures)
         plan.append(Stage(f"data:{m.label}", cfg.tokens, make, {"path": m.data}))
-        tcfg = loop.TrainConfig(base=base_path, data=m.data, seq_len=cfg.seq_len, tokens=cfg.tokens,
-                                out=str(out / "train" / m.label), rope_theta=cfg.rope_theta, lr=cfg.lr,
-                                batch_tokens=cfg.batch_tokens, engine=cfg.engine, seed=cfg.seed,
-                                save_every=cfg.save_every, dtype=cfg.evaluation.dtype)
-        plan.append(Stage(f"train:{m.label}", cfg.tokens, partial(_train, tcfg, console)))
-        trained.append((m.label, str(out / "train" / m.label / "final")))
+        for name, seed in cfg.replicas(m.label):
+            tcfg = loop.TrainConfig(base=base_path, data=m.data, seq_len=cfg.seq_len, tokens=cfg.tokens,
+                                    out=str(out / "train" / name), rope_theta=cfg.rope_theta, lr=cfg.lr,
+                                    batch_tokens=cfg.batch_tokens, engine=cfg.engine, seed=seed,
+                                    save_every=cfg.save_every, dtype=cfg.evaluation.dtype)
+            plan.append(Stage(f"train:{name}", cfg.tokens, partial(_train, tcfg, console), {"seed": seed}))
+            trained.append((name, str(out / "train" / name / "final")))
     plan += [Stage(f"eval:{label}", None, partial(_evaluate, label, model, prep, out / "eval" / label, console))
              for label, model in trained]
     return plan
@@ -276,7 +292,8 @@ def _print_plan(cfg: AblateConfig, tokenizer, mixtures: list[Mixture], prep, con
     peak = flops.measure_peak(device, compute.torch_dtype)
     console.print(f"[bold]ablate[/]: base {cfg.base}; mixtures {', '.join(m.label for m in mixtures)}; "
                   f"{cfg.tokens:,} tokens each at {format_length(cfg.seq_len)}"
-                  f"{f', RoPE base {cfg.rope_theta:g}' if cfg.rope_theta else ''}; seed {cfg.seed}; "
+                  f"{f', RoPE base {cfg.rope_theta:g}' if cfg.rope_theta else ''}; "
+                  f"{f'seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1}' if cfg.seeds > 1 else f'seed {cfg.seed}'}; "
                   f"suites {', '.join(prep.suites)}")
     total = 0.0
     for name, tokens, cost in _estimate(cfg, base_config, len(mixtures), prep):
@@ -348,7 +365,7 @@ def from_preset(preset: str | None, **flags) -> AblateConfig:
         base=p["base"], mixtures=[s.strip() for s in p["mixtures"].split(",") if s.strip()],
         tokens=parse_budget(str(p["tokens"]), "--tokens"), seq_len=parse_length(str(p["seq_len"]), "--seq-len"),
         rope_theta=p.get("rope_theta"), out=str(p["out"]), source=p.get("source", "embedded"),
-        mix=p.get("mix", "slimpajama"), seed=p.get("seed", 0),
+        mix=p.get("mix", "slimpajama"), seed=p.get("seed", 0), seeds=p.get("seeds", 1),
         lr=p.get("lr", 2e-5), batch_tokens=parse_budget(str(p["batch_tokens"]), "--batch-tokens") if p.get("batch_tokens") else None,
         engine=p.get("engine", "torch"), save_every=p.get("save_every", 0),
         base_tokens=parse_budget(str(p["base_tokens"]), "--base-tokens") if tiny else None,

@@ -298,11 +298,14 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
 @click.option("--base-seq-len", default=None, help="--base tiny: its pretraining length (default 256).")
 @click.option("--save-every", default=None, type=int, help="Checkpoint every N training steps (resume points).")
 @click.option("--seed", default=None, type=int, help="One seed for data, training and evaluation (default 0).")
+@click.option("--seeds", default=None, type=int, help="Train each mixture N times (seeds seed..seed+N-1; the base "
+              "and the data stay one): the report pools them, their spread in every interval.")
 @click.option("--reference", default=None, help="The model the difference heatmaps subtract (default: base).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Ablation directory (default: runs/ablate-<preset>). Rerunning resumes it.")
 def ablate(preset, base, mixtures, budget, seq_len, rope_theta, suites, lengths, depths, source, mix, lr, batch_tokens,
-           engine, regression_limit, loss_bucket, loss_length, base_tokens, base_seq_len, save_every, seed, reference, out) -> None:
+           engine, regression_limit, loss_bucket, loss_length, base_tokens, base_seq_len, save_every, seed, seeds,
+           reference, out) -> None:
     """Train one base on several mixtures with one budget, evaluate all of them, write one report."""
     from harness import ablate as ablation
 
@@ -310,7 +313,8 @@ def ablate(preset, base, mixtures, budget, seq_len, rope_theta, suites, lengths,
                                rope_theta=rope_theta, suites=suites, lengths=lengths, depths=depths, source=source, mix=mix,
                                lr=lr, batch_tokens=batch_tokens, engine=engine, regression_limit=regression_limit,
                                loss_bucket=loss_bucket, loss_length=loss_length, base_tokens=base_tokens, base_seq_len=base_seq_len,
-                               save_every=save_every, seed=seed, out=str(out or Path("runs") / f"ablate-{preset}"))
+                               save_every=save_every, seed=seed, seeds=seeds,
+                               out=str(out or Path("runs") / f"ablate-{preset}"))
     _quiet_libraries()
     pdf = ablation.run(cfg, console=console, reference=reference)
     click.echo(str(pdf))

@@ -32,6 +32,25 @@ class Run:
     path: Path
     manifest: dict
     results: list[dict]
+    parts: list["Run"] = field(default_factory=list)   # a pooled model's seeds (harness ablate --seeds)
+
+    @classmethod
+    def pooled(cls, name: str, parts: list["Run"]) -> "Run":
+        """One model from several training seeds: every result tagged with its seed's index as
+        ``replicate`` (harness.uncertainty counts the seeds' spread in every interval)."""
+        if len(parts) == 1:
+            return cls(name, parts[0].path, parts[0].manifest, parts[0].results)
+        results = [{**r, "replicate": i} for i, part in enumerate(parts) for r in part.results]
+        return cls(name, parts[0].path, parts[0].manifest, results, parts)
+
+    @property
+    def label(self) -> str:
+        """The name a figure or table shows: with its seed count when pooled."""
+        return f"{self.name} ({len(self.parts)} seeds)" if self.parts else self.name
+
+    def replicates(self) -> list["Run"]:
+        """Each seed's run (the run itself when it is not pooled)."""
+        return self.parts or [self]
 
     @property
     def suites(self) -> set[str]:
@@ -66,8 +85,11 @@ def collect(paths: list[Path]) -> Collection:
             ablation = rundir.read_json(record, "report")
             col.ablations.append(ablation)
             for label in ablation["plan"]["models"]:
-                if (path / "eval" / label / "manifest.json").is_file():
-                    col.runs.append(_run(path / "eval" / label, label))
+                # A mixture trained with several seeds is evaluated once per seed and pooled here.
+                dirs = [path / "eval" / d for d in ablation["plan"].get("evals", {}).get(label, [label])]
+                parts = [_run(d, d.name) for d in dirs if (d / "manifest.json").is_file()]
+                if parts:
+                    col.runs.append(Run.pooled(label, parts))
             for m in ablation["plan"]["mixtures"]:
                 stats = Path(m["data"]) / "stats.json"
                 if stats.is_file():
@@ -137,8 +159,9 @@ def cell_texts(df: pd.DataFrame, errors: pd.DataFrame | None, verdicts: dict | N
 
 
 def figure_table(df: pd.DataFrame, title: str, errors: pd.DataFrame | None = None, verdicts: dict | None = None,
-                 sentence: str = ""):
-    """The comparison table as a page: models as columns (they are few), metrics as rows."""
+                 sentence: str = "", labels: dict | None = None):
+    """The comparison table as a page: models as columns (they are few), metrics as rows; ``labels``
+    names the columns (run name -> shown name)."""
     import textwrap
 
     t = df.T
@@ -147,8 +170,8 @@ def figure_table(df: pd.DataFrame, title: str, errors: pd.DataFrame | None = Non
     cells = cell_texts(df, errors, verdicts)
     first = 0.34
     widths = [first] + [(1 - first) / max(len(t.columns), 1)] * len(t.columns)
-    widget = ax.table(cellText=cells, colLabels=["metric"] + list(t.columns), colWidths=widths, loc="upper center",
-                      cellLoc="right")
+    headers = ["metric"] + [(labels or {}).get(c, c) for c in t.columns]
+    widget = ax.table(cellText=cells, colLabels=headers, colWidths=widths, loc="upper center", cellLoc="right")
     widget.auto_set_font_size(False)
     widget.set_fontsize(8)
     widget.scale(1, 1.25)
@@ -206,8 +229,8 @@ def figure_heatmaps(col: Collection, suite: str = "needle"):
     image = None
     for ax, (run, grid) in zip(axes.flat, grids):
         model = run.manifest.get("model", {})
-        image = heatmap.draw(grid, f"{run.name}\n{heatmap.rope_label(model)}", model.get("effective_max_positions"),
-                             ax=ax, colorbar=None)
+        image = heatmap.draw(grid, f"{run.label}\n{heatmap.rope_label(model)}", model.get("effective_max_positions"),
+                             ax=ax, colorbar=None, mean_text=heatmap.mean_text(run.results, suite))
     for ax in list(axes.flat)[len(grids):]:
         ax.axis("off")
     _colorbar(fig, image, axes, "score (one scale for every model)")
@@ -215,8 +238,9 @@ def figure_heatmaps(col: Collection, suite: str = "needle"):
     return fig
 
 
-def figure_differences(col: Collection, reference: str, suite: str = "needle"):
-    """Each model's heatmap minus the reference's, on the cells both ran (-1..1, blue is better)."""
+def figure_differences(col: Collection, reference: str, suite: str = "needle", noise: dict | None = None):
+    """Each model's heatmap minus the reference's, on the cells both ran (-1..1, blue is better);
+    ``noise``: run name -> (lengths, cells) within noise (harness.reports.paired.within_noise), hatched."""
     grids = dict((run.name, (run, g)) for run, g in _grids(col, suite))
     if reference not in grids or len(grids) < 2:
         return None
@@ -228,13 +252,17 @@ def figure_differences(col: Collection, reference: str, suite: str = "needle"):
     image = None
     for ax, (name, run, g) in zip(axes.flat, others):
         diff = g.sub(ref).dropna(how="all").dropna(axis=1, how="all")
-        image = heatmap.draw(diff, f"{name} − {reference}", run.manifest.get("model", {}).get("effective_max_positions"),
-                             ax=ax, cmap=DIFF_CMAP, vmin=-1.0, vmax=1.0, colorbar=None)
+        image = heatmap.draw(diff, f"{run.label} − {reference}",
+                             run.manifest.get("model", {}).get("effective_max_positions"), ax=ax, cmap=DIFF_CMAP,
+                             vmin=-1.0, vmax=1.0, colorbar=None, noise=(noise or {}).get(name))
     for ax in list(axes.flat)[len(others):]:
         ax.axis("off")
     _colorbar(fig, image, axes, f"score difference against {reference}")
     fig.suptitle(f"{suite.capitalize()} difference heatmaps (against {reference})\n"
                  f"{_score_labels(list(grids.values()), suite)}", fontsize=12, fontweight="bold")
+    if noise is not None:
+        fig.text(0.5, 0.0, "hatched cells, lengths marked =: difference within noise (95% t interval over draws "
+                 "and seeds; a cell with one draw follows its length)", ha="center", va="bottom", fontsize=8)
     return fig
 
 
@@ -308,10 +336,11 @@ def provenance(col: Collection) -> list[tuple[str, list[list[str]]]]:
     """(section, rows) for the provenance page and the HTML: config, versions, hashes, machine, stages."""
     sections = []
     runs = []
-    for run in col.runs:
-        m, model = run.manifest, run.manifest.get("model", {})
+    for run, part in ((run, part) for run in col.runs for part in run.replicates()):
+        m, model = part.manifest, part.manifest.get("model", {})
         machine = m.get("machine", {})
-        runs.append([run.name, str(model.get("name", "?")), f"{model.get('parameters', 0) / 1e6:.1f}M",
+        name = run.name if part is run else f"{run.name} ({part.name})"
+        runs.append([name, str(model.get("name", "?")), f"{model.get('parameters', 0) / 1e6:.1f}M",
                      heatmap.rope_label(model), str(model.get("dtype", "?")), m.get("config_hash", "?"),
                      str(m.get("git_revision") or "–"), f"{machine.get('processor', '?')} x{machine.get('cpu_count', '?')}"
                      + (f" {', '.join(machine['gpus'])}" if machine.get("gpus") else ""), str(m.get("created", "?"))])

@@ -61,13 +61,19 @@ class Table:
     widths: object       # DataFrame: half-widths of the 95% intervals
     verdicts: dict       # (model, column) -> better | worse | no detectable difference
     sentence: str        # the computed one-line summary against the reference
+    labels: dict         # run name -> column header (pooled seeds counted)
 
 
 def comparison_table(col: compare.Collection, reference: str) -> Table:
     found = paired.compare(col, reference)
     values, widths = compare.tables(col)
     return Table(values, widths, {(c.run, c.column): c.verdict for c in found},
-                 paired.summary_sentence(found, reference))
+                 paired.summary_sentence(found, reference), {r.name: r.label for r in col.runs})
+
+
+def _noise(col: compare.Collection, reference: str, suite: str) -> dict:
+    ref = next(r for r in col.runs if r.name == reference)
+    return {r.name: paired.within_noise(ref, r, suite) for r in col.runs if r.name != reference}
 
 
 def figures(col: compare.Collection, reference: str | None, table: Table | None = None) -> list[tuple[str, object]]:
@@ -75,9 +81,11 @@ def figures(col: compare.Collection, reference: str | None, table: Table | None 
     reference = _reference(col, reference)
     table = table or comparison_table(col, reference)
     draw = {"heatmaps": lambda suite: compare.figure_heatmaps(col, suite),
-            "differences": lambda suite: compare.figure_differences(col, reference, suite),
+            "differences": lambda suite: compare.figure_differences(col, reference, suite,
+                                                                    _noise(col, reference, suite)),
             "loss_curves": lambda suite: compare.figure_loss(col)}
-    pages = [(TITLES[0], compare.figure_table(table.values, TITLES[0], table.widths, table.verdicts, table.sentence))]
+    pages = [(TITLES[0], compare.figure_table(table.values, TITLES[0], table.widths, table.verdicts, table.sentence,
+                                                     table.labels))]
     pages += [(title, draw[kind](suite)) for suite, kind, title in _suite_pages()]
     pages += [(TITLES[-2], compare.figure_mixtures(col)), (TITLES[-1], compare.figure_provenance(col))]
     return [(title, fig) for title, fig in pages if fig is not None]
@@ -119,7 +127,8 @@ def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: d
     cells = compare.cell_texts(df, table.widths, table.verdicts)
     table_html = ("<p>" + html.escape(table.sentence) + "</p><p>± : 95% interval · "
                   "▲ better, ▼ worse, = no detectable difference against the reference (paired, Holm-adjusted)</p>"
-                  "<table class='numbers'><tr><th>metric</th>" + "".join(f"<th>{html.escape(r)}</th>" for r in df.index)
+                  "<table class='numbers'><tr><th>metric</th>"
+                  + "".join(f"<th>{html.escape(table.labels.get(r, r))}</th>" for r in df.index)
                   + "</tr>" + "".join("<tr>" + f"<td style='text-align:left'>{html.escape(row[0])}</td>"
                                       + "".join(f"<td>{html.escape(c)}</td>" for c in row[1:]) + "</tr>"
                                       for row in cells) + "</table>")
@@ -173,13 +182,15 @@ def inspect_pdf(path: Path) -> list[dict]:
     return pages
 
 
-def check(pdf: Path, models: int) -> list[str]:
-    """What is wrong with a report of ``models`` models whose first is the reference ([] if nothing).
+def check(pdf: Path, models: int, seeds: int = 1) -> list[str]:
+    """What is wrong with a report of ``models`` models whose first is the reference ([] if nothing);
+    ``seeds``: each non-reference model pooled over that many training seeds.
 
     CI runs this on reports/ci-report.pdf: every page present, in order; one heatmap image per
     model on the heatmap page (one per non-reference model on the difference page); the table page
     opens with the computed comparison sentence, and its cells carry 95% intervals and one mark
-    against the reference per compared cell of each non-reference model.
+    against the reference per compared cell of each non-reference model; pooled models are headed
+    with their seed count, and the difference page notes which differences are within noise.
     """
     pages = inspect_pdf(pdf)
     problems = []
@@ -192,6 +203,12 @@ def check(pdf: Path, models: int) -> list[str]:
     marks = sum(table.count(m.strip()) - 1 for m in compare.MARKS.values())  # less the legend's one each
     if marks < models - 1:
         problems.append(f"{TITLES[0]}: {marks} verdict marks, expected at least one per compared model")
+    pooled = table.count(f"({seeds} seeds)")
+    if seeds > 1 and pooled != models - 1:
+        problems.append(f"{TITLES[0]}: {pooled} columns headed '({seeds} seeds)', expected {models - 1}")
+    differences = next((p["text"] for p in pages if p["title"].endswith("difference heatmaps")), None)
+    if differences is not None and "within noise" not in differences:
+        problems.append("difference heatmaps: no note on which differences are within noise")
     images = {p["title"]: p["images"] for p in pages}
     for _, kind, title in _suite_pages():
         expected = {"heatmaps": models, "differences": models - 1}.get(kind)
@@ -207,8 +224,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Check a comparison report's pages and heatmap figures.")
     parser.add_argument("pdf", type=Path)
     parser.add_argument("--models", type=int, required=True, help="Models in the report (heatmaps expected).")
+    parser.add_argument("--seeds", type=int, default=1, help="Training seeds pooled per non-reference model.")
     args = parser.parse_args()
-    found = check(args.pdf, args.models)
+    found = check(args.pdf, args.models, args.seeds)
     for line in found:
         print(f"report check: {line}", file=sys.stderr)
     print(f"report check: {args.pdf}: {len(inspect_pdf(args.pdf))} pages, "

@@ -15,9 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 from harness import rundir, tasks, uncertainty  # noqa: E402
-from harness.tasks.base import haystack_region, variant_of  # noqa: E402
+from harness.tasks.base import haystack_region, replicates, variant_of  # noqa: E402
 from harness.values import format_length  # noqa: E402
 
 # The seed repo's palette: red (fail) -> yellow -> green (pass).
@@ -42,9 +43,13 @@ def max_position_x(lengths: list[int], max_positions: int | None) -> float | Non
 
 
 def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None, *, cmap=CMAP, vmin: float = 0.0,
-         vmax: float = 1.0, colorbar: str | None = "score", mean_text: str | None = None):
+         vmax: float = 1.0, colorbar: str | None = "score", mean_text: str | None = None, noise=None):
     """Draw one heatmap on ``ax`` (created if None); returns the figure, or the image when
-    ``colorbar`` is None (the caller draws one shared colour bar for several heatmaps)."""
+    ``colorbar`` is None (the caller draws one shared colour bar for several heatmaps).
+
+    ``noise``, for a difference heatmap: (lengths, (length, depth) cells) whose difference is
+    within noise (harness.reports.paired.within_noise); those cells are hatched and those lengths'
+    labels end in " ="."""
     lengths = [int(c) for c in table.columns]
     depths = [float(d) for d in table.index]
     fig = None
@@ -53,7 +58,8 @@ def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None, *,
     values = table.to_numpy(dtype=float)
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto",
                    origin="upper", interpolation="nearest")
-    ax.set_xticks(range(len(lengths)), [format_length(v) for v in lengths],
+    quiet_lengths, quiet_cells = noise or (set(), set())
+    ax.set_xticks(range(len(lengths)), [format_length(v) + (" =" if v in quiet_lengths else "") for v in lengths],
                   rotation=45 if len(lengths) > 8 else 0, ha="right" if len(lengths) > 8 else "center")
     ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
     ax.set_xlabel("Context length (tokens)")
@@ -62,6 +68,11 @@ def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None, *,
     if mean_text is None:
         mean_text = f"mean {mean:+.3f}" if vmin < 0 else f"mean {mean:.3f}"
     ax.set_title(f"{title}\n{mean_text}", fontsize=10)
+    for i, depth in enumerate(depths):
+        for j, length in enumerate(lengths):
+            if (length, depth) in quiet_cells and np.isfinite(values[i, j]):
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.45",
+                                       linewidth=0))
     x = max_position_x(lengths, max_positions)
     if x is not None:
         ax.axvline(x, color="white", linestyle="--", linewidth=2)
@@ -71,6 +82,19 @@ def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None, *,
     cbar = (fig or ax.figure).colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label(colorbar)
     return fig or ax.figure
+
+
+def mean_text(results: list[dict], suite: str = "needle") -> str:
+    """A heatmap's mean with its 95% interval and how it was computed (pooled seeds included)."""
+    rows = [r for r in results if r.get("suite") == suite]
+    est = uncertainty.estimate([r["score"] for r in rows], clusters=[haystack_region(r) for r in rows],
+                               replicates=replicates(rows))
+    draws = len({r.get("sample", 0) for r in rows})
+    seeds = len(set(replicates(rows)))
+    extra = [f"{draws} draws per cell"] if draws > 1 else []
+    extra += [f"{seeds} training seeds pooled"] if seeds > 1 else []
+    return (f"mean {est.text()} (95% interval, clustered by length{' and draw' if draws > 1 else ''}"
+            f"{'; ' + '; '.join(extra) if extra else ''})")
 
 
 def rope_label(model: dict) -> str:
@@ -95,12 +119,7 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     label = tasks.get(suite).score_label(manifest)
     title = (f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
              f"\n{label}")
-    rows = [r for r in results if r.get("suite") == suite]
-    est = uncertainty.estimate([r["score"] for r in rows], clusters=[haystack_region(r) for r in rows])
-    draws = len({r.get("sample", 0) for r in rows})
-    fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0],
-               mean_text=f"mean {est.text()} (95% interval, clustered by length{' and draw' if draws > 1 else ''}"
-                         f"{f'; {draws} draws per cell' if draws > 1 else ''})")
+    fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0], mean_text=mean_text(results, suite))
     fig.tight_layout()
     out_dir = Path(out_dir or run_dir)
     paths = []

@@ -33,13 +33,23 @@ class Comparison:
         return dict(self.__dict__)
 
 
-def _units(run: Run) -> dict[str, dict]:
+def _units(run: Run) -> list[dict[str, dict]]:
+    """Per seed of the run (one for a plain run): report column -> unit key -> (score, cluster)."""
     from harness import tasks
 
-    out = {}
-    for name in tasks.SUITES:
-        out.update(tasks.get(name).paired_units(run.results, run.manifest))
+    out = []
+    for part in run.replicates():
+        units = {}
+        for name in tasks.SUITES:
+            units.update(tasks.get(name).paired_units(part.results, part.manifest))
+        out.append(units)
     return out
+
+
+def _shared(runs: list[list[dict]], column: str) -> list[str]:
+    """The units of ``column`` every seed of every run holds."""
+    keys = [set(units.get(column, {})) for seeds in runs for units in seeds]
+    return sorted(set.intersection(*keys)) if keys else []
 
 
 def _rows(run: Run) -> dict:
@@ -63,13 +73,14 @@ def compare(col: Collection, reference: str) -> list[Comparison]:
     for run in (r for r in col.runs if r.name != reference):
         units, rows = _units(run), _rows(run)
         for column in [c for c in ref_rows if c in rows]:
-            shared = sorted(set(ref_units.get(column, {})) & set(units.get(column, {})))
+            shared = _shared([ref_units, units], column)
             if shared:
-                a = [ref_units[column][k][0] for k in shared]
-                b = [units[column][k][0] for k in shared]
-                d = uncertainty.paired(a, b, clusters=[ref_units[column][k][1] for k in shared])
+                a = [[seed[column][k][0] for k in shared] for seed in ref_units]
+                b = [[seed[column][k][0] for k in shared] for seed in units]
+                d = uncertainty.paired(a, b, clusters=[ref_units[0][column][k][1] for k in shared])
+                seeds = f" + {d.replicates} seeds (t)" if d.replicates > 1 else ""
                 found.append(Comparison(column, run.name, reference, d.diff, d.low, d.high, d.p, d.n,
-                                        f"paired bootstrap, {d.clusters} clusters"))
+                                        f"paired bootstrap, {d.clusters} clusters{seeds}"))
             elif ref_rows[column].stderr and rows[column].stderr:
                 from scipy.stats import norm
 
@@ -104,3 +115,38 @@ def summary_sentence(comparisons: list[Comparison], reference: str) -> str:
             parts.append(f"{run}: " + "; ".join(x for x in (f"better on {', '.join(better)}" if better else "",
                                                             f"worse on {', '.join(worse)}" if worse else "") if x))
     return f"Against {reference} (95%, Holm-adjusted over {len(comparisons)} comparisons): " + " · ".join(parts) + "."
+
+
+def _cell_scores(run: Run, suite: str) -> list[dict]:
+    """Per seed: (length, depth, draw) -> score of each stored cell of ``suite``."""
+    return [{(r["length"], r["depth"], r.get("sample", 0)): r["score"] for r in part.results if r.get("suite") == suite}
+            for part in run.replicates()]
+
+
+def _quiet(a: list[dict], b: list[dict], keys: list[tuple], by_draw: bool) -> bool | None:
+    """Whether ``run - reference`` on ``keys`` is within noise: its 95% interval (Student's t over
+    the units' differences, clustered by draw or else by depth, seeds crossed) holds zero. None
+    when one unit leaves no interval."""
+    ref = {k: sum(seed[k] for seed in a) / len(a) for k in keys}
+    diffs = [(seed[k] - ref[k], k[2] if by_draw else k[1], i) for i, seed in enumerate(b) for k in keys]
+    est = uncertainty.estimate([d for d, _, _ in diffs], clusters=[c for _, c, _ in diffs],
+                               replicates=[i for _, _, i in diffs])
+    return None if est.low is None else est.low <= 0 <= est.high
+
+
+def within_noise(reference: Run, run: Run, suite: str = "needle") -> tuple[set, set]:
+    """(lengths, (length, depth) cells) where ``run`` minus ``reference`` is within noise, for the
+    difference heatmaps. A cell with one draw and one seed has no interval of its own: it follows
+    its length's verdict."""
+    a, b = _cell_scores(reference, suite), _cell_scores(run, suite)
+    keys = set.intersection(*(set(s) for s in a + b)) if a and b else set()
+    by_draw = len({k[2] for k in keys}) > 1
+    lengths, cells = set(), set()
+    for length in {k[0] for k in keys}:
+        if _quiet(a, b, [k for k in keys if k[0] == length], by_draw) is not False:
+            lengths.add(length)
+    for length, depth in {k[:2] for k in keys}:
+        verdict = _quiet(a, b, [k for k in keys if k[:2] == (length, depth)], True)
+        if verdict or (verdict is None and length in lengths):
+            cells.add((length, depth))
+    return lengths, cells

@@ -99,6 +99,12 @@ def haystack_region(result: dict) -> tuple:
     return result.get("length"), result.get("sample", 0)
 
 
+def replicates(results: list[dict]) -> list:
+    """Each stored result's replicate: the training seed of a pooled ablation model (None for a
+    plain run; harness.reports.compare pools seeds, harness.uncertainty says how they count)."""
+    return [r.get("replicate") for r in results]
+
+
 def variant_of(manifest: dict, suite: str) -> str | None:
     """The variant a stored run of ``suite`` used (None: the suite's own task)."""
     return (manifest.get("config", {}).get("suites", {}).get(suite, {}).get("variant") or {}).get("name")

@@ -225,8 +225,9 @@ class BookQASuite(base.Suite):
         rows = []
         for length in sorted({r["length"] for r in results if r.get("suite") == NAME}):
             mine = [r for r in results if r.get("suite") == NAME and r["length"] == length]
-            paper = uncertainty.estimate([r["scores"]["paper"] for r in mine])   # questions are the units
-            f1 = uncertainty.estimate([r["scores"]["qa_f1"] for r in mine])
+            units = dict(clusters=[r["item"] for r in mine], replicates=base.replicates(mine))  # questions
+            paper = uncertainty.estimate([r["scores"]["paper"] for r in mine], **units)
+            f1 = uncertainty.estimate([r["scores"]["qa_f1"] for r in mine], **units)
             rows.append(base.Row.of(NAME, format_length(length), "paper recall / qa_f1", paper,
                                     display=f"{paper.text()} / {f1.text()}",
                                     column=f"bookqa recall {format_length(length)}", how="over questions"))

@@ -118,26 +118,30 @@ class LossSuite(base.Suite):
     @staticmethod
     def summary(results: list[dict], manifest: dict) -> list[base.Row]:
         """Per domain and bucket: the token-weighted mean over documents (the documents are the units
-        of its interval); per bucket, the mean over domains (their intervals combined)."""
-        import math
-
+        of its interval); per bucket, the mean over domains (independent strata; the training seeds of
+        a pooled ablation model add their spread: harness.uncertainty.stratified)."""
         docs = [r for r in results if r.get("suite") == NAME]
         rows, by_bucket = [], {}
         for domain, buckets in summary(results).items():
             for bucket in buckets:
-                mine = [r["buckets"][bucket] for r in docs if r["domain"] == domain and bucket in r["buckets"]]
-                est = uncertainty.estimate([b["loss"] for b in mine], weights=[b["tokens"] for b in mine])
+                mine = [r for r in docs if r["domain"] == domain and bucket in r["buckets"]]
+                values = dict(weights=[r["buckets"][bucket]["tokens"] for r in mine],
+                              clusters=[r["doc_id"] for r in mine])
+                losses = [r["buckets"][bucket]["loss"] for r in mine]
+                est = uncertainty.estimate(losses, replicates=base.replicates(mine), **values)
                 rows.append(base.Row.of(NAME, f"{domain} {bucket}", "nats/token", est, how="over documents"))
-                by_bucket.setdefault(bucket, []).append(est)
+                by_bucket.setdefault(bucket, []).append(uncertainty.estimate(losses, **values))
+        per_replicate = {}
+        for rep in dict.fromkeys(base.replicates(docs)):
+            for domain, buckets in summary([r for r in docs if r.get("replicate") == rep]).items():
+                for bucket, v in buckets.items():
+                    per_replicate.setdefault(bucket, {}).setdefault(rep, []).append(v["loss"])
         # The report's columns: the mean over domains per bucket (per domain: the loss curves page).
         for bucket, ests in by_bucket.items():
-            mean = sum(e.mean for e in ests) / len(ests)
-            se = (math.sqrt(sum(e.stderr ** 2 for e in ests)) / len(ests)
-                  if all(e.stderr is not None for e in ests) else None)
-            rows.append(base.Row(NAME, f"mean of {len(ests)} domains {bucket}", "nats/token", mean,
-                                 sum(e.n for e in ests), se, column=f"loss {bucket}",
-                                 low=None if se is None else mean - 1.96 * se,
-                                 high=None if se is None else mean + 1.96 * se, how="domains independent"))
+            means = [sum(v) / len(v) for v in per_replicate[bucket].values() if len(v) == len(ests)]
+            est = uncertainty.stratified(ests, means)
+            rows.append(base.Row.of(NAME, f"mean of {len(ests)} domains {bucket}", "nats/token", est,
+                                    column=f"loss {bucket}", how="domains independent"))
         return rows
 
     def __init__(self, config: LossConfig, texts: dict[str, str], tokenizer):

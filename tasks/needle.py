@@ -214,13 +214,15 @@ class NeedleSuite(base.Suite):
         # overall mean. Within a length the draws are (the depths, with one draw).
         out = [base.Row.of(label, "all cells", f"{metric} (mean)",
                            uncertainty.estimate([r["score"] for r in rows],
-                                                clusters=[base.haystack_region(r) for r in rows]),
+                                                clusters=[base.haystack_region(r) for r in rows],
+                                                replicates=base.replicates(rows)),
                            column=f"{label} mean", how="clustered by length and draw")]
         for length in sorted({r["length"] for r in rows if r.get("length") is not None}):
             mine = [r for r in rows if r.get("length") == length]
             draws = {r.get("sample", 0) for r in mine}
             est = uncertainty.estimate([r["score"] for r in mine],
-                                       clusters=[r.get("sample", 0) for r in mine] if len(draws) > 1 else None)
+                                       clusters=[r.get("sample", 0) if len(draws) > 1 else r["depth"] for r in mine],
+                                       replicates=base.replicates(mine))
             out.append(base.Row.of(label, format_length(length), f"{metric} (mean)", est,
                                    how="over draws" if len(draws) > 1 else "over depths"))
         return out

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
+from harness import uncertainty
 from harness.errors import UserError
 from harness.paths import cache_dir
 from harness.tasks import base
@@ -118,14 +119,30 @@ class RegressionSuite(base.Suite):
 
     @staticmethod
     def summary(results: list[dict], manifest: dict) -> list[base.Row]:
-        rows = []
+        """One row per task and metric with lm-eval's stderr (a normal interval). The training seeds
+        of a pooled ablation model score the same documents: their mean keeps the seeds' average
+        stderr (the documents' noise, not divided by the seeds) and adds the seeds' spread."""
+        groups: dict[tuple, list[dict]] = {}
         for r in (r for r in results if r["suite"] == NAME):
-            err = r["scores"].get(f"{r['metric']}_stderr")
-            half = 1.96 * err if err else None  # lm-eval's stderr, a normal interval
-            rows.append(base.Row(NAME, r["task"], r["metric"], r["score"], r.get("n_samples"), stderr=err,
-                                 display=f"{r['score']:.4f}" + (f" ± {half:.4f}" if half else ""),
-                                 column=f"{r['task']} {r['metric']}", low=r["score"] - half if half else None,
-                                 high=r["score"] + half if half else None, how="lm-eval's stderr x 1.96"))
+            groups.setdefault((r["task"], r["metric"]), []).append(r)
+        rows = []
+        for (task, metric), mine in groups.items():
+            score = sum(r["score"] for r in mine) / len(mine)
+            errs = [r["scores"].get(f"{metric}_stderr") for r in mine]
+            err = sum(errs) / len(errs) if all(errs) else None
+            how = "lm-eval's stderr x 1.96"
+            low = high = None
+            if err and len(mine) > 1:
+                docs = mine[0].get("n_samples") or 2
+                est = uncertainty.stratified([uncertainty.Estimate(score, err, None, None, docs, docs)],
+                                             [r["score"] for r in mine])
+                err, low, high, how = est.stderr, est.low, est.high, f"lm-eval's stderr + {len(mine)} seeds' spread"
+            elif err:
+                low, high = score - 1.96 * err, score + 1.96 * err
+            half = None if low is None else (high - low) / 2
+            rows.append(base.Row(NAME, task, metric, score, mine[0].get("n_samples"), stderr=err,
+                                 display=f"{score:.4f}" + (f" ± {half:.4f}" if half else ""),
+                                 column=f"{task} {metric}", low=low, high=high, how=how))
         return rows
 
     def __init__(self, config: RegressionConfig, tokenizer):

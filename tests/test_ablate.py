@@ -120,11 +120,42 @@ def test_report_from_stored_runs_alone_with_a_missing_suite(ablation, tmp_path):
     assert "Suites missing" in pdf.with_suffix(".html").read_text()
 
 
+def test_seeds_train_each_mixture_n_times_and_the_report_pools_them(tmp_path):
+    out = tmp_path / "seeds"
+    args = [a if a != "per_source,cut_4k" else "per_source" for a in ARGS]
+    proc = harness_cli("ablate", *args, "--seeds", "2", "--out", str(out), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "seeds 0..1" in proc.stderr and "train x 2" in proc.stderr
+    stages = [json.loads(line)["stage"] for line in (out / "stages.jsonl").read_text().splitlines()]
+    assert stages == ["base", "data:per_source", "train:per_source-s0", "train:per_source-s1",
+                      "eval:base", "eval:per_source-s0", "eval:per_source-s1"]
+    seeds = [json.loads((out / "train" / f"per_source-s{k}" / "train_config.json").read_text())["config"]["seed"]
+             for k in range(2)]
+    assert seeds == [0, 1]
+    from safetensors.numpy import load_file
+
+    a, b = (load_file(out / "train" / f"per_source-s{k}" / "final" / "model.safetensors") for k in range(2))
+    assert any(not np.array_equal(a[k], b[k]) for k in a)   # another data order: other weights
+    from harness.reports import compare, document, paired
+
+    col = compare.collect([out])
+    assert [r.label for r in col.runs] == ["base", "per_source (2 seeds)"]
+    found = paired.compare(col, "base")
+    assert found and all("2 seeds" in c.method for c in found if c.column == "needle mean")
+    pages = document.inspect_pdf(out / "report.pdf")
+    assert "per_source (2 seeds)" in pages[0]["text"] and "Holm-adjusted" in pages[0]["text"]
+    assert [p["images"] for p in pages if p["title"] == "Needle heatmaps"] == [2]
+    proc = harness_cli("compare", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert {c["run"] for c in json.loads(proc.stdout)} == {"per_source"}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--mixtures", "per_source,longest_first"], "unknown mixture 'longest_first'; known: cut_4k, cut_target"),
     (["--preset", "huge"], "unknown 'huge' for ablate; known: tiny, paper"),
     (["--preset", "paper"], "--base: required with --preset paper"),
     (["--mixtures", "cut_4k,cut_4k"], "'cut_4k' is named twice"),
+    (["--seeds", "0"], "--seeds: 0 must be between 1 and 100"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
     proc = harness_cli("ablate", *args, "--out", str(tmp_path / "x"))

@@ -86,3 +86,67 @@ def test_report_comparison_verdicts_and_sentence(tmp_path):
     assert found["same"].verdict == "no detectable difference"
     sentence = paired.summary_sentence(list(found.values()), "ref")
     assert "good: better on needle mean" in sentence and "same: no detectable difference" in sentence
+
+
+def test_identical_seeds_add_nothing_and_a_seed_spread_widens_the_interval():
+    rng = np.random.default_rng(4)
+    x = rng.binomial(1, 0.5, 40).astype(float)
+    one = uncertainty.estimate(x)
+    same = uncertainty.estimate(np.tile(x, 2), clusters=np.tile(np.arange(40), 2), replicates=[0] * 40 + [1] * 40)
+    assert same.stderr == pytest.approx(one.stderr) and same.n == 80 and same.clusters == 40
+    shifted = np.concatenate([x, np.clip(x + 0.3, 0, 1)])
+    spread = uncertainty.estimate(shifted, clusters=np.tile(np.arange(40), 2), replicates=[0] * 40 + [1] * 40)
+    alone = uncertainty.estimate(shifted, clusters=np.tile(np.arange(40), 2))
+    assert spread.stderr > alone.stderr
+    # Two seeds leave one degree of freedom for their spread: a wide t interval, honestly.
+    assert (spread.high - spread.low) / 2 > 2.5 * spread.stderr
+
+
+def _seeded(rng, base, effect, seeds, sigma):
+    """(seeds x units) binary scores: each training seed shifts every unit by its own N(0, sigma)."""
+    return np.array([(rng.random(len(base)) < np.clip(base + effect + rng.normal(0, sigma), 0, 1)).astype(float)
+                     for _ in range(seeds)])
+
+
+def test_paired_with_seeds_counts_their_spread():
+    """A mixture trained with 3 seeds against a one-seed base: the interval must cover the
+    difference a new seed would see on average, which the units alone cannot tell."""
+    rng = np.random.default_rng(5)
+    covered = covered_units_only = 0
+    trials = 80
+    for trial in range(trials):
+        base = rng.uniform(0.2, 0.7, 200)
+        a = (rng.random(200) < base).astype(float)
+        b = _seeded(rng, base, 0.1, 3, sigma=0.08)
+        truth = float(np.mean(np.clip(base + 0.1, 0, 1) - a))  # expected over seeds, given the base's draw
+        d = uncertainty.paired(a, b, resamples=1000, seed=trial)
+        assert d.replicates == 3
+        covered += d.low <= truth <= d.high
+        units = uncertainty.paired(a, b.mean(axis=0), resamples=1000, seed=trial)
+        covered_units_only += units.low <= truth <= units.high
+    assert covered >= 0.88 * trials
+    assert covered_units_only < covered   # ignoring the seeds is overconfident
+
+
+def test_pooled_seeds_in_a_report_and_difference_heatmap_noise(tmp_path):
+    rng = np.random.default_rng(6)
+    base = rng.uniform(0.3, 0.6, 12)
+    ref = compare.Run("base", tmp_path, {}, _needle(rng, base))
+    parts = [compare.Run(f"mix-s{k}", tmp_path, {}, _needle(rng, base)) for k in range(2)]
+    pooled = compare.Run.pooled("mix", parts)
+    assert pooled.label == "mix (2 seeds)" and len(pooled.results) == 2 * len(ref.results)
+    assert {r["replicate"] for r in pooled.results} == {0, 1} and pooled.replicates() == parts
+    good = compare.Run.pooled("good", [compare.Run(f"good-s{k}", tmp_path, {}, _needle(rng, np.minimum(base + 0.5, 1)))
+                                       for k in range(2)])
+    col = compare.Collection([ref, pooled, good])
+    found = {c.run: c for c in paired.compare(col, "base")}
+    assert "2 seeds" in found["mix"].method and found["mix"].verdict == "no detectable difference"
+    values, widths = compare.tables(col)
+    assert widths.at["mix", "needle mean"] > 0
+    lengths, cells = paired.within_noise(ref, ref)
+    assert len(lengths) == 12 and len(cells) == 120      # a run against itself: every difference is noise
+    lengths, _ = paired.within_noise(ref, good)
+    assert len(lengths) <= 3                              # +0.5 on every cell: most lengths are not noise
+    # One draw and one seed per cell: a cell has no interval of its own and follows its length.
+    lengths, cells = paired.within_noise(ref, good.parts[0])
+    assert cells == {(r["length"], r["depth"]) for r in ref.results if r["length"] in lengths}

@@ -125,6 +125,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _mode(full: int) -> int:
+    """``full`` (0o666 for files, 0o777 for directories) under the process's umask: what plain
+    open() and mkdir() would make. mkstemp/mkdtemp make 0600/0700, unreadable to a lab group
+    sharing a results directory or a cache."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return full & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path next to ``dest``; on success fsync it and rename it over ``dest``.
@@ -141,6 +150,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _mode(0o666))
         crash_point("file-rename")
         os.replace(tmp_path, dest)
         fsync_dir(dest.parent)
@@ -202,7 +212,7 @@ class JsonlLog:
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask decides, as for open()
         try:
             written = os.write(fd, line)
             if written != len(line):  # a regular file takes it whole unless the disk is full
@@ -288,7 +298,7 @@ def publishing(dest: str | os.PathLike) -> Iterator[Path]:
     recover(dest)
     _remove_orphans(dest)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), dir=dest.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a published directory reads like any other
+    os.chmod(tmp, _mode(0o777))  # mkdtemp makes 0700; a published directory reads like any other
     try:
         yield tmp
         _fsync_tree(tmp)

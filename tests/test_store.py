@@ -37,3 +37,25 @@ def test_manifest_is_written_whole(tmp_path):
     files = sorted(p.name for p in (tmp_path / "run").iterdir())
     assert files == ["manifest.json"]  # no temp files left behind
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config_hash"]
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775)])
+def test_files_and_directories_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """A lab group shares results and caches: atomic writes must not come out 0600/0700."""
+    import os
+    import stat
+
+    from harness import rundir
+
+    old = os.umask(umask)
+    try:
+        rundir.write_json(tmp_path / "a.json", {"x": 1})
+        RunStore.open(tmp_path / "run", _manifest([1])).append({"suite": "needle", "key": "k", "score": 1.0})
+        with rundir.publishing(tmp_path / "published") as tmp:
+            (tmp / "weights.bin").write_bytes(b"0")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == file_mode
+    for path in (tmp_path / "run").iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+    assert stat.S_IMODE((tmp_path / "published").stat().st_mode) == dir_mode

@@ -38,6 +38,7 @@ log = logging.getLogger("harness")
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="longctx-harness", prog_name="harness", message="%(prog)s %(version)s")
 def cli(debug: bool) -> None:
     """longctx-harness: evaluate and extend language models' context (Fu et al., ICML 2024).
 

@@ -172,3 +172,10 @@ def test_samples_store_one_line_per_draw_and_resume_per_draw(tiny_model_dir, tmp
     assert proc.returncode == 0 and "3 to run (1 already done)" in proc.stderr
     keys = [json.loads(line)["key"] for line in results.read_text().splitlines()]
     assert sorted(keys) == sorted(r["key"] for r in rows)  # every draw once
+
+
+def test_version():
+    from importlib.metadata import version
+
+    proc = harness_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"harness {version('longctx-harness')}"

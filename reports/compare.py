@@ -165,7 +165,15 @@ def figure_table(df: pd.DataFrame, title: str, errors: pd.DataFrame | None = Non
     import textwrap
 
     t = df.T
-    fig, ax = plt.subplots(figsize=(11, max(3.0, 0.32 * len(t) + 2.2)))
+    caption = ("\n".join(textwrap.wrap(sentence, 170)) + ("\n" if sentence else "")
+               + "± : 95% interval · ▲ better, ▼ worse, = no detectable difference against the reference "
+               "(paired, Holm-adjusted; README: Uncertainty)\n"
+               "needle and bookqa: paper = the reference code's score (needle: share of the answer's words, "
+               "its heatmap; bookqa: recall of the first answer's words)\nneedle (variant): RULER string match "
+               "(distractor: paper); loss: nats/token, mean over domains; regression: lm-eval")
+    above = 0.5 + 0.14 * (caption.count("\n") + 1)   # inches for the title and the caption (8 pt lines)
+    height = max(3.0, 0.32 * (len(t) + 1) + 0.4 + above)
+    fig, ax = plt.subplots(figsize=(11, height))
     ax.axis("off")
     cells = cell_texts(df, errors, verdicts)
     first = 0.34
@@ -182,13 +190,8 @@ def figure_table(df: pd.DataFrame, title: str, errors: pd.DataFrame | None = Non
         if row == 0:
             cell.set_text_props(fontweight="bold")
     fig.suptitle(title, fontsize=12, fontweight="bold")
-    fig.subplots_adjust(top=1 - 0.85 / fig.get_figheight())  # room for the title and a two-line caption
-    ax.set_title("\n".join(textwrap.wrap(sentence, 170)) + ("\n" if sentence else "")
-                 + "± : 95% interval · ▲ better, ▼ worse, = no detectable difference against the reference "
-                 "(paired, Holm-adjusted; README: Uncertainty)\n"
-                 "needle and bookqa: paper = the reference code's score (needle: share of the answer's words, "
-                 "its heatmap; bookqa: recall of the first answer's words)\nneedle (variant): RULER string match "
-                 "(distractor: paper); loss: nats/token, mean over domains; regression: lm-eval", fontsize=8)
+    fig.subplots_adjust(top=1 - above / height, bottom=0.02)
+    ax.set_title(caption, fontsize=8)
     return fig
 
 
@@ -261,7 +264,8 @@ def figure_differences(col: Collection, reference: str, suite: str = "needle", n
     fig.suptitle(f"{suite.capitalize()} difference heatmaps (against {reference})\n"
                  f"{_score_labels(list(grids.values()), suite)}", fontsize=12, fontweight="bold")
     if noise is not None:
-        fig.text(0.5, 0.0, "hatched cells, lengths marked =: difference within noise (95% t interval over draws "
+        fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))  # room below for the note
+        fig.text(0.5, 0.01, "hatched cells, lengths marked =: difference within noise (95% t interval over draws "
                  "and seeds; a cell with one draw follows its length)", ha="center", va="bottom", fontsize=8)
     return fig
 

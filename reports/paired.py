@@ -114,7 +114,9 @@ def summary_sentence(comparisons: list[Comparison], reference: str) -> str:
         else:
             parts.append(f"{run}: " + "; ".join(x for x in (f"better on {', '.join(better)}" if better else "",
                                                             f"worse on {', '.join(worse)}" if worse else "") if x))
-    return f"Against {reference} (95%, Holm-adjusted over {len(comparisons)} comparisons): " + " · ".join(parts) + "."
+    n = len(comparisons)
+    return (f"Against {reference} (95%, Holm-adjusted over {n} comparison{'s' if n != 1 else ''}): "
+            + " · ".join(parts) + ".")
 
 
 def _cell_scores(run: Run, suite: str) -> list[dict]:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from harness.errors import UserError
 from harness.tasks.base import option_flags
-from harness.values import parse_names
+from harness.values import format_rope, parse_names
 
 log = logging.getLogger("harness")
 BACKENDS = ("hf", "vllm")
@@ -118,7 +118,7 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
     store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
     console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}: "
                   f"{info['precision']['reason']}, "
-                  f"{info['attn_implementation']}, {info['device']}); RoPE {info['rope_parameters']}; "
+                  f"{info['attn_implementation']}, {info['device']}); {format_rope(info['rope_parameters'])}; "
                   f"max positions {info['effective_max_positions']}")
     for suite in suites.values():
         suite.warn(loaded.max_positions)

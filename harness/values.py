@@ -110,3 +110,15 @@ def format_length(n: int) -> str:
     if n >= 1024 and (n * 10) % 1024 == 0:
         return f"{n / 1024:.1f}K"
     return str(n)
+
+
+def format_rope(rope: dict | None) -> str:
+    """"RoPE default θ=100000", "RoPE dynamic θ=500000 ×10 from 81920": a RoPE config for people."""
+    if not rope:
+        return "RoPE ?"
+    text = f"RoPE {rope.get('rope_type', 'default')} θ={rope.get('rope_theta', 0):g}"
+    if rope.get("factor"):
+        text += f" ×{rope['factor']:g}"
+    if rope.get("original_max_position_embeddings") and rope.get("rope_type", "default") != "default":
+        text += f" from {rope['original_max_position_embeddings']}"
+    return text

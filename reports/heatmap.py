@@ -19,7 +19,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from harness import rundir, tasks, uncertainty  # noqa: E402
 from harness.tasks.base import haystack_region, replicates, variant_of  # noqa: E402
-from harness.values import format_length  # noqa: E402
+from harness.values import format_length, format_rope  # noqa: E402
 
 # The seed repo's palette: red (fail) -> yellow -> green (pass).
 CMAP = LinearSegmentedColormap.from_list("needle", ["#F0496E", "#EBB839", "#0CD79F"])
@@ -98,12 +98,8 @@ def mean_text(results: list[dict], suite: str = "needle") -> str:
 
 
 def rope_label(model: dict) -> str:
-    """"RoPE default θ=100000" (plus the factor when scaled) from a manifest's model record."""
-    rope = model.get("rope_parameters") or {}
-    if not rope:
-        return "RoPE ?"
-    text = f"RoPE {rope.get('rope_type', 'default')} θ={rope.get('rope_theta', 0):g}"
-    return text + (f" ×{rope['factor']:g}" if rope.get("factor") else "")
+    """The RoPE line of a manifest's model record (harness.values.format_rope)."""
+    return format_rope(model.get("rope_parameters"))
 
 
 def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | None = None,

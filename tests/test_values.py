@@ -36,3 +36,12 @@ def test_names():
     assert parse_names("needle", ["needle"], "--suite") == ["needle"]
     with pytest.raises(UserError, match="known: needle"):
         parse_names("needle,bogus", ["needle"], "--suite")
+
+
+def test_rope_lines_read_as_text():
+    from harness.values import format_rope
+
+    assert format_rope({"rope_theta": 100000.0, "rope_type": "default"}) == "RoPE default θ=100000"
+    assert format_rope({"rope_type": "dynamic", "rope_theta": 5e5, "factor": 10.0,
+                        "original_max_position_embeddings": 81920}) == "RoPE dynamic θ=500000 ×10 from 81920"
+    assert format_rope(None) == "RoPE ?"

@@ -29,6 +29,7 @@ from harness import flops, models, precision, rundir
 from harness.errors import UserError
 from harness.data import shards as shard_io
 from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config
+from harness.values import format_rope
 
 ENGINES = ("torch", "deepspeed")
 PAPER_BATCH_TOKENS = 4 * 1024 * 1024
@@ -274,7 +275,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     run.say(f"train {source['name']}: {run.steps} steps x {run.per_step} sequences x {cfg.seq_len} = "
             f"{run.tokens_at(run.steps):,} tokens ({run.accum} micro-steps of {cfg.micro_batch} on {run.world} "
             f"{run.device.type} process{'es' if run.world > 1 else ''}, engine {engine.name}); lr {cfg.lr:g}, "
-            f"warm-up {run.warmup}; RoPE {engine.model.config.rope_parameters}; doc mask "
+            f"warm-up {run.warmup}; {format_rope(engine.model.config.rope_parameters)}; doc mask "
             f"{'on' if cfg.doc_mask else 'off'}; {run.compute.name} ({run.compute.reason}), "
             f"peak {meter.peak / 1e12:.2f} TFLOP/s")
     state = _loop(run, engine, meter, source, step, position, console, stop_after)

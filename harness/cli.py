@@ -59,6 +59,20 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
+def default_run_dir(model_spec: str, prep) -> Path:
+    """runs/<model>-<suites>-<hash of every flag>: the same command resumes its directory, another
+    config gets its own (never a refusal after the model has loaded)."""
+    from dataclasses import asdict
+
+    from harness.rundir import config_hash
+
+    request = prep.request
+    variant = request.options["needle"].variant if "needle" in request.options else None
+    key = config_hash({"model": model_spec, **asdict(request)})[:8]
+    return Path("runs") / _slug(f"{Path(model_spec).name}{f'-{variant}' if variant else ''}-"
+                                f"{'+'.join(prep.suites)}-{key}")
+
+
 def _suite_options(command):
     """Every registered suite's own flags (declared once, in its Options), on ``harness run``."""
     from harness import tasks
@@ -97,7 +111,8 @@ def _suite_options(command):
               "bf16, fp32 or fp16. HARNESS_DTYPE sets what auto picks.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory (default: runs/<model>). Rerunning the same command resumes it.")
+              help="Run directory (default: runs/<model>-<suites>-<config hash>). Rerunning the same command "
+              "resumes it.")
 def run(model_spec, suite, out, **flags) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
     from harness import tasks
@@ -109,8 +124,7 @@ def run(model_spec, suite, out, **flags) -> None:
         own = {f.field: flags.pop(f.field) for f in option_flags(tasks.get(name).Options)}
         options[name] = tasks.options(name, **own)
     prep = prepare(EvalRequest(suites=suite, options=options, **flags))
-    variant = options["needle"].variant
-    out = out or Path("runs") / _slug(Path(model_spec).name + (f"-{variant}" if variant else ""))
+    out = out or default_run_dir(model_spec, prep)
     _quiet_libraries()
     results, manifest = evaluate(model_spec, prep, out, console)
     figures = _draw(out, results, manifest, None)

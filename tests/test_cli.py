@@ -179,3 +179,17 @@ def test_version():
 
     proc = harness_cli("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"harness {version('longctx-harness')}"
+
+
+def test_default_run_dirs_never_collide(tiny_model_dir, tmp_path):
+    """No --out: two configs get two directories; the same command again resumes its own."""
+    args = ["run", "--model", str(tiny_model_dir), "--suite", "needle", "--lengths", "256", "--depths", "50",
+            "--protocol", "exact", "--dtype", "fp32"]
+    first = harness_cli(*args, cwd=tmp_path)
+    second = harness_cli(*args, "--rope-theta", "2e4", cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    dirs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(dirs) == 2 and all(d.startswith(f"{tiny_model_dir.name}-needle-") for d in dirs)
+    again = harness_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "0 to run" in again.stderr
+    assert len(list((tmp_path / "runs").iterdir())) == 2

@@ -172,7 +172,7 @@ def figure_table(df: pd.DataFrame, title: str, errors: pd.DataFrame | None = Non
                "its heatmap; bookqa: recall of the first answer's words)\nneedle (variant): RULER string match "
                "(distractor: paper); loss: nats/token, mean over domains; regression: lm-eval")
     above = 0.5 + 0.14 * (caption.count("\n") + 1)   # inches for the title and the caption (8 pt lines)
-    height = max(3.0, 0.32 * (len(t) + 1) + 0.4 + above)
+    height = max(3.0, 0.24 * (len(t) + 1) + 0.3 + above)
     fig, ax = plt.subplots(figsize=(11, height))
     ax.axis("off")
     cells = cell_texts(df, errors, verdicts)

@@ -22,6 +22,22 @@ from harness.trainer.lm_head_loss import ChunkedLossModel
 DEFAULT_DS_CONFIG = Path(__file__).with_name("ds_zero3.json")
 
 
+def load_state(path: Path, map_location=None) -> dict:
+    """A checkpoint's optimizer/scheduler/RNG file, unpickled with ``weights_only=True``: tensors,
+    numbers, strings and containers only. A file that needs more (a crafted pickle that would run
+    code, or a checkpoint written by an older version with numpy objects in it) is refused."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        why = "it holds objects other than tensors, numbers and containers: a crafted file, or an older version's"
+    except (RuntimeError, EOFError, OSError) as exc:
+        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    raise UserError(f"--resume: {path} cannot be loaded safely ({why}); resume from another checkpoint or "
+                    f"start the run again")
+
+
 def _optimizer(model, lr: float, weight_decay: float, warmup: int):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
     # Linear warm-up, then constant: the paper's schedule (constant 2e-5).
@@ -85,7 +101,7 @@ class TorchEngine:
             raise UserError(f"--resume: {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
         if self.model.config.tie_word_embeddings:
             self.model.tie_weights()
-        state = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)
+        state = load_state(path / "optimizer.pt", map_location=self.device)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
 

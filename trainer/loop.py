@@ -28,7 +28,7 @@ import torch
 from harness import flops, models, precision, rundir
 from harness.errors import UserError
 from harness.data import shards as shard_io
-from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config
+from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config, load_state
 from harness.values import format_rope
 
 ENGINES = ("torch", "deepspeed")
@@ -212,8 +212,7 @@ class Checkpoint:
                     tokenizer.save_pretrained(new)
                     (new / "trainer_state.json").write_text(json.dumps(state, indent=2))
                     (new / "SOURCE.json").write_text(json.dumps(source, indent=2))
-                    torch.save({"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                "python": random.getstate()}, new / "rng.pt")
+                    torch.save(_rng_state(), new / "rng.pt")
             _barrier(world)
         except OSError as exc:
             if rank == 0:
@@ -224,11 +223,24 @@ class Checkpoint:
     def restore(self, engine) -> dict:
         """Load the engine's state and every RNG; returns the trainer state (step, position, tokens)."""
         engine.load(self.path)
-        rng = torch.load(self.path / "rng.pt", weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        _set_rng_state(load_state(self.path / "rng.pt"))
         return json.loads((self.path / "trainer_state.json").read_text())
+
+
+def _rng_state() -> dict:
+    """Every RNG's state as tensors and plain numbers (loadable with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+
+
+def _set_rng_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    n = rng["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -211,23 +211,24 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     for m in mixtures:
         m.data = m.data or str(_data_dir(cfg, m.strategy, tokenizer_name))
     plan = stages(cfg, prep, mixtures, tokenizer_name, console)  # every stage's config checked: nothing written yet
-    keyed = rundir.KeyedDir(out, store.ABLATION, "an ablation")
-    if keyed.existing(cfg.hashed()) is not None:
-        console.print(f"resuming the ablation in {out}")
-    keyed.write(cfg.hashed(), plan={"base": cfg.base, "mixtures": [asdict(m) for m in mixtures],
-                                    "models": ["base"] + [m.label for m in mixtures],
-                                    "evals": {m.label: [name for name, _ in cfg.replicas(m.label)] for m in mixtures}})
-    _print_plan(cfg, tokenizer, mixtures, prep, console)
-    log = store.stages(out)
-    log.repair()
-    done = {r["stage"] for r in log.records()}
-    for stage in plan:
-        if stage.name not in done:
-            started = time.perf_counter()
-            stage.work()
-            log.append({"stage": stage.name, "seconds": round(time.perf_counter() - started, 2),
-                        "tokens": stage.tokens, **stage.extra})
-    return document.write_report([out], out / "report.pdf", reference=reference, console=console)
+    with rundir.locked(out, "an ablation"):  # a second ablation into the same --out is refused
+        keyed = rundir.KeyedDir(out, store.ABLATION, "an ablation")
+        if keyed.existing(cfg.hashed()) is not None:
+            console.print(f"resuming the ablation in {out}")
+        evals = {m.label: [name for name, _ in cfg.replicas(m.label)] for m in mixtures}
+        keyed.write(cfg.hashed(), plan={"base": cfg.base, "mixtures": [asdict(m) for m in mixtures],
+                                        "models": ["base"] + [m.label for m in mixtures], "evals": evals})
+        _print_plan(cfg, tokenizer, mixtures, prep, console)
+        log = store.stages(out)
+        log.repair()
+        done = {r["stage"] for r in log.records()}
+        for stage in plan:
+            if stage.name not in done:
+                started = time.perf_counter()
+                stage.work()
+                log.append({"stage": stage.name, "seconds": round(time.perf_counter() - started, 2),
+                            "tokens": stage.tokens, **stage.extra})
+        return document.write_report([out], out / "report.pdf", reference=reference, console=console)
 
 
 def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str, console: Console) -> list[Stage]:

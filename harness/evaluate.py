@@ -91,16 +91,24 @@ def prepare(req: EvalRequest) -> Prepared:
 def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
     """Run every suite of ``prep`` on ``model_spec`` into the store at ``out``; returns (results, manifest).
 
-    Rerunning the same call resumes: finished cells are skipped.
+    Rerunning the same call resumes: finished cells are skipped. A second process aimed at the same
+    ``out`` is refused while this one runs (harness.rundir.locked).
     """
+    from harness import models
+    from harness.rundir import check_writable, locked
+
+    models.resolve(model_spec)  # a bad path fails before anything slow
+    check_writable(out)
+    with locked(out, "a run"):
+        return _evaluate(model_spec, prep, out, console)
+
+
+def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
     from harness import models, provenance, tasks
     from harness.runner import run_suite
-    from harness.rundir import check_writable
     from harness.store import RunStore
 
     req = prep.request
-    models.resolve(model_spec)  # a bad path fails before anything slow
-    check_writable(out)
     with console.status(f"loading {model_spec}"):
         loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling,
                              dtype=req.dtype, device=req.device, weights=req.backend == "hf")

@@ -88,6 +88,50 @@ def check_writable(path: Path) -> None:
         raise UserError(f"--out: cannot write to {str(existing)!r} (permission denied); give a writable directory")
 
 
+_HELD: dict[Path, list] = {}   # lock path -> [fd, depth]: this process's held directory locks
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold the writer's lock of directory ``path`` (``what``: "a run", "a build", ...).
+
+    A second process aiming at the same directory is refused with one line naming the holder's
+    PID, instead of interleaving its writes. The lock is an ``flock`` on ``.<name>.lock`` beside
+    the directory (so nothing is created inside it before the work starts); the kernel drops it
+    when its process dies, so a killed writer never leaves a stale lock. Re-entrant within one
+    process.
+    """
+    import fcntl
+
+    path = Path(path).absolute()
+    lock = path.parent / f".{path.name}.lock"
+    if lock in _HELD:
+        _HELD[lock][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock][1] -= 1
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise UserError(f"{path}: another process (pid {holder}) is writing {what} there; wait for it to "
+                        f"finish (rerunning then resumes) or give another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[lock] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[lock]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 # -- files ----------------------------------------------------------------------------------------
 
 def _remove_orphans(dest: Path) -> None:

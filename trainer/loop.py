@@ -13,6 +13,7 @@ over packed sequences (``doc_mask`` masks per document).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -277,6 +278,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
 
     console = console or Console(stderr=True)
     run = _setup(cfg, console)
+    # One writer per run directory: rank 0 holds the lock for its ranks (another launch is refused).
+    with rundir.locked(run.out, "a training run") if run.rank == 0 else contextlib.nullcontext():
+        return _train(run, resume, console, stop_after)
+
+
+def _train(run: Run, resume: bool, console, stop_after: int | None) -> Path:
+    cfg = run.cfg
     _open_run_dir(run, resume)
     model, base_name = _load_model(cfg, run.tokenizer, run.device)
     engine = _engine(run, model)

@@ -41,38 +41,39 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
                   "read_tokens": read_tokens}
     config = {"corpus": corpus_key, "strategy": strat.to_dict(), "tokens": tokens, "seq_len": seq_len,
               "seed": seed, "tokenizer_name": tokenizer}
-    keyed = rundir.KeyedDir(out, "manifest.json", "a build")  # written last: the build's completion mark
-    old = keyed.existing(config)
-    if old is not None:
-        console.print(f"{out}: already built with this config ({old['config_hash']}); nothing to do")
-        return old
-    packing.ensure_documents(src, held_out)
-    started = time.perf_counter()
-    console.print(f"data build: {strat.name} · {tokens:,} tokens · seq_len {seq_len:,} · seed {seed} · {src.name}")
-    ds = packing.tokenize_corpus(src, tok, key=corpus_key, exclude=held_out, read_tokens=read_tokens,
-                                 num_proc=num_proc)
-    domains = np.asarray(ds["domain"])
-    lengths = np.asarray(ds["n_tokens"], dtype=np.int64)
-    the_plan = mixture.plan(strat, domains, lengths, tokens, seed)
-    summary = stats.compute(the_plan, domains, lengths, strategy=strat.name, seq_len=seq_len)
-    summary["target_mix"] = strat.mix
-    if embedded:
-        summary["stand_in_domains"] = sorted({s["domain"] for s in embedded.get("sources", {}).values()
-                                              if s.get("stand_in")})
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
-        packed = packing.pack(the_plan, ds, seq_len, out, progress)
-    rundir.write_json(out / "stats.json", summary)
-    stats.plot(summary, out / "mixture.png")
-    manifest = {"tokenizer": {"name": tokenizer, "class": type(tok).__name__,
-                "vocab_hash": packing.vocab_hash(tok), "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id},
-                "strategy": strat.name, "seed": seed, "seq_len": seq_len, **packed,
-                "corpus_documents": int(len(ds)), "held_out": held_out,
-                "seconds": round(time.perf_counter() - started, 2)}
-    manifest = keyed.write(config, **manifest)
-    console.print(stats.table(summary))
-    return manifest
+    with rundir.locked(out, "a build"):  # a second build into the same --out is refused
+        keyed = rundir.KeyedDir(out, "manifest.json", "a build")  # written last: the build's completion mark
+        old = keyed.existing(config)
+        if old is not None:
+            console.print(f"{out}: already built with this config ({old['config_hash']}); nothing to do")
+            return old
+        packing.ensure_documents(src, held_out)
+        started = time.perf_counter()
+        console.print(f"data build: {strat.name} · {tokens:,} tokens · seq_len {seq_len:,} · seed {seed} · {src.name}")
+        ds = packing.tokenize_corpus(src, tok, key=corpus_key, exclude=held_out, read_tokens=read_tokens,
+                                     num_proc=num_proc)
+        domains = np.asarray(ds["domain"])
+        lengths = np.asarray(ds["n_tokens"], dtype=np.int64)
+        the_plan = mixture.plan(strat, domains, lengths, tokens, seed)
+        summary = stats.compute(the_plan, domains, lengths, strategy=strat.name, seq_len=seq_len)
+        summary["target_mix"] = strat.mix
+        if embedded:
+            summary["stand_in_domains"] = sorted({s["domain"] for s in embedded.get("sources", {}).values()
+                                                  if s.get("stand_in")})
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+                   TimeRemainingColumn())
+        with Progress(*columns, console=console) as progress:
+            packed = packing.pack(the_plan, ds, seq_len, out, progress)
+        rundir.write_json(out / "stats.json", summary)
+        stats.plot(summary, out / "mixture.png")
+        manifest = {"tokenizer": {"name": tokenizer, "class": type(tok).__name__,
+                    "vocab_hash": packing.vocab_hash(tok), "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id},
+                    "strategy": strat.name, "seed": seed, "seq_len": seq_len, **packed,
+                    "corpus_documents": int(len(ds)), "held_out": held_out,
+                    "seconds": round(time.perf_counter() - started, 2)}
+        manifest = keyed.write(config, **manifest)
+        console.print(stats.table(summary))
+        return manifest
 
 
 def from_scratch_data(seq_len: int, tokens: int, seed: int, console: Console | None = None) -> Path:

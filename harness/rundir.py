@@ -244,15 +244,25 @@ class JsonlLog:
             os.fsync(fh.fileno())
 
     def records(self) -> Iterator[dict]:
-        """Every complete line, in the order written (a torn last line is skipped)."""
+        """Every complete line, in the order written (a torn last line is skipped). A complete line
+        that is not a JSON object is damage no writer of ours leaves: one line naming it."""
         if not self.path.exists():
             return
         with open(self.path, "rb") as fh:
-            for line in fh:
+            for number, line in enumerate(fh, 1):
                 if not line.endswith(b"\n"):
                     break
-                if line.strip():
-                    yield json.loads(line)
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+                    record = exc
+                if not isinstance(record, dict):
+                    raise UserError(f"{self.path}: line {number} is not a JSON record ({str(record)[:80]}); the file "
+                                    f"was edited or damaged: delete that line (a run then redoes the cells it "
+                                    f"held) or restore the file")
+                yield record
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode("utf-8")

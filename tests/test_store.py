@@ -84,3 +84,14 @@ def test_a_directory_lock_refuses_another_process_and_dies_with_its_holder(tmp_p
     with rundir.locked(target, "a build"):   # a killed holder leaves no stale lock
         with rundir.locked(target, "a build"):   # re-entrant in one process
             pass
+
+
+@pytest.mark.parametrize("damage", [b"garbage{\n", b"[1, 2]\n", b"\xff\xfe not utf-8\n"])
+def test_a_damaged_line_is_one_clear_error(tmp_path, damage):
+    store = RunStore.open(tmp_path / "run", _manifest([1]))
+    store.append({"suite": "needle", "key": "a"})
+    with open(store.results_path, "ab") as fh:
+        fh.write(damage)
+    store.append({"suite": "needle", "key": "b"})
+    with pytest.raises(UserError, match=r"results.jsonl: line 2 is not a JSON record .* delete that line"):
+        list(store.results())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,8 +163,6 @@ def figure_table(df: pd.DataFrame, title: str, errors: pd.DataFrame | None = Non
                  sentence: str = "", labels: dict | None = None):
     """The comparison table as a page: models as columns (they are few), metrics as rows; ``labels``
     names the columns (run name -> shown name)."""
-    import textwrap
-
     t = df.T
     caption = ("\n".join(textwrap.wrap(sentence, 170)) + ("\n" if sentence else "")
                + "± : 95% interval · ▲ better, ▼ worse, = no detectable difference against the reference "
@@ -233,7 +232,7 @@ def figure_heatmaps(col: Collection, suite: str = "needle"):
     for ax, (run, grid) in zip(axes.flat, grids):
         model = run.manifest.get("model", {})
         image = heatmap.draw(grid, f"{run.label}\n{heatmap.rope_label(model)}", model.get("effective_max_positions"),
-                             ax=ax, colorbar=None, mean_text=heatmap.mean_text(run.results, suite))
+                             ax=ax, colorbar=None, mean_text=textwrap.fill(heatmap.mean_text(run.results, suite), 52))
     for ax in list(axes.flat)[len(grids):]:
         ax.axis("off")
     _colorbar(fig, image, axes, "score (one scale for every model)")
@@ -384,8 +383,6 @@ def figure_provenance(col: Collection):
 
 
 def textwrap_lines(lines: list[str], width: int) -> list[str]:
-    import textwrap
-
     out = []
     for line in lines:
         out += textwrap.wrap(line, width, subsequent_indent="      ") or [""]

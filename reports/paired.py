@@ -110,7 +110,7 @@ def summary_sentence(comparisons: list[Comparison], reference: str) -> str:
         better = [c.column for c in mine if c.verdict == "better"]
         worse = [c.column for c in mine if c.verdict == "worse"]
         if not better and not worse:
-            parts.append(f"{run}: no detectable difference ({len(mine)} columns)")
+            parts.append(f"{run}: no detectable difference ({len(mine)} column{'s' if len(mine) != 1 else ''})")
         else:
             parts.append(f"{run}: " + "; ".join(x for x in (f"better on {', '.join(better)}" if better else "",
                                                             f"worse on {', '.join(worse)}" if worse else "") if x))

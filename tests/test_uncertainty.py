@@ -150,3 +150,19 @@ def test_pooled_seeds_in_a_report_and_difference_heatmap_noise(tmp_path):
     # One draw and one seed per cell: a cell has no interval of its own and follows its length.
     lengths, cells = paired.within_noise(ref, good.parts[0])
     assert cells == {(r["length"], r["depth"]) for r in ref.results if r["length"] in lengths}
+
+
+def test_needle_intervals_shrink_as_draws_per_cell_grow():
+    """The needle summary's interval (clusters: length x draw) narrows as --samples K grows."""
+    from harness import tasks
+
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0.3, 0.8, 5)   # per-length retrieval rate
+    widths = []
+    for k in (1, 4, 16):
+        rows = [{"suite": "needle", "key": f"needle/{i}/{d}/s{s}", "length": 1000 * (i + 1), "depth": d, "sample": s,
+                 "score": float(rng.random() < p[i])} for i in range(5) for d in range(5) for s in range(k)]
+        overall = tasks.get("needle").summary(rows, {})[0]
+        assert overall.n == 25 * k
+        widths.append(overall.half_width)
+    assert widths[0] > widths[1] > widths[2]

@@ -188,11 +188,13 @@ def test_default_run_dirs_never_collide(tiny_model_dir, tmp_path):
     first = harness_cli(*args, cwd=tmp_path)
     second = harness_cli(*args, "--rope-theta", "2e4", cwd=tmp_path)
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
-    dirs = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    assert len(dirs) == 2 and all(d.startswith(f"{tiny_model_dir.name}-needle-") for d in dirs)
+    def runs():  # the run directories (each has its writer's lock file, .NAME.lock, beside it)
+        return sorted(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith("."))
+
+    assert len(runs()) == 2 and all(d.startswith(f"{tiny_model_dir.name}-needle-") for d in runs())
     again = harness_cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "0 to run" in again.stderr
-    assert len(list((tmp_path / "runs").iterdir())) == 2
+    assert len(runs()) == 2
 
 
 def test_two_runs_into_one_out_one_is_refused_every_cell_once(tiny_model_dir, tmp_path):

@@ -193,6 +193,24 @@ def test_bad_training_input(capsys, tiny_model_dir, shards, tmp_path):
         assert not (tmp_path / name / "final").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "--lr: nan is not accepted"), (["--lr", "-1"], "--lr: -1.0 is not accepted"),
+    (["--lr", "inf"], "--lr: inf"), (["--micro-batch", "0"], "--micro-batch: 0"),
+    (["--seed", "-1"], "--seed: -1"), (["--seq-len", "1"], "at least 16 tokens"),
+    (["--warmup-steps", "-3"], "--warmup-steps: -3"), (["--peak-tflops", "nan"], "--peak-tflops: nan"),
+])
+def test_numbers_out_of_range_are_refused_before_anything_is_made(capsys, tiny_model_dir, shards, tmp_path,
+                                                                   flags, message):
+    args = ["train", "--base", str(tiny_model_dir), "--data", str(shards), "--dtype", "fp32", "--tokens", "10k"]
+    if "--seq-len" not in flags:
+        args += ["--seq-len", "128"]
+    with pytest.raises(SystemExit) as exc:
+        main([*args, *flags, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
 def test_chunked_loss_equals_transformers_loss_and_gradients(tiny_model_dir):
     from harness.trainer.lm_head_loss import ChunkedLossModel
 

@@ -80,8 +80,10 @@ class TrainConfig:
         check_engine(self.engine)
         if self.engine == "deepspeed":
             load_ds_config(Path(self.deepspeed_config) if self.deepspeed_config else None)
-        if self.seq_len < 1 or self.tokens < 1:
-            raise UserError("--seq-len and --tokens must be positive")
+        if self.seq_len < MIN_SEQ_LEN or self.tokens < 1:
+            raise UserError(f"--seq-len {self.seq_len} / --tokens {self.tokens}: a training sequence needs at least "
+                            f"{MIN_SEQ_LEN} tokens (the paper trains at 80k) and the budget must be positive")
+        _check_numbers(self)
         precision.check(self.dtype)
         models.check_rope_theta(self.rope_theta)
         if self.rope_scaling and self.rope_scaling[0] == models.FROZEN_DYNAMIC:
@@ -95,6 +97,35 @@ class TrainConfig:
         d.pop("peak_tflops")
         d["rope_scaling"] = list(self.rope_scaling) if self.rope_scaling else None
         return d
+
+
+MIN_SEQ_LEN = 16
+
+
+def _check_numbers(cfg: TrainConfig) -> None:
+    """Finite numbers in range, before anything is created (an inf LR or a zero micro-batch used to
+    fail mid-setup with a traceback, a negative seed in numpy, a 1-token sequence never)."""
+    def bad(flag: str, value, accepted: str) -> UserError:
+        return UserError(f"{flag}: {value!r} is not accepted; {accepted}")
+
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise bad("--lr", cfg.lr, "give a finite learning rate above 0 (e.g. 2e-5)")
+    if cfg.micro_batch < 1:
+        raise bad("--micro-batch", cfg.micro_batch, "give 1 or more sequences per micro-step")
+    if cfg.batch_tokens is not None and cfg.batch_tokens < cfg.seq_len:
+        raise bad("--batch-tokens", cfg.batch_tokens, f"give at least one sequence ({cfg.seq_len} tokens)")
+    if not 0 <= cfg.seed < 2 ** 32:
+        raise bad("--seed", cfg.seed, "give an integer from 0 to 2^32 - 1")
+    if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
+        raise bad("--warmup-steps", cfg.warmup_steps, "give 0 or more steps")
+    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise bad("--weight-decay", cfg.weight_decay, "give a finite value of 0 or more")
+    if not (math.isfinite(cfg.clip) and cfg.clip > 0):
+        raise bad("--clip", cfg.clip, "give a finite gradient-norm bound above 0")
+    if cfg.save_every < 0 or cfg.loss_chunk < 0:
+        raise bad("--save-every/--loss-chunk", (cfg.save_every, cfg.loss_chunk), "give 0 (off) or more")
+    if cfg.peak_tflops is not None and not (math.isfinite(cfg.peak_tflops) and cfg.peak_tflops > 0):
+        raise bad("--peak-tflops", cfg.peak_tflops, "give a finite TFLOP/s above 0")
 
 
 def _distributed() -> tuple[int, int, torch.device]:

@@ -88,7 +88,7 @@ def check_writable(path: Path) -> None:
         raise UserError(f"--out: cannot write to {str(existing)!r} (permission denied); give a writable directory")
 
 
-_HELD: dict[Path, list] = {}   # lock path -> [fd, depth]: this process's held directory locks
+_HELD: set[Path] = set()   # lock files this process holds
 
 
 @contextlib.contextmanager
@@ -105,12 +105,8 @@ def locked(path: str | os.PathLike, what: str) -> Iterator[None]:
 
     path = Path(path).absolute()
     lock = path.parent / f".{path.name}.lock"
-    if lock in _HELD:
-        _HELD[lock][1] += 1
-        try:
-            yield
-        finally:
-            _HELD[lock][1] -= 1
+    if lock in _HELD:  # re-entered: the outermost holder releases it
+        yield
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
@@ -123,11 +119,11 @@ def locked(path: str | os.PathLike, what: str) -> Iterator[None]:
                         f"finish (rerunning then resumes) or give another --out") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _HELD[lock] = [fd, 1]
+    _HELD.add(lock)
     try:
         yield
     finally:
-        del _HELD[lock]
+        _HELD.discard(lock)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

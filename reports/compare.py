@@ -232,7 +232,7 @@ def figure_heatmaps(col: Collection, suite: str = "needle"):
     for ax, (run, grid) in zip(axes.flat, grids):
         model = run.manifest.get("model", {})
         image = heatmap.draw(grid, f"{run.label}\n{heatmap.rope_label(model)}", model.get("effective_max_positions"),
-                             ax=ax, colorbar=None, mean_text=textwrap.fill(heatmap.mean_text(run.results, suite), 52))
+                             ax=ax, colorbar=None, mean_text=textwrap.fill(heatmap.mean_text(run.results, run.manifest, suite), 52))
     for ax in list(axes.flat)[len(grids):]:
         ax.axis("off")
     _colorbar(fig, image, axes, "score (one scale for every model)")

@@ -17,8 +17,8 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import LinearSegmentedColormap  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from harness import rundir, tasks, uncertainty  # noqa: E402
-from harness.tasks.base import haystack_region, replicates, variant_of  # noqa: E402
+from harness import rundir, tasks  # noqa: E402
+from harness.tasks.base import replicates, variant_of  # noqa: E402
 from harness.values import format_length, format_rope  # noqa: E402
 
 # The seed repo's palette: red (fail) -> yellow -> green (pass).
@@ -84,17 +84,16 @@ def draw(table: pd.DataFrame, title: str, max_positions: int | None, ax=None, *,
     return fig or ax.figure
 
 
-def mean_text(results: list[dict], suite: str = "needle") -> str:
-    """A heatmap's mean with its 95% interval and how it was computed (pooled seeds included)."""
+def mean_text(results: list[dict], manifest: dict, suite: str = "needle") -> str:
+    """A heatmap's mean with its 95% interval: the suite's overall summary row (pooled seeds
+    included), and how that row clusters."""
+    overall = tasks.get(suite).summary(results, manifest)[0]
     rows = [r for r in results if r.get("suite") == suite]
-    est = uncertainty.estimate([r["score"] for r in rows], clusters=[haystack_region(r) for r in rows],
-                               replicates=replicates(rows))
     draws = len({r.get("sample", 0) for r in rows})
     seeds = len(set(replicates(rows)))
     extra = [f"{draws} draws per cell"] if draws > 1 else []
     extra += [f"{seeds} training seeds pooled"] if seeds > 1 else []
-    return (f"mean {est.text()} (95% interval, clustered by length{' and draw' if draws > 1 else ''}"
-            f"{'; ' + '; '.join(extra) if extra else ''})")
+    return f"mean {overall.text()} (95% interval, {overall.how}{'; ' + '; '.join(extra) if extra else ''})"
 
 
 def rope_label(model: dict) -> str:
@@ -115,7 +114,7 @@ def write(run_dir: Path, results: list[dict], manifest: dict, out_dir: Path | No
     label = tasks.get(suite).score_label(manifest)
     title = (f"{model.get('name', run_dir.name)} · {what}\n{rope_label(model)} · max positions {max_pos} (dashed)"
              f"\n{label}")
-    fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0], mean_text=mean_text(results, suite))
+    fig = draw(table, title, max_pos, colorbar=label.split(" · ")[0], mean_text=mean_text(results, manifest, suite))
     fig.tight_layout()
     out_dir = Path(out_dir or run_dir)
     paths = []

@@ -131,14 +131,15 @@ class LossSuite(base.Suite):
                 est = uncertainty.estimate(losses, replicates=base.replicates(mine), **values)
                 rows.append(base.Row.of(NAME, f"{domain} {bucket}", "nats/token", est, how="over documents"))
                 by_bucket.setdefault(bucket, []).append(uncertainty.estimate(losses, **values))
-        per_replicate = {}
-        for rep in dict.fromkeys(base.replicates(docs)):
+        per_replicate: dict[str, dict] = {}
+        seeds = list(dict.fromkeys(base.replicates(docs)))
+        for rep in seeds if len(seeds) > 1 else []:
             for domain, buckets in summary([r for r in docs if r.get("replicate") == rep]).items():
                 for bucket, v in buckets.items():
                     per_replicate.setdefault(bucket, {}).setdefault(rep, []).append(v["loss"])
         # The report's columns: the mean over domains per bucket (per domain: the loss curves page).
         for bucket, ests in by_bucket.items():
-            means = [sum(v) / len(v) for v in per_replicate[bucket].values() if len(v) == len(ests)]
+            means = [sum(v) / len(v) for v in per_replicate.get(bucket, {}).values() if len(v) == len(ests)]
             est = uncertainty.stratified(ests, means)
             rows.append(base.Row.of(NAME, f"mean of {len(ests)} domains {bucket}", "nats/token", est,
                                     column=f"loss {bucket}", how="domains independent"))

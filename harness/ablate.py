@@ -34,7 +34,7 @@ from rich.console import Console
 from harness import rundir, store
 from harness.errors import UserError
 from harness.evaluate import EvalRequest
-from harness.values import format_length
+from harness.values import check_seed, format_length
 
 TINY_BASE = "tiny"
 
@@ -80,6 +80,8 @@ class AblateConfig:
         mixture.check_mix(self.mix)
         if not 1 <= self.seeds <= 100:
             raise UserError(f"--seeds: {self.seeds} must be between 1 and 100 (training runs per mixture)")
+        check_seed(self.seed)
+        check_seed(self.seed + self.seeds - 1, "--seed + --seeds - 1")
 
     def hashed(self) -> dict:
         d = asdict(self)

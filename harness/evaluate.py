@@ -14,10 +14,11 @@ from rich.console import Console
 
 from harness.errors import UserError
 from harness.tasks.base import option_flags
-from harness.values import format_rope, parse_names
+from harness.values import check_seed, format_rope, parse_names
 
 log = logging.getLogger("harness")
 BACKENDS = ("hf", "vllm")
+BEYOND_POSITIONS = 32   # the paper's own stretch: a 4K LLaMA-2 evaluated at 128K
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,10 @@ def prepare(req: EvalRequest) -> Prepared:
     from harness.tasks.base import Grid
 
     names = parse_names(req.suites, list(tasks.SUITES), "--suite")
-    scaling = models.parse_rope_scaling(req.rope_scaling)  # --rope-theta is checked where it is used, models.load
+    scaling = models.parse_rope_scaling(req.rope_scaling)
+    models.check_rope_theta(req.rope_theta)
+    models.parse_device(req.device)
+    check_seed(req.seed)
     precision.check(req.dtype)
     if req.backend not in BACKENDS:
         raise UserError(f"--backend: unknown {req.backend!r}; known: {', '.join(BACKENDS)}")
@@ -114,6 +118,7 @@ def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> t
                              dtype=req.dtype, device=req.device, weights=req.backend == "hf")
     info = loaded.info
     suites = {name: tasks.get(name).bind(prepared, loaded) for name, prepared in prep.suites.items()}
+    _check_lengths(suites, loaded.max_positions, req)
     for suite in suites.values():  # grids that cannot be built fail before the run directory is made
         suite.check()
     config = {
@@ -134,6 +139,20 @@ def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> t
     for suite in suites.values():
         run_suite(suite, backend, store, console, loaded.config)
     return list(store.results()), store.read_manifest()
+
+
+def _check_lengths(suites: dict, max_positions: int, req: EvalRequest) -> None:
+    """Lengths past the model's positions run (where retrieval breaks is the finding), up to
+    BEYOND_POSITIONS times them; further only with a RoPE override, which is what makes them meaningful."""
+    if req.rope_theta is not None or req.rope_scaling is not None:
+        return
+    limit = BEYOND_POSITIONS * max_positions
+    for name, suite in suites.items():
+        longest = max(getattr(suite.config, "lengths", None) or [0])
+        if longest > limit:
+            raise UserError(f"--lengths: {longest:,} tokens ({name}) is {longest / max_positions:,.0f}x the model's "
+                            f"{max_positions:,} positions; at most {BEYOND_POSITIONS}x ({limit:,}) without "
+                            f"--rope-theta or --rope-scaling")
 
 
 def _backend(loaded, req: EvalRequest, console: Console):

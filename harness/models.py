@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from filelock import FileLock
 from harness import precision, rundir
 from harness.errors import UserError
 from harness.paths import cache_dir
-from harness.values import parse_length
+from harness.values import check_positive, parse_length
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,34 @@ def parse_rope_scaling(text: str | None) -> tuple | None:
         frozen = int(parse_length(length, "--rope-scaling")) if length else None
     except ValueError:
         raise UserError(f"--rope-scaling: factor {factor!r} is not a number; accepted: {accepted}") from None
-    if not value > 1:
-        raise UserError(f"--rope-scaling: factor {factor!r} must be > 1; accepted: {accepted}")
+    if not (value > 1 and math.isfinite(value)):
+        raise UserError(f"--rope-scaling: factor {factor!r} must be a finite number > 1; accepted: {accepted}")
     return (kind, value) if frozen is None else (kind, value, frozen)
 
 
 def check_rope_theta(value: float | None) -> float | None:
-    if value is not None and not value > 0:
-        raise UserError(f"--rope-theta: {value!r} must be a positive number, e.g. 500000 or 5e5")
-    return value
+    return check_positive(value, "--rope-theta", "500000 or 5e5")
+
+
+def parse_device(text: str | None) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available), checked against this machine."""
+    accepted = "cpu, cuda or cuda:N"
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise UserError(f"--device: {text!r} is not known; accepted: {accepted}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: {text!r} is not supported; accepted: {accepted}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {text}: this machine has no CUDA device torch can use "
+                            f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise UserError(f"--device {text}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return dev
 
 
 def apply_rope(config: Any, rope_theta: float | None, rope_scaling: tuple[str, float] | None) -> dict:
@@ -239,7 +259,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     from transformers import AutoConfig, AutoTokenizer
 
     path = resolve(spec)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = parse_device(device)
     compute = precision.resolve(dtype, dev)
     try:
         config = AutoConfig.from_pretrained(path)

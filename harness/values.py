@@ -9,6 +9,7 @@ Every parser raises :class:`UserError` naming the bad value and what is accepted
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -18,18 +19,29 @@ from harness.errors import UserError
 _NUM = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbB]?)\s*$")
 _LENGTH_UNITS = {"": 1, "k": 1024, "m": 1024**2}
 _BUDGET_UNITS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9}
+# Bounds checked before anything is allocated: a context length up to 16M tokens (128x the paper's
+# 128K), a budget up to 10^13 tokens (past any continual-pretraining run), a range of at most 10,000
+# values, a seed numpy and torch both take.
+MAX_LENGTH = 16 * 1024**2
+MAX_BUDGET = 10**13
+MAX_RANGE = 10_000
+MAX_SEED = 2**32 - 1
+MIN_SEQ_LEN = 16        # a training sequence shorter than this is a mistake (the paper trains at 80K)
 
 
-def _number(text: str, units: dict[str, int], what: str, accepted: str) -> float:
+def _number(text: str, units: dict[str, int], what: str, accepted: str, limit: float) -> float:
     m = _NUM.match(text)
     if not m or m.group(2).lower() not in units:
         raise UserError(f"{what}: {text!r} is not a number; accepted: {accepted}")
-    return float(m.group(1)) * units[m.group(2).lower()]
+    value = float(m.group(1)) * units[m.group(2).lower()]
+    if not value <= limit:  # also inf (1e400)
+        raise UserError(f"{what}: {text!r} is too large (at most {limit:,.0f}); accepted: {accepted}")
+    return value
 
 
 def parse_length(text: str, what: str = "length") -> int:
     """A context length in tokens: ``4096``, ``4k`` (=4096), ``1.5k`` (=1536)."""
-    value = _number(text, _LENGTH_UNITS, what, "a positive token count such as 4096, 4k or 128k")
+    value = _number(text, _LENGTH_UNITS, what, "a positive token count such as 4096, 4k or 128k", MAX_LENGTH)
     if value < 1 or value != int(value):
         raise UserError(f"{what}: {text!r} must be a positive whole number of tokens (e.g. 4096, 4k)")
     return int(value)
@@ -37,7 +49,7 @@ def parse_length(text: str, what: str = "length") -> int:
 
 def parse_budget(text: str, what: str = "tokens") -> int:
     """A token budget: ``50M`` = 50,000,000, ``2B`` = 2,000,000,000, ``500k`` = 500,000."""
-    value = _number(text, _BUDGET_UNITS, what, "a positive count such as 500k, 50M or 2B")
+    value = _number(text, _BUDGET_UNITS, what, "a positive count such as 500k, 50M or 2B", MAX_BUDGET)
     if value < 1:
         raise UserError(f"{what}: {text!r} must be positive (e.g. 500k, 50M, 2B)")
     return int(round(value))
@@ -61,6 +73,8 @@ def _range(text: str, parse, what: str) -> list[float]:
         raise UserError(f"{what}: range count {bits[2]!r} is not a whole number (min:max:n)") from None
     if n < 1 or hi < lo:
         raise UserError(f"{what}: range {text!r} needs n >= 1 and max >= min")
+    if n > MAX_RANGE:
+        raise UserError(f"{what}: range {text!r} asks for {n:,} values; at most {MAX_RANGE:,}")
     return list(np.linspace(lo, hi, n)) if n > 1 else [lo]
 
 
@@ -92,6 +106,26 @@ def parse_depths(text: str) -> list[float]:
     else:
         values = [_parse_depth(p, what) for p in _split(text, what)]
     return sorted(set(values))
+
+
+def check_seed(value: int, what: str = "--seed") -> int:
+    """A seed numpy and torch both accept: 0 to 2^32 - 1."""
+    if not 0 <= value <= MAX_SEED:
+        raise UserError(f"{what}: {value} is not accepted; give an integer from 0 to 2^32 - 1")
+    return value
+
+
+def check_fraction(value: float, what: str) -> float:
+    if not 0 <= value <= 1:  # also nan
+        raise UserError(f"{what}: {value!r} is not accepted; give a fraction from 0 to 1, e.g. 0.01")
+    return value
+
+
+def check_positive(value: float | None, what: str, example: str) -> float | None:
+    """A finite number above 0 (None: not given)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UserError(f"{what}: {value!r} is not accepted; give a finite number above 0, e.g. {example}")
+    return value
 
 
 def parse_names(text: str, known: list[str], what: str) -> list[str]:

@@ -87,6 +87,8 @@ def resolve_config(*, tasks: str | None, num_fewshot: int, limit: int | None, ma
                             + (f"; did you mean {', '.join(close)}?" if close else "; see `lm_eval ls tasks`"))
     if num_fewshot < 0:
         raise UserError(f"--regression-fewshot: {num_fewshot} must be >= 0")
+    if limit is not None and limit < 1:
+        raise UserError(f"--regression-limit: {limit} is not accepted; give 1 or more documents per task")
     return RegressionConfig(names, num_fewshot, limit, max_length)
 
 

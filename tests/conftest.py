@@ -60,3 +60,15 @@ def harness_cli(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedP
     """Run the real console entry point in a fresh interpreter."""
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True,
                           timeout=timeout, **kw)
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    """Run the CLI in-process on a mistake: exit 2, one line on stderr, no traceback; returns the line."""
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from harness.cli import main
-from tests.conftest import harness_cli
+from tests.conftest import harness_cli, one_line_error
 
 FIELDS = {"suite", "key", "length", "tokens", "depth", "score", "scores", "output", "seconds"}
 
@@ -67,16 +67,6 @@ def test_report_redraws_from_the_store_alone(tiny_run, tmp_path):
     assert "transformers" not in proc.stderr
 
 
-def _one_line_error(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    assert "Traceback" not in err
-    return err
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--suite", "bogus"], "known: needle"),
     (["--preset", "huge"], "known: paper, quick, tiny"),
@@ -92,30 +82,30 @@ def _one_line_error(capsys, argv):
 ])
 def test_bad_flags_exit_2_with_one_line(capsys, tmp_path, tiny_model_dir, extra, message):
     out = tmp_path / "never"
-    err = _one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--out", str(out), *extra])
+    err = one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--out", str(out), *extra])
     assert message in err
     assert not out.exists()
 
 
 def test_bad_model_paths(capsys, tmp_path):
-    err = _one_line_error(capsys, ["run", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    err = one_line_error(capsys, ["run", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert "neither a known model" in err
     (tmp_path / "notamodel").mkdir()
-    err = _one_line_error(capsys, ["run", "--model", str(tmp_path / "notamodel"), "--out", str(tmp_path / "o")])
+    err = one_line_error(capsys, ["run", "--model", str(tmp_path / "notamodel"), "--out", str(tmp_path / "o")])
     assert "no config.json" in err
     assert not (tmp_path / "o").exists()
 
 
 def test_empty_haystack_file(capsys, tmp_path, tiny_model_dir):
     (tmp_path / "empty.txt").write_text("  \n")
-    err = _one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--haystack", str(tmp_path / "empty.txt"),
+    err = one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--haystack", str(tmp_path / "empty.txt"),
                                    "--out", str(tmp_path / "o")])
     assert "is empty" in err and not (tmp_path / "o").exists()
 
 
 def test_unwritable_run_dir(capsys, tmp_path, tiny_model_dir):
     (tmp_path / "file").write_text("x")
-    err = _one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--lengths", "256", "--depths", "0",
+    err = one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--lengths", "256", "--depths", "0",
                                    "--out", str(tmp_path / "file" / "run")])
     assert "--out: cannot create" in err and "is a file" in err
     assert (tmp_path / "file").read_text() == "x"
@@ -124,7 +114,7 @@ def test_unwritable_run_dir(capsys, tmp_path, tiny_model_dir):
 def test_run_dir_with_a_different_config(capsys, tiny_run, tiny_model_dir):
     out, _, _ = tiny_run
     before = (out / "results.jsonl").read_text()
-    err = _one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--lengths", "256,1k", "--depths", "0,100",
+    err = one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--lengths", "256,1k", "--depths", "0,100",
                                    "--dtype", "fp32", "--out", str(out)])
     assert "different config" in err and "lengths" in err
     assert (out / "results.jsonl").read_text() == before

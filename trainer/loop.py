@@ -30,7 +30,7 @@ from harness import flops, models, precision, rundir
 from harness.errors import UserError
 from harness.data import shards as shard_io
 from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config, load_state
-from harness.values import format_rope
+from harness.values import MIN_SEQ_LEN, check_seed, format_rope
 
 ENGINES = ("torch", "deepspeed")
 PAPER_BATCH_TOKENS = 4 * 1024 * 1024
@@ -99,9 +99,6 @@ class TrainConfig:
         return d
 
 
-MIN_SEQ_LEN = 16
-
-
 def _check_numbers(cfg: TrainConfig) -> None:
     """Finite numbers in range, before anything is created (an inf LR or a zero micro-batch used to
     fail mid-setup with a traceback, a negative seed in numpy, a 1-token sequence never)."""
@@ -114,16 +111,17 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise bad("--micro-batch", cfg.micro_batch, "give 1 or more sequences per micro-step")
     if cfg.batch_tokens is not None and cfg.batch_tokens < cfg.seq_len:
         raise bad("--batch-tokens", cfg.batch_tokens, f"give at least one sequence ({cfg.seq_len} tokens)")
-    if not 0 <= cfg.seed < 2 ** 32:
-        raise bad("--seed", cfg.seed, "give an integer from 0 to 2^32 - 1")
+    check_seed(cfg.seed)
     if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
         raise bad("--warmup-steps", cfg.warmup_steps, "give 0 or more steps")
     if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
         raise bad("--weight-decay", cfg.weight_decay, "give a finite value of 0 or more")
     if not (math.isfinite(cfg.clip) and cfg.clip > 0):
         raise bad("--clip", cfg.clip, "give a finite gradient-norm bound above 0")
-    if cfg.save_every < 0 or cfg.loss_chunk < 0:
-        raise bad("--save-every/--loss-chunk", (cfg.save_every, cfg.loss_chunk), "give 0 (off) or more")
+    if cfg.save_every < 0:
+        raise bad("--save-every", cfg.save_every, "give 0 (final only) or a number of steps")
+    if cfg.loss_chunk < 0:
+        raise bad("loss_chunk", cfg.loss_chunk, "give 0 (off) or more tokens")
     if cfg.peak_tflops is not None and not (math.isfinite(cfg.peak_tflops) and cfg.peak_tflops > 0):
         raise bad("--peak-tflops", cfg.peak_tflops, "give a finite TFLOP/s above 0")
 

@@ -17,14 +17,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness import rundir
 from harness.errors import UserError
 from harness.data import corpus, mixture, packing, stats
+from harness.values import MIN_SEQ_LEN, check_fraction, check_seed
 
 
 def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: str, seed: int, out: Path,
           mix: str | None = None, num_proc: int | None = None, max_bad_fraction: float = 0.01, read_factor: float = 20.0,
           console: Console | None = None) -> dict:
     console = console or Console(stderr=True)
-    if seq_len < 1:
-        raise UserError(f"--seq-len: {seq_len} must be positive (e.g. 8k, 32k)")
+    if seq_len < MIN_SEQ_LEN:
+        raise UserError(f"--seq-len: {seq_len} is not accepted; give at least {MIN_SEQ_LEN} tokens (e.g. 8k, 32k)")
+    check_seed(seed)
+    check_fraction(max_bad_fraction, "--max-bad-fraction")
+    if num_proc is not None and not 1 <= num_proc <= 1024:
+        raise UserError(f"--num-proc: {num_proc} is not accepted; give 1 or more worker processes")
     if tokens < 1:
         raise UserError(f"--tokens: {tokens} must be positive (e.g. 5M)")
     if tokens < seq_len:

@@ -22,7 +22,6 @@ its last checkpoint, an unfinished evaluation from its last cell.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -208,7 +207,7 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     rundir.check_writable(out)
     prep = prepare(cfg.evaluation)
     tokenizer_name = "smollm2-135m" if cfg.base == TINY_BASE else cfg.base
-    tokenizer = _tokenizer(models.resolve(tokenizer_name))
+    tokenizer = models.read_tokenizer(models.resolve(tokenizer_name), "--base")
     mixtures = resolve_mixtures(cfg.mixtures, cfg.seq_len, tokenizer)
     for m in mixtures:
         m.data = m.data or str(_data_dir(cfg, m.strategy, tokenizer_name))
@@ -272,16 +271,9 @@ def _evaluate(label: str, model: str, prep, run_dir: Path, console: Console) -> 
     evaluate(model, prep, run_dir, console)
 
 
-def _tokenizer(path: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
 def _print_plan(cfg: AblateConfig, tokenizer, mixtures: list[Mixture], prep, console: Console) -> None:
     """Stages, tokens and a time estimate at the measured GEMM peak, before any work starts."""
     import torch
-    from transformers import AutoConfig
 
     from harness import flops, models, precision
     from harness.trainer import loop
@@ -289,7 +281,7 @@ def _print_plan(cfg: AblateConfig, tokenizer, mixtures: list[Mixture], prep, con
     if cfg.base == TINY_BASE:
         base_config = loop.tiny_config(tokenizer, cfg.base_seq_len)
     else:
-        base_config = AutoConfig.from_pretrained(models.resolve(cfg.base))
+        base_config = models.read_config(models.resolve(cfg.base), "--base")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     compute = precision.resolve(cfg.evaluation.dtype, device)  # training's autocast follows the same rule
     peak = flops.measure_peak(device, compute.torch_dtype)
@@ -323,17 +315,11 @@ def _train_tiny_base(cfg: AblateConfig, console: Console) -> Path:
 
 
 def _train(tcfg, console: Console) -> Path:
-    """One training stage: resume from its last checkpoint, or start it over if it has none."""
+    """One training stage: new, resumed from its last good checkpoint, started again when it had
+    none, or (finished) its final checkpoint as it is: the trainer decides each."""
     from harness.trainer import loop
 
-    out = Path(tcfg.out)
-    if (out / "final").is_dir():
-        return out / "final"
-    if (out / "train_config.json").is_file():
-        if loop.latest_checkpoint(out) is not None:
-            return loop.train(tcfg, resume=True, console=console)
-        shutil.rmtree(out)  # interrupted before its first checkpoint: nothing to keep
-    return loop.train(tcfg, console=console)
+    return loop.train(tcfg, resume=(Path(tcfg.out) / "train_config.json").is_file(), console=console)
 
 
 def from_preset(preset: str | None, **flags) -> AblateConfig:

@@ -232,19 +232,74 @@ def attn_implementation(device: torch.device) -> str:
     return "sdpa"
 
 
-def _instantiate(path: Path, config, dtype: torch.dtype, attn: str, weights: bool):
-    """The model with its weights, or (``weights=False``) its shapes on the meta device."""
+def _first_line(exc: BaseException) -> str:
+    """A library's message cut to its first line (with the next one when the first only introduces it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+
+
+def read_config(path: Path, what: str = "--model"):
+    """The model's config, or one line naming the file and what transformers could not take."""
+    from huggingface_hub.errors import StrictDataclassError  # transformers 5 validates config fields with it
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        positions = config.max_position_embeddings
+    except (ValueError, KeyError, TypeError, OSError, AttributeError, StrictDataclassError) as exc:
+        raise UserError(f"{what}: {path / 'config.json'} cannot be read as a transformers config "
+                        f"({_first_line(exc)})") from None
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+        raise UserError(f"{what}: {path / 'config.json'}: max_position_embeddings is {positions!r}; "
+                        f"a positive whole number of positions is needed")
+    return config
+
+
+def read_tokenizer(path: Path, what: str = "--model"):
+    """The model's tokenizer, or one line saying which directory has none that loads."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise UserError(f"{what}: no tokenizer loads from {path} ({_first_line(exc)}); a model directory "
+                        f"needs tokenizer.json (save the tokenizer with save_pretrained beside the weights)") from None
+
+
+def read_weights(path: Path, config, what: str = "--model", **kwargs):
+    """``from_pretrained`` with damaged or mismatched weight files as one line naming the directory."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            if weights:
-                return AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, attn_implementation=attn)
+            return AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+        except (SafetensorError, OSError, ValueError, KeyError, EOFError) as exc:
+            raise UserError(f"{what}: the weights in {path} cannot be loaded ({_first_line(exc)}); "
+                            f"a truncated or damaged file? re-save or re-download the model") from None
+        except RuntimeError as exc:
+            if "mismatch" not in str(exc) and "state_dict" not in str(exc):
+                raise
+            raise UserError(f"{what}: the weights in {path} do not match its config.json "
+                            f"({_first_line(exc)})") from None
+
+
+def _instantiate(path: Path, config, dtype: torch.dtype, attn: str, weights: bool):
+    """The model with its weights, or (``weights=False``) its shapes on the meta device."""
+    from transformers import AutoModelForCausalLM
+
+    if weights:
+        return read_weights(path, config, dtype=dtype, attn_implementation=attn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
             with torch.device("meta"):
                 return AutoModelForCausalLM.from_config(config)
         except ValueError as exc:
-            raise UserError(f"--model: {path} is not a causal LM transformers can load ({str(exc).splitlines()[0]})") from None
+            raise UserError(f"--model: {path} is not a causal LM transformers can load ({_first_line(exc)})") from None
 
 
 def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str, float] | None = None,
@@ -256,15 +311,11 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     ``weights=False`` reads config and tokenizer only (shapes on the meta device), for a backend
     that loads the weights itself.
     """
-    from transformers import AutoConfig, AutoTokenizer
-
     path = resolve(spec)
     dev = parse_device(device)
     compute = precision.resolve(dtype, dev)
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (ValueError, KeyError, OSError) as exc:
-        raise UserError(f"--model: {path} has a config.json transformers cannot read ({exc})") from None
+    config = read_config(path)
+    tokenizer = read_tokenizer(path)  # before the weights: a missing tokenizer fails fast
     trained_max = int(config.max_position_embeddings)
     _register_frozen_dynamic()
     with warnings.catch_warnings(), _quiet_rope_validation():
@@ -278,7 +329,6 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
         model.to(dev).eval()
     else:
         model, attn = None, "backend's own"
-    tokenizer = AutoTokenizer.from_pretrained(path)
     info = {
         "spec": spec,
         "path": str(path),

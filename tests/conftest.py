@@ -56,6 +56,24 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def shards(tmp_path_factory, kjv, smollm2_dir):
+    """128 packed sequences of 128 tokens of KJV text, four domains (real text, real tokenizer)."""
+    import json
+
+    from harness.data import build
+
+    root = tmp_path_factory.mktemp("train-data")
+    text = kjv.text
+    with open(root / "docs.jsonl", "w") as fh:
+        for i, domain in enumerate(["book", "c4", "wikipedia", "github"] * 10):
+            fh.write(json.dumps({"id": f"d{i}", "domain": domain, "text": text[i * 3000:(i + 1) * 3000 + 500 * (i % 3)]}) + "\n")
+    out = root / "shards"
+    build.build(source=f"jsonl:{root / 'docs.jsonl'}", strategy="cut_target", tokens=128 * 128, seq_len=128,
+                tokenizer=str(smollm2_dir), seed=0, out=out)
+    return out
+
+
 def harness_cli(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """Run the real console entry point in a fresh interpreter."""
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True,

@@ -93,9 +93,17 @@ class TorchEngine:
     def load(self, path: Path) -> None:
         from safetensors.torch import load_file
 
+        from safetensors import SafetensorError
+
         weights = {}
-        for f in sorted(path.glob("*.safetensors")):
-            weights.update(load_file(str(f)))
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise UserError(f"--resume: {path} holds no weights (*.safetensors)")
+        for f in files:
+            try:
+                weights.update(load_file(str(f)))
+            except (SafetensorError, OSError) as exc:
+                raise UserError(f"--resume: {f} is damaged ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if unexpected or [k for k in missing if "lm_head" not in k]:
             raise UserError(f"--resume: {path} does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +91,10 @@ class TrainConfig:
                             "train with --rope-theta or linear|dynamic|yarn")
 
     def hashed(self) -> dict:
-        """What determines the run's numbers (the resume check compares this)."""
+        """What determines the run's numbers (the resume check compares this): not where the run
+        directory is, so a moved one resumes."""
         d = asdict(self)
+        d.pop("out")
         d.pop("save_every")
         d.pop("peak_tflops")
         d["rope_scaling"] = list(self.rope_scaling) if self.rope_scaling else None
@@ -162,7 +164,7 @@ def tiny_config(tokenizer, seq_len: int):
 
 
 def _load_model(cfg: TrainConfig, tokenizer, device: torch.device):
-    from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     attn = models.attn_implementation(device)
     if cfg.from_scratch:
@@ -173,12 +175,12 @@ def _load_model(cfg: TrainConfig, tokenizer, device: torch.device):
         name = f"tiny-llama-{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M"
     else:
         path = models.resolve(cfg.base)
-        config = AutoConfig.from_pretrained(path)
+        config = models.read_config(path, "--base")
         models.apply_rope(config, cfg.rope_theta, cfg.rope_scaling)
         # The model is trained at seq_len: that is now its max positions (the scaling, if any,
         # keeps the original length it is relative to in rope_parameters).
         config.max_position_embeddings = max(int(config.max_position_embeddings), cfg.seq_len)
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch.float32, attn_implementation=attn)
+        model = models.read_weights(path, config, "--base", dtype=torch.float32, attn_implementation=attn)
         name = models.display_name(path)
     if cfg.grad_ckpt:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -214,11 +216,26 @@ class Checkpoint:
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Checkpoint) and other.path == self.path
+
+    @classmethod
+    def all(cls, out: Path) -> "list[Checkpoint]":
+        """The run's step checkpoints, newest first (a save killed midway left none of its own)."""
+        root = Path(out) / "checkpoints"
+        for path in root.glob("step-*") if root.is_dir() else []:
+            rundir.recover(path)
+        found = sorted(root.glob("step-[0-9]*[0-9]")) if root.is_dir() else []
+        return [cls(p) for p in reversed(found) if p.is_dir()]
+
     @classmethod
     def latest(cls, out: Path) -> "Checkpoint | None":
         rundir.recover(Path(out) / "final")
-        found = sorted((Path(out) / "checkpoints").glob("step-*")) if (Path(out) / "checkpoints").is_dir() else []
-        return cls(found[-1]) if found else None
+        found = cls.all(out)
+        return found[0] if found else None
+
+    def complete(self) -> bool:
+        return (self.path / "trainer_state.json").is_file()
 
     @classmethod
     def at_step(cls, out: Path, step: int) -> "Checkpoint":
@@ -251,10 +268,17 @@ class Checkpoint:
                             f"earlier checkpoints are intact") from None
 
     def restore(self, engine) -> dict:
-        """Load the engine's state and every RNG; returns the trainer state (step, position, tokens)."""
+        """Load the engine's state and every RNG; returns the trainer state (step, position, tokens).
+        A damaged or missing file is a UserError naming it (the caller falls back to an older one)."""
+        f = self.path / "trainer_state.json"
+        try:
+            state = json.loads(f.read_text())
+            int(state["step"]), int(state["position"]), int(state["tokens"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"--resume: {f} is damaged or missing ({type(exc).__name__}: {exc})") from None
         engine.load(self.path)
         _set_rng_state(load_state(self.path / "rng.pt"))
-        return json.loads((self.path / "trainer_state.json").read_text())
+        return state
 
 
 def _rng_state() -> dict:
@@ -294,7 +318,8 @@ class Run:
     accum: int          # micro-steps per optimizer step
     steps: int
     warmup: int
-    digest: str = ""    # the config hash (set when the run directory is opened)
+    digest: str = ""    # the config hash (set when the run directory is checked)
+    hashed: dict = field(default_factory=dict)   # what the hash covers (written as train_config.json)
     say: object = print
 
     def tokens_at(self, step: int) -> int:
@@ -314,10 +339,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
 
 def _train(run: Run, resume: bool, console, stop_after: int | None) -> Path:
     cfg = run.cfg
-    _open_run_dir(run, resume)
+    finished = _check_run_dir(run, resume)  # nothing is written before the model has loaded
+    if finished is not None:
+        run.say(f"{run.out}: this run has finished ({finished.name}); nothing to do")
+        return finished
     model, base_name = _load_model(cfg, run.tokenizer, run.device)
+    _open_run_dir(run)
     engine = _engine(run, model)
-    step, position = _resume(run, engine) if resume else (0, 0)
+    step, position = _resume(run, engine)
     source = {"name": f"{base_name}-{run.out.name}", "base": cfg.base if not cfg.from_scratch else cfg.from_scratch,
               "data": str(cfg.data), "tokens": cfg.tokens, "seq_len": cfg.seq_len}
     meter = _Meter(run, engine)
@@ -339,8 +368,6 @@ def _train(run: Run, resume: bool, console, stop_after: int | None) -> Path:
 
 def _setup(cfg: TrainConfig, console) -> Run:
     """Processes and device, the dtype in force, the tokenizer and shards (same vocabulary), the plan."""
-    from transformers import AutoTokenizer
-
     from harness.data import packing
 
     out = Path(cfg.out)
@@ -348,7 +375,9 @@ def _setup(cfg: TrainConfig, console) -> Run:
     rank, world, device = _distributed()
     compute = precision.resolve(cfg.dtype, device)
     tok_path = models.resolve("smollm2-135m") if cfg.from_scratch else models.resolve(cfg.base)
-    tokenizer = AutoTokenizer.from_pretrained(tok_path)
+    if not cfg.from_scratch:
+        models.read_config(tok_path, "--base")  # a damaged config named before anything else reads it
+    tokenizer = models.read_tokenizer(tok_path, "--base")
     data = shard_io.PackedShards(Path(cfg.data), cfg.seq_len)
     if data.vocab_hash != packing.vocab_hash(tokenizer):
         raise UserError(f"--data: the shards were tokenized with {data.manifest['tokenizer']['name']!r} "
@@ -360,20 +389,32 @@ def _setup(cfg: TrainConfig, console) -> Run:
     return Run(cfg, out, rank, world, device, compute, tokenizer, data, per_step, accum, steps, warmup, say=say)
 
 
-def _open_run_dir(run: Run, resume: bool) -> None:
-    """A new run, or a resume of the same config; anything else is refused before the model loads."""
+def _check_run_dir(run: Run, resume: bool) -> Path | None:
+    """Refuse what cannot continue (another config; a plain rerun over checkpoints); return the
+    final checkpoint of a finished run. Writes nothing."""
     # The dtype in force, not the request: `auto` resumed on a machine that picks another dtype is refused.
-    hashed = {**run.cfg.hashed(), "dtype": run.compute.name}
-    run.digest = rundir.config_hash(hashed)
-    keyed = rundir.KeyedDir(run.out, "train_config.json", "a training run")
-    old = keyed.existing(hashed)
+    run.hashed = {**run.cfg.hashed(), "dtype": run.compute.name}
+    run.digest = rundir.config_hash(run.hashed)
+    old = rundir.KeyedDir(run.out, "train_config.json", "a training run").existing(run.hashed)
     _barrier(run.world)  # every rank looks before rank 0 writes, so all of them take the same branch
-    if old is not None and not resume:
-        raise UserError(f"--out: {str(run.out)!r} already holds this run; add --resume to continue it")
-    if old is None and resume:
-        raise UserError(f"--resume: {str(run.out)!r} holds no training run to resume")
-    if old is None and run.rank == 0:
-        keyed.write(hashed, precision=run.compute.record())
+    if old is None:
+        if resume:
+            raise UserError(f"--resume: {str(run.out)!r} holds no training run to resume")
+        return None
+    final = Checkpoint(run.out / "final")
+    rundir.recover(final.path)
+    if final.complete():
+        return final.path
+    if not resume and Checkpoint.all(run.out):
+        raise UserError(f"--out: {str(run.out)!r} already holds this run with checkpoints; add --resume to continue it")
+    return None
+
+
+def _open_run_dir(run: Run) -> None:
+    """Record the config of a new run (rank 0), once the model has loaded."""
+    keyed = rundir.KeyedDir(run.out, "train_config.json", "a training run")
+    if run.rank == 0 and not keyed.record_path.is_file():
+        keyed.write(run.hashed, precision=run.compute.record())
     _barrier(run.world)
 
 
@@ -388,16 +429,31 @@ def _engine(run: Run, model):
 
 
 def _resume(run: Run, engine) -> tuple[int, int]:
-    """(step, data position) of the latest checkpoint, with the engine and RNGs restored from it."""
-    ckpt = Checkpoint.latest(run.out)
-    if ckpt is None:
-        raise UserError(f"--resume: {str(run.out)!r} has no checkpoint yet (use --save-every N)")
-    state = ckpt.restore(engine)
-    step = state["step"]
-    if run.rank == 0:  # steps logged after this checkpoint are redone: drop them so none is doubled
+    """(step, data position) of the newest checkpoint that loads, the engine and RNGs restored from
+    it; a damaged one is named and the one before it tried. No checkpoint (a new run, or one killed
+    before its first): step 0. Steps logged after the point resumed from are dropped (redone once)."""
+    checkpoints = Checkpoint.all(run.out)
+    damaged = []
+    step, position = 0, 0
+    for ckpt in checkpoints:
+        try:
+            state = ckpt.restore(engine)
+        except UserError as exc:
+            damaged.append(str(exc))
+            run.say(f"warning: {exc}" + ("; trying the checkpoint before it" if ckpt != checkpoints[-1] else ""))
+            continue
+        step, position = state["step"], state["position"]
+        run.say(f"resuming {run.out} from {ckpt.path.name} (step {step}, {state['tokens']:,} tokens)")
+        break
+    else:
+        if damaged:
+            raise UserError(f"--resume: no checkpoint in {run.out} loads ({len(damaged)} damaged; the newest: "
+                            f"{damaged[0]}); remove --out to start the run again")
+        if (run.out / METRICS).exists():
+            run.say(f"{run.out}: no checkpoint was written before the run stopped; starting it again")
+    if run.rank == 0:
         rundir.JsonlLog(run.out / METRICS).keep(lambda r: r["step"] <= step)
-    run.say(f"resuming {run.out} from {ckpt.path.name} (step {step}, {state['tokens']:,} tokens)")
-    return step, state["position"]
+    return step, position
 
 
 class _Meter:

@@ -102,3 +102,16 @@ def test_a_moved_run_directory_resumes(tiny_model_dir, shards, tmp_path):
     shutil.move(first, moved)
     assert loop.train(_cfg(tiny_model_dir, shards, moved, save_every=2), resume=True) == moved / "final"
     assert _steps(moved) == list(range(1, 9))
+
+
+def test_a_run_recorded_with_its_path_in_the_key_still_resumes(tiny_model_dir, shards, tmp_path):
+    """Runs written before the key left out --out hold it in train_config.json: still theirs."""
+    from harness import rundir
+
+    out = tmp_path / "old"
+    cfg = _cfg(tiny_model_dir, shards, out, save_every=2)
+    loop.train(cfg, stop_after=2)
+    record = rundir.read_json(out / "train_config.json", "test")
+    config = {**record["config"], "out": str(out)}
+    rundir.write_json(out / "train_config.json", {**record, "config": config, "config_hash": rundir.config_hash(config)})
+    assert loop.train(cfg, resume=True) == out / "final"

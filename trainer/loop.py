@@ -394,8 +394,13 @@ def _check_run_dir(run: Run, resume: bool) -> Path | None:
     final checkpoint of a finished run. Writes nothing."""
     # The dtype in force, not the request: `auto` resumed on a machine that picks another dtype is refused.
     run.hashed = {**run.cfg.hashed(), "dtype": run.compute.name}
+    keyed = rundir.KeyedDir(run.out, "train_config.json", "a training run")
+    if keyed.record_path.is_file():  # a run recorded before the key left out --out: compared as written
+        written = rundir.read_json(keyed.record_path, "--out").get("config", {})
+        if "out" in written:
+            run.hashed["out"] = written["out"]
     run.digest = rundir.config_hash(run.hashed)
-    old = rundir.KeyedDir(run.out, "train_config.json", "a training run").existing(run.hashed)
+    old = keyed.existing(run.hashed)
     _barrier(run.world)  # every rank looks before rank 0 writes, so all of them take the same branch
     if old is None:
         if resume:

@@ -53,6 +53,9 @@ def _quiet_libraries() -> None:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    import datasets  # its per-split bars would add lines around a one-line error
+
+    datasets.disable_progress_bars()
 
 
 def _slug(text: str) -> str:

@@ -122,22 +122,33 @@ def read_infinitebench(path: Path) -> tuple[dict[str, str], list[Item]]:
     """InfiniteBench longbook_qa_eng jsonl: one book per line with its question and answers."""
     books, items = {}, []
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")
     except OSError as exc:
         raise UserError(f"--bookqa: cannot read {str(path)!r} ({exc.strerror})") from None
     with fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise UserError(f"--bookqa: {path} line {lineno} is not UTF-8 text") from None
             except json.JSONDecodeError:
                 raise UserError(f"--bookqa: {path} line {lineno} is not JSON") from None
+            if not isinstance(row, dict):
+                raise UserError(f"--bookqa: {path} line {lineno} is a JSON {type(row).__name__}, not an object "
+                                f"with {', '.join(FIELDS)}")
             missing = [f for f in FIELDS if f not in row]
             if missing:
                 raise UserError(f"--bookqa: {path} line {lineno} has no {missing[0]!r} field "
                                 f"(InfiniteBench longbook_qa_eng rows need {', '.join(FIELDS)})")
+            for name in ("context", "input"):
+                if not isinstance(row[name], str) or not row[name].strip():
+                    raise UserError(f"--bookqa: {path} line {lineno}: {name!r} is {type(row[name]).__name__}, "
+                                    f"not non-empty text")
             answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
+            if not answers or any(not isinstance(a, (str, int, float)) or isinstance(a, bool) for a in answers):
+                raise UserError(f"--bookqa: {path} line {lineno}: 'answer' must be text or a list of texts")
             item_id = str(row.get("id", lineno))
             books[item_id] = row["context"]
             items.append(Item(item_id, item_id, row["input"], tuple(str(a) for a in answers)))

@@ -43,7 +43,7 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
     read_tokens = None if source.startswith("embedded") else int(tokens * read_factor)
     corpus_key = {"source": src.describe(), "corpus_manifest": rundir.config_hash(embedded) if embedded else None,
                   "tokenizer": packing.vocab_hash(tok), "eos": tok.eos_token_id, "exclude": sorted(held_out),
-                  "read_tokens": read_tokens}
+                  "read_tokens": read_tokens, "read_rule": "per_domain"}
     config = {"corpus": corpus_key, "strategy": strat.to_dict(), "tokens": tokens, "seq_len": seq_len,
               "seed": seed, "tokenizer_name": tokenizer}
     with rundir.locked(out, "a build"):  # a second build into the same --out is refused
@@ -55,6 +55,7 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
         packing.ensure_documents(src, held_out)
         started = time.perf_counter()
         console.print(f"data build: {strat.name} · {tokens:,} tokens · seq_len {seq_len:,} · seed {seed} · {src.name}")
+        console.print(f"reading and tokenizing {src.name} (cached per corpus content and tokenizer)")
         ds = packing.tokenize_corpus(src, tok, key=corpus_key, exclude=held_out, read_tokens=read_tokens,
                                      num_proc=num_proc)
         domains = np.asarray(ds["domain"])

@@ -17,7 +17,7 @@ than ``max_bad_fraction`` of them is an error.
 from __future__ import annotations
 
 import gzip
-import io
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -53,15 +53,55 @@ def domain_name(value: str) -> str:
     return low if low in DOMAINS else value
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    if path.name.endswith(".zst"):
-        import zstandard
+def _zstd_blocks(raw):
+    """Decompressed blocks of a zstd stream, frame after frame; a stream cut inside a frame raises
+    (zstandard's stream reader ends there silently, so a truncated download would build quietly)."""
+    import zstandard
 
-        raw = open(path, "rb")
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), encoding="utf-8")
-    return open(path, encoding="utf-8")
+    dctx = zstandard.ZstdDecompressor()
+    dec, fed = dctx.decompressobj(), False
+    while chunk := raw.read(1 << 20):
+        while chunk:
+            fed = True
+            out = dec.decompress(chunk)
+            if out:
+                yield out
+            if dec.eof:  # a frame ended: the rest of the chunk starts the next one
+                chunk, dec, fed = dec.unused_data, dctx.decompressobj(), False
+            else:
+                chunk = b""
+    if fed:
+        raise EOFError("the last zstd frame is incomplete (a truncated file?)")
+
+
+def _split_lines(blocks) -> Iterator[bytes]:
+    pending = b""
+    for block in blocks:
+        parts = (pending + block).split(b"\n")
+        pending = parts.pop()
+        yield from parts
+    if pending:
+        yield pending
+
+
+def _read_lines(path: Path) -> Iterator[bytes]:
+    """The raw lines of a jsonl, .jsonl.gz or .jsonl.zst file (decoded per line by the caller, so
+    one bad byte costs one line, not the file)."""
+    if path.name.endswith(".zst"):
+        with open(path, "rb") as raw:
+            yield from _split_lines(_zstd_blocks(raw))
+    elif path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as fh:
+            yield from fh
+    else:
+        with open(path, "rb") as fh:
+            yield from fh
+
+
+def _read_error(exc: Exception) -> bool:
+    import zstandard
+
+    return isinstance(exc, (OSError, EOFError, zstandard.ZstdError))
 
 
 def _field(obj: dict, dotted: str):
@@ -85,41 +125,64 @@ class JsonlSource:
         self.default_domain = default_domain
         self.manifest: dict | None = None  # the embedded corpus's manifest, when that is the source
         self.seen = self.bad = 0
+        self.unknown: dict[str, int] = {}
 
     def describe(self) -> dict:
-        return {"name": self.name, "files": [str(f) for f in self.files], "text_field": self.text_field,
-                "domain_field": self.domain_field}
+        """What the tokenized corpus is keyed by: the files' contents (fingerprints), not just their paths."""
+        return {"name": self.name, "files": [str(f) for f in self.files], "content": fingerprint(self.files),
+                "text_field": self.text_field, "domain_field": self.domain_field}
 
     def __iter__(self) -> Iterator[Document]:
         self.seen = self.bad = 0
+        self.unknown: dict[str, int] = {}
         for path in self.files:
-            with _open_text(path) as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
+            lineno = 0
+            try:
+                for lineno, raw in enumerate(_read_lines(path), 1):
+                    if not raw.strip():
                         continue
                     self.seen += 1
-                    try:
-                        obj = json.loads(line)
-                        text = _field(obj, self.text_field)
-                        domain = _field(obj, self.domain_field) if self.domain_field else None
-                        domain = domain if domain is not None else self.default_domain
-                        if not isinstance(text, str) or not isinstance(domain, str):
-                            raise ValueError("missing text or domain")
-                    except (ValueError, TypeError):
-                        self.bad += 1
-                        continue
-                    doc_id = _field(obj, self.id_field) if self.id_field else None
-                    yield Document(str(doc_id) if doc_id is not None else f"{path.name}:{lineno}",
-                                   domain_name(domain), text, self.name)
-        self._check_bad()
+                    doc = self._parse(raw, path, lineno)
+                    if doc is not None:
+                        yield doc
+            except Exception as exc:
+                if not _read_error(exc):
+                    raise
+                raise UserError(f"--source {self.name}: {path} cannot be read past line {lineno} "
+                                f"({str(exc) or type(exc).__name__}); a truncated or damaged file?") from None
+        self.check_bad()
 
-    def _check_bad(self) -> None:
+    def _parse(self, raw: bytes, path: Path, lineno: int) -> Document | None:
+        """One line as a Document, or None (counted as bad): not UTF-8, not a JSON object, no text."""
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+            text = _field(obj, self.text_field)
+            domain = _field(obj, self.domain_field) if self.domain_field else None
+            domain = domain if domain is not None else self.default_domain
+            if not isinstance(text, str) or not isinstance(domain, str):
+                raise ValueError("missing text or domain")
+        except (ValueError, TypeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            self.bad += 1
+            return None
+        name = domain_name(domain)
+        if name not in DOMAINS:
+            self.unknown[name] = self.unknown.get(name, 0) + 1
+        doc_id = _field(obj, self.id_field) if self.id_field else None
+        return Document(str(doc_id) if doc_id is not None else f"{path.name}:{lineno}", name, text, self.name)
+
+    def check_bad(self) -> None:
+        """Fail past --max-bad-fraction of malformed lines, else say how many were skipped (also
+        called by a reader that stops early, over the lines it saw)."""
+        if self.unknown:
+            log.warning("%s: %d documents in domains outside the seven (%s); no built-in strategy weights them",
+                        self.name, sum(self.unknown.values()),
+                        ", ".join(f"{k} {v}" for k, v in sorted(self.unknown.items())[:5]))
         if not self.bad:
             return
         fraction = self.bad / max(self.seen, 1)
         if fraction > self.max_bad_fraction:
             raise UserError(f"--source {self.name}: {self.bad} of {self.seen} lines ({fraction:.1%}) are not "
-                            f"JSON objects with a string {self.text_field!r} and {self.domain_field!r}; "
+                            f"UTF-8 JSON objects with a string {self.text_field!r} and {self.domain_field!r}; "
                             f"allowed up to {self.max_bad_fraction:.1%} (--max-bad-fraction)")
         log.warning("%s: skipped %d malformed lines of %d (%.2f%%)", self.name, self.bad, self.seen, 100 * fraction)
 
@@ -140,12 +203,29 @@ class HFSource:
         self.name, self.path, self.text_field, self.domain_field = f"hf:{path}", path, text_field, domain_field
 
     def describe(self) -> dict:
-        return {"name": self.name, "rows": len(self.ds)}
+        return {"name": self.name, "rows": len(self.ds),
+                "content": fingerprint(sorted(p for p in Path(self.path).rglob("*") if p.is_file()))}
 
     def __iter__(self) -> Iterator[Document]:
         for i, row in enumerate(self.ds):
             yield Document(str(row.get("id", i)), domain_name(str(_field(row, self.domain_field))),
                            _field(row, self.text_field), self.name)
+
+
+def fingerprint(files: list[Path], edge: int = 1 << 20) -> str:
+    """A content key for source files: each one's size, mtime and a hash of its first and last MiB.
+    An edited, replaced or regrown file changes it; reading whole files (hundreds of GB for
+    SlimPajama) to hash them would cost more than the tokenization it protects."""
+    h = hashlib.blake2b(digest_size=16)
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(edge))
+            if st.st_size > edge:
+                fh.seek(max(edge, st.st_size - edge))
+                h.update(fh.read(edge))
+    return h.hexdigest()
 
 
 def _jsonl_files(path: Path) -> list[Path]:

@@ -30,6 +30,7 @@ the upsample weights are its ``UPSAMPLE_CODE_ARXIV_BOOK`` (about 22.5% each afte
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,8 +77,8 @@ class Strategy:
 
 def _normalise(weights: dict[str, float], what: str) -> dict[str, float]:
     for name, w in weights.items():
-        if not isinstance(w, (int, float)) or w < 0:
-            raise UserError(f"{what}: weight of {name!r} is {w!r}; weights must be non-negative numbers")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise UserError(f"{what}: weight of {name!r} is {w!r}; weights must be finite non-negative numbers")
     total = float(sum(weights.values()))
     if total <= 0:
         raise UserError(f"{what}: all weights are zero; give at least one positive domain weight")
@@ -126,7 +127,11 @@ def from_yaml(path: Path, seq_len: int) -> Strategy:
     unknown = [d for d in spec["weights"] if d not in DOMAINS]
     if unknown:
         raise UserError(f"--strategy {path}: unknown domain {unknown[0]!r}; known: {', '.join(DOMAINS)}")
+    _known_keys(spec, YAML_KEYS, f"--strategy {path}")
     rule = spec.get("length_rule") or {"type": "none"}
+    if not isinstance(rule, dict):
+        raise UserError(f"--strategy {path}: length_rule is {rule!r}; give a mapping such as {{type: cut, length: 4096}}")
+    _known_keys(rule, RULE_KEYS, f"--strategy {path}: length_rule")
     kind = rule.get("type", "none")
     if kind not in RULES:
         raise UserError(f"--strategy {path}: length_rule type {kind!r} unknown; known: {', '.join(RULES)}")
@@ -135,14 +140,36 @@ def from_yaml(path: Path, seq_len: int) -> Strategy:
         raise UserError(f"--strategy {path}: scope {scope!r} unknown; known: {', '.join(SCOPES)}")
     cut = None
     if kind == "cut":
-        cut = seq_len if rule.get("length", "target") == "target" else int(rule["length"])
-        if cut < 1:
-            raise UserError(f"--strategy {path}: cut length must be positive")
-    keep = float(rule.get("keep_short", KEEP_SHORT))
-    if not 0 < keep <= 1:
-        raise UserError(f"--strategy {path}: keep_short {keep} must be in (0, 1]")
-    return Strategy(str(spec.get("name", Path(path).stem)), _normalise(spec["weights"], str(path)), kind,
-                    cut=cut, scope=scope, short=int(rule.get("threshold", SHORT)), keep_short=keep, mix=mix)
+        length = rule.get("length", "target")
+        cut = seq_len if length == "target" else _number(length, f"--strategy {path}: length_rule.length",
+                                                         "a whole number of tokens >= 1, or target", whole=True, low=1)
+    keep = _number(rule.get("keep_short", KEEP_SHORT), f"--strategy {path}: length_rule.keep_short",
+                   "a fraction in (0, 1]", low=0, low_open=True, high=1)
+    short = _number(rule.get("threshold", SHORT), f"--strategy {path}: length_rule.threshold",
+                    "a whole number of tokens >= 1", whole=True, low=1)
+    return Strategy(str(spec.get("name", Path(path).stem)), _normalise(spec["weights"], f"--strategy {path}"), kind,
+                    cut=cut, scope=scope, short=int(short), keep_short=keep, mix=mix)
+
+
+YAML_KEYS = ("name", "weights", "length_rule", "scope")
+RULE_KEYS = ("type", "length", "threshold", "keep_short")
+
+
+def _known_keys(spec: dict, known: tuple[str, ...], what: str) -> None:
+    extra = [k for k in spec if k not in known]
+    if extra:
+        raise UserError(f"{what}: unknown key {extra[0]!r}; known: {', '.join(known)}")
+
+
+def _number(value, what: str, accepted: str, *, whole: bool = False, low: float | None = None,
+            low_open: bool = False, high: float | None = None):
+    """One number from a YAML field, or one line naming the field and what it accepts."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (not whole or float(value).is_integer())
+    ok = ok and (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
+    if not ok:
+        raise UserError(f"{what} is {value!r}; accepted: {accepted}")
+    return int(value) if whole else float(value)
 
 
 def resolve(name_or_path: str, seq_len: int, mix: str | None = None) -> Strategy:
@@ -186,8 +213,10 @@ def plan(strategy: Strategy, domains: list[str] | np.ndarray, lengths: np.ndarra
     present = {d for d in strategy.weights if np.any((domains == d) & (lengths > 0))}
     missing = sorted(set(strategy.weights) - present)
     if not present:
+        found = sorted(set(np.unique(domains).tolist()))
         raise UserError(f"strategy {strategy.name}: the corpus has none of the domains it weights "
-                        f"({', '.join(strategy.weights)})")
+                        f"({', '.join(strategy.weights)}); its domains: {', '.join(found[:8]) or 'none'} "
+                        f"(jsonl: set the domain field to one of the seven, or give a mixture YAML)")
     if missing:
         log.warning("strategy %s: the corpus has no documents for %s; their weight goes to the other domains",
                     strategy.name, ", ".join(missing))

@@ -60,15 +60,24 @@ def vocab_hash(tok) -> str:
 
 
 def _generate(source, exclude: list[str], read_tokens: int | None):
+    """The source's documents; with ``read_tokens``, at most that many (estimated) per domain, and
+    reading stops once every one of the seven domains has them (a domain at the end of a file is
+    reached, and the malformed-line rule still judges every line read)."""
+    from harness.data.corpus import DOMAINS
+
     skip = set(exclude)
-    read = 0
+    read: dict[str, int] = {}
     for doc in source:
         if doc.id in skip:
             continue
+        if read_tokens and read.get(doc.domain, 0) >= read_tokens:
+            if all(read.get(d, 0) >= read_tokens for d in DOMAINS):
+                if hasattr(source, "check_bad"):
+                    source.check_bad()
+                return
+            continue
         yield {"id": doc.id, "domain": doc.domain, "text": doc.text}
-        read += len(doc.text) // 4  # a cheap token estimate, only to cap reading huge sources
-        if read_tokens and read >= read_tokens:
-            break
+        read[doc.domain] = read.get(doc.domain, 0) + len(doc.text) // 4  # a cheap token estimate
 
 
 def ensure_documents(source, exclude: list[str] = ()) -> None:
@@ -124,9 +133,14 @@ def _tokenize_into(path: Path, source, tok, digest: str, exclude, read_tokens, n
                                        "text": datasets.Value("string")})
     # gen_kwargs values that are lists are split into shards by datasets (one generator call per
     # item): the exclusions go in as a tuple so the source is read exactly once.
-    raw = datasets.Dataset.from_generator(_generate, gen_kwargs={"source": source, "exclude": tuple(exclude),
-                                                                  "read_tokens": read_tokens},
-                                          features=text_features, cache_dir=str(work))
+    try:
+        raw = datasets.Dataset.from_generator(_generate, gen_kwargs={"source": source, "exclude": tuple(exclude),
+                                                                      "read_tokens": read_tokens},
+                                              features=text_features, cache_dir=str(work))
+    except datasets.exceptions.DatasetGenerationError as exc:  # our reader's one-line refusal, wrapped
+        if isinstance(exc.__cause__, UserError):
+            raise exc.__cause__ from None
+        raise
     features = datasets.Features({"id": datasets.Value("string"), "domain": datasets.Value("string"),
                                   "input_ids": datasets.Sequence(datasets.Value("int32")),
                                   "n_tokens": datasets.Value("int64")})

@@ -21,7 +21,6 @@ its last checkpoint, an unfinished evaluation from its last cell.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -135,7 +134,7 @@ def resolve_mixtures(specs: list[str], seq_len: int, tokenizer) -> list[Mixture]
             raise UserError(f"--mixtures: {label!r} is named twice; each mixture needs its own name")
         seen.add(label)
         if prebuilt:
-            manifest = json.loads((Path(prebuilt) / "manifest.json").read_text())
+            manifest = rundir.read_json(Path(prebuilt) / "manifest.json", "--mixtures")
             got = manifest.get("tokenizer", {})
             if got.get("vocab_hash") != want:
                 raise UserError(f"--mixtures: {spec!r} was built with tokenizer {got.get('name')!r} (vocabulary "
@@ -158,11 +157,24 @@ def _mix_for(cfg: AblateConfig, strategy: str) -> str | None:
     return cfg.mix if strategy in mixture.STRATEGIES else None
 
 
+def _recorded_data(out: Path, cfg: AblateConfig) -> dict[str, str]:
+    """label -> finished data build, as the ablation of this config in ``out`` recorded them."""
+    record = out / store.ABLATION
+    if not record.is_file():
+        return {}
+    old = rundir.read_json(record, "--out")
+    if old.get("config_hash") != rundir.config_hash(cfg.hashed()):
+        return {}  # another config: refused below, with the keys that differ
+    return {m["label"]: m["data"] for m in old.get("plan", {}).get("mixtures", [])
+            if isinstance(m, dict) and isinstance(m.get("data"), str) and (Path(m["data"]) / "manifest.json").is_file()}
+
+
 def _data_dir(cfg: AblateConfig, strategy: str, tokenizer_name: str) -> Path:
+    from harness.data.build import FORMAT
     from harness.paths import cache_dir
 
     key = {"source": cfg.source, "strategy": strategy, "tokens": cfg.tokens, "seq_len": cfg.seq_len,
-           "tokenizer": tokenizer_name, "seed": cfg.seed, "mix": _mix_for(cfg, strategy)}
+           "tokenizer": tokenizer_name, "seed": cfg.seed, "mix": _mix_for(cfg, strategy), "format": FORMAT}
     return cache_dir("data", f"ablate-{Path(strategy).stem}-{rundir.config_hash(key)[:12]}")
 
 
@@ -209,8 +221,9 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     tokenizer_name = "smollm2-135m" if cfg.base == TINY_BASE else cfg.base
     tokenizer = models.read_tokenizer(models.resolve(tokenizer_name), "--base")
     mixtures = resolve_mixtures(cfg.mixtures, cfg.seq_len, tokenizer)
-    for m in mixtures:
-        m.data = m.data or str(_data_dir(cfg, m.strategy, tokenizer_name))
+    recorded = _recorded_data(out, cfg)
+    for m in mixtures:  # a resumed ablation keeps the builds it made, whatever the cache names now
+        m.data = m.data or recorded.get(m.label) or str(_data_dir(cfg, m.strategy, tokenizer_name))
     plan = stages(cfg, prep, mixtures, tokenizer_name, console)  # every stage's config checked: nothing written yet
     with rundir.locked(out, "an ablation"):  # a second ablation into the same --out is refused
         keyed = rundir.KeyedDir(out, store.ABLATION, "an ablation")

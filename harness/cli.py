@@ -24,7 +24,6 @@ import click
 from rich.console import Console
 
 from harness.errors import UserError
-from harness.values import format_length
 
 def _console(stderr: bool) -> Console:
     out = Console(stderr=stderr)

@@ -101,9 +101,14 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
     from harness import models
     from harness.rundir import check_writable, locked
 
+    from harness.store import RunStore
+
     models.resolve(model_spec)  # a bad path fails before anything slow
     check_writable(out)
     with locked(out, "a run"):
+        if (out / "manifest.json").is_file():
+            for _ in RunStore(out).results():  # a damaged store is named before the model loads
+                pass
         return _evaluate(model_spec, prep, out, console)
 
 

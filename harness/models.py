@@ -209,7 +209,7 @@ def _register_frozen_dynamic() -> None:
 def display_name(path: Path) -> str:
     source = path / "SOURCE.json"
     if source.is_file():
-        return json.loads(source.read_text()).get("name", path.name)
+        return str(rundir.read_json(source, "--model").get("name", path.name))
     return path.name
 
 

@@ -211,11 +211,24 @@ def write_json(dest: str | os.PathLike, obj) -> None:
 def read_json(path: Path, what: str) -> dict:
     """A JSON record the harness wrote; a damaged one is a one-line error naming the file."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{what}: {str(path)!r} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{what}: {str(path)!r} is not valid JSON ({exc}); remove the directory and rerun") from None
+    if not isinstance(record, dict):
+        raise UserError(f"{what}: {str(path)!r} holds a JSON {type(record).__name__}, not the record the harness "
+                        f"writes; remove the directory and rerun")
+    return record
+
+
+def member(name, record: Path) -> str:
+    """A file or directory name read from ``record`` (a shard, an evaluation directory), accepted only
+    as one plain path component: what a run file names stays inside the directory it describes."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise UserError(f"{record}: names {name!r}, which is not a plain name inside its directory; "
+                        f"the file was edited or damaged")
+    return name
 
 
 # -- append-only logs ------------------------------------------------------------------------------

@@ -56,14 +56,35 @@ class RunStore:
 
     # -- results --------------------------------------------------------------------------------
     def results(self) -> Iterator[dict]:
-        """Every complete result line, in the order written (a torn last line is skipped)."""
-        return self.log.records()
+        """Every complete result line, in the order written (a torn last line is skipped). A line
+        off the schema (no suite, key or numeric score; a suite the run never had) is one error
+        naming the file and line: an edited or foreign file, never silently reported."""
+        suites = None
+        for number, record in enumerate(self.log.records(), 1):
+            if suites is None:
+                suites = set(self.read_manifest().get("config", {}).get("suites", {})) if self.manifest_path.is_file() else set()
+            problem = _off_schema(record, suites)
+            if problem:
+                raise UserError(f"{self.results_path}: result {number} {problem}; the file was edited or damaged: "
+                                f"delete that line (a run then redoes the cell) or restore the file")
+            yield record
 
     def done(self, suite: str) -> set[str]:
         return {r["key"] for r in self.results() if r.get("suite") == suite}
 
     def append(self, result: dict) -> None:
         self.log.append(result)
+
+
+def _off_schema(record: dict, suites: set[str]) -> str | None:
+    if not isinstance(record.get("suite"), str) or not isinstance(record.get("key"), str):
+        return "has no suite or key"
+    if suites and record["suite"] not in suites:
+        return f"is from suite {record['suite']!r}, which this run does not hold ({', '.join(sorted(suites))})"
+    score = record.get("score")
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        return f"has score {score!r}, not a number"
+    return None
 
 
 # -- ablation directories: what `harness ablate` writes around its run stores -------------------------

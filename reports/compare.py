@@ -87,17 +87,20 @@ def collect(paths: list[Path]) -> Collection:
             col.ablations.append(ablation)
             for label in ablation["plan"]["models"]:
                 # A mixture trained with several seeds is evaluated once per seed and pooled here.
-                dirs = [path / "eval" / d for d in ablation["plan"].get("evals", {}).get(label, [label])]
+                dirs = [path / "eval" / rundir.member(d, record) for d in ablation["plan"].get("evals", {}).get(label, [label])]
                 parts = [_run(d, d.name) for d in dirs if (d / "manifest.json").is_file()]
                 if parts:
                     col.runs.append(Run.pooled(label, parts))
             for m in ablation["plan"]["mixtures"]:
                 stats = Path(m["data"]) / "stats.json"
                 if stats.is_file():
-                    col.mixtures[m["label"]] = json.loads(stats.read_text())
+                    col.mixtures[m["label"]] = rundir.read_json(stats, "report")
             col.stages += list(store.stages(path).records())
         elif (path / "manifest.json").is_file():
-            col.runs.append(_run(path, path.resolve().name))
+            run = _run(path, path.resolve().name)
+            if not run.results:
+                raise UserError(f"{str(path)!r} holds no results yet: finish it (rerun its command) or leave it out")
+            col.runs.append(run)
         else:
             raise UserError(f"{str(path)!r} is neither a run directory (manifest.json) nor an ablation (ablate.json)")
     names = [r.name for r in col.runs]

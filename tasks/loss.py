@@ -9,7 +9,6 @@ needle grid, never instead of it.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import uncertainty
+from harness import rundir, uncertainty
 from harness.errors import UserError
 from harness.tasks import base
 from harness.values import format_length, parse_length
@@ -68,7 +67,7 @@ def resolve_config(*, max_length: int, bucket: int | None = None, length: int | 
         raise UserError(f"--loss-bucket: {width} must be positive")
     length = int(length or spec["max_length"] or max_length)
     corpus_dir = embedded.build()
-    held_out = json.loads((corpus_dir / "manifest.json").read_text()).get("held_out", [])
+    held_out = rundir.read_json(corpus_dir / "manifest.json", "loss").get("held_out", [])
     docs = {i: (d["domain"], d["text"]) for i, d in embedded.read_documents(corpus_dir, held_out).items()}
     if not docs:
         raise UserError(f"suite loss: the corpus at {corpus_dir} lists no held-out documents")

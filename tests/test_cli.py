@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from harness.cli import main
 from tests.conftest import harness_cli, one_line_error
 
 FIELDS = {"suite", "key", "length", "tokens", "depth", "score", "scores", "output", "seconds"}

@@ -22,12 +22,12 @@ def test_append_resume_and_refuse_a_different_config(tmp_path):
 
 def test_torn_last_line_is_dropped_and_cut_on_reopen(tmp_path):
     store = RunStore.open(tmp_path / "run", _manifest([1]))
-    store.append({"suite": "needle", "key": "a"})
+    store.append({"suite": "needle", "key": "a", "score": 1.0})
     with open(store.results_path, "ab") as fh:  # what a power cut mid-write could leave
         fh.write(b'{"suite":"needle","key":"b","sc')
     assert [r["key"] for r in store.results()] == ["a"]
     reopened = RunStore.open(tmp_path / "run", _manifest([1]))
-    reopened.append({"suite": "needle", "key": "b"})
+    reopened.append({"suite": "needle", "key": "b", "score": 1.0})
     lines = reopened.results_path.read_text().splitlines()
     assert [json.loads(line)["key"] for line in lines] == ["a", "b"]
 
@@ -89,9 +89,9 @@ def test_a_directory_lock_refuses_another_process_and_dies_with_its_holder(tmp_p
 @pytest.mark.parametrize("damage", [b"garbage{\n", b"[1, 2]\n", b"\xff\xfe not utf-8\n"])
 def test_a_damaged_line_is_one_clear_error(tmp_path, damage):
     store = RunStore.open(tmp_path / "run", _manifest([1]))
-    store.append({"suite": "needle", "key": "a"})
+    store.append({"suite": "needle", "key": "a", "score": 1.0})
     with open(store.results_path, "ab") as fh:
         fh.write(damage)
-    store.append({"suite": "needle", "key": "b"})
+    store.append({"suite": "needle", "key": "b", "score": 1.0})
     with pytest.raises(UserError, match=r"results.jsonl: line 2 is not a JSON record .* delete that line"):
         list(store.results())

@@ -20,6 +20,12 @@ from harness.data import corpus, mixture, packing, stats
 from harness.values import MIN_SEQ_LEN, check_fraction, check_seed
 
 
+# Bumped whenever what a build's config records changes shape (2: sources keyed by content, reading
+# capped per domain): directories the harness names itself in the cache then get new names, never
+# a "different config" refusal over a build the user never asked for.
+FORMAT = 2
+
+
 def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: str, seed: int, out: Path,
           mix: str | None = None, num_proc: int | None = None, max_bad_fraction: float = 0.01, read_factor: float = 20.0,
           console: Console | None = None) -> dict:
@@ -89,7 +95,8 @@ def from_scratch_data(seq_len: int, tokens: int, seed: int, console: Console | N
     tokens = max(tokens, 2_000_000)
     # Keyed by what decides the build (the strategy with its target mix): a changed default is a
     # new directory, never a refused one.
-    key = {"strategy": mixture.resolve("cut_target", seq_len).to_dict(), "tokens": tokens, "seed": seed}
+    key = {"strategy": mixture.resolve("cut_target", seq_len).to_dict(), "tokens": tokens, "seed": seed,
+           "format": FORMAT}
     out = Path(cache_dir("data", f"tiny-cut_target-{seq_len}-{tokens}-seed{seed}-{rundir.config_hash(key)[:8]}"))
     build(source="embedded", strategy="cut_target", tokens=tokens, seq_len=seq_len,
           tokenizer="smollm2-135m", seed=seed, out=out, console=console)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from harness import rundir
 from harness.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def open_source(spec: str, *, text_field: str = "text", domain_field: str | None
         manifest = root / "manifest.json"
         if not manifest.is_file():
             raise UserError(f"--source {spec}: {root} has no manifest.json (build it with `harness data corpus`)")
-        meta = json.loads(manifest.read_text())
+        meta = rundir.read_json(manifest, f"--source {spec}")
         files = [root / s["file"] for s in meta["sources"].values()]
         source = JsonlSource(f"embedded:{root}", files, max_bad_fraction=max_bad_fraction)
         source.manifest = meta

@@ -53,7 +53,7 @@ from filelock import FileLock
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness import pypi
+from harness import pypi, rundir
 from harness.rundir import atomic_path, write_text
 from harness.errors import UserError
 from harness.paths import cache_dir
@@ -138,7 +138,7 @@ def read_documents(corpus_dir: Path, ids) -> dict[str, dict]:
     Only the files of sources whose names prefix a wanted id are opened (ids are ``source/...``).
     """
     wanted = set(ids)
-    manifest = json.loads((Path(corpus_dir) / "manifest.json").read_text())
+    manifest = rundir.read_json(Path(corpus_dir) / "manifest.json", "corpus")
     prefixes = {i.split("/", 1)[0] for i in wanted}
     found: dict[str, dict] = {}
     for name, src in manifest["sources"].items():

@@ -8,7 +8,6 @@ w-th sequence of each global batch.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from harness import rundir
 from harness.errors import UserError
 
 
@@ -33,17 +33,35 @@ class PackedShards:
         if not manifest.is_file():
             raise UserError(f"--data: {str(path)!r} is not a data build (no manifest.json); "
                             f"make one with `harness data build`")
-        self.manifest = json.loads(manifest.read_text())
-        built = int(self.manifest["seq_len"])
+        self.manifest = rundir.read_json(manifest, "--data")
+        try:
+            built = int(self.manifest["seq_len"])
+            names = [rundir.member(n, manifest) for n in self.manifest["shards"]]
+            self.manifest["tokenizer"]["vocab_hash"]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"--data: {manifest} lacks seq_len, shards or tokenizer.vocab_hash; it is not a "
+                            f"complete `harness data build` manifest (rebuild the data)") from None
         if seq_len > built:
             raise UserError(f"--seq-len: {seq_len} is above the shards' sequence length {built}; "
                             f"rebuild the data with --seq-len {seq_len} or train at <= {built}")
         self.path, self.seq_len = path, seq_len
         # Memory-mapped and read row by row: a multi-billion-token build is never held in memory.
-        tables = [pq.read_table(path / "shards" / name, memory_map=True) for name in self.manifest["shards"]]
+        tables = [self._read(path / "shards" / name) for name in names]
         self.table = pa.concat_tables(tables) if tables else None
         if self.table is None or self.table.num_rows == 0:
             raise UserError(f"--data: {str(path)!r} holds no sequences")
+
+    @staticmethod
+    def _read(shard: Path) -> pa.Table:
+        try:
+            table = pq.read_table(shard, memory_map=True)
+        except FileNotFoundError:
+            raise UserError(f"--data: shard {shard} is missing; rebuild the data (`harness data build`)") from None
+        except (pa.ArrowException, OSError) as exc:
+            raise UserError(f"--data: shard {shard} is damaged ({str(exc).splitlines()[0][:160]}); rebuild the data") from None
+        if not {"input_ids", "doc_lens"} <= set(table.column_names):
+            raise UserError(f"--data: shard {shard} has no input_ids/doc_lens columns; not a packed shard")
+        return table
 
     def __len__(self) -> int:
         return self.table.num_rows

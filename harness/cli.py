@@ -417,6 +417,13 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, whatever a library put in
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a full disk, a read-only or vanished mount: the environment, not the input
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"error: {where}{exc.strerror or exc}; the last complete state is kept: rerun once this is "
+                   f"fixed and it resumes (train: add --resume)", err=True)
+        sys.exit(1)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -117,8 +117,13 @@ def locked(path: str | os.PathLike, what: str) -> Iterator[None]:
         os.close(fd)
         raise UserError(f"{path}: another process (pid {holder}) is writing {what} there; wait for it to "
                         f"finish (rerunning then resumes) or give another --out") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:  # a full disk: the lock holds, only the holder's PID is not recorded
+        if exc.errno != errno.ENOSPC:
+            os.close(fd)
+            raise OSError(exc.errno, exc.strerror, str(lock)) from None
     _HELD.add(lock)
     try:
         yield
@@ -187,9 +192,14 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        try:
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.filename:
+                raise
+            raise OSError(exc.errno, exc.strerror, str(dest)) from None  # name the file a full disk refused
         os.chmod(tmp_path, _mode(0o666))
         crash_point("file-rename")
         os.replace(tmp_path, dest)
@@ -276,11 +286,16 @@ class JsonlLog:
     def append(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask decides, as for open()
+        size = os.fstat(fd).st_size
         try:
             written = os.write(fd, line)
             if written != len(line):  # a regular file takes it whole unless the disk is full
-                raise OSError(f"short write to {self.path} ({written} of {len(line)} bytes)")
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (short write: {written} of {len(line)} bytes)", str(self.path))
             os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no torn line left behind: the log ends at its last record
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         finally:
             os.close(fd)
         crash_point("log-append")
@@ -406,7 +421,13 @@ class KeyedDir:
         return old
 
     def write(self, config: dict, **extra) -> dict:
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         record = {**extra, "config": config, "config_hash": config_hash(config)}
-        write_json(self.record_path, record)
+        try:
+            write_json(self.record_path, record)
+        except BaseException:
+            if created:  # no directory is left without its record (a full disk, a kill)
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
         return record

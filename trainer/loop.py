@@ -14,6 +14,7 @@ over packed sequences (``doc_mask`` masks per document).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -261,11 +262,15 @@ class Checkpoint:
                     (new / "SOURCE.json").write_text(json.dumps(source, indent=2))
                     torch.save(_rng_state(), new / "rng.pt")
             _barrier(world)
-        except OSError as exc:
+        except Exception as exc:
+            why = _write_failure(exc, self.path.parent)  # before the partial copy is removed: it filled the disk
             if rank == 0:
                 shutil.rmtree(shared, ignore_errors=True)
-            raise UserError(f"checkpoint {self.path.name} could not be written ({exc.strerror or exc}); "
-                            f"earlier checkpoints are intact") from None
+            if why is None:
+                raise
+            raise OSError(getattr(exc, "errno", None) or errno.ENOSPC,
+                          f"the checkpoint could not be written ({why}); earlier checkpoints are intact",
+                          str(self.path)) from None
 
     def restore(self, engine) -> dict:
         """Load the engine's state and every RNG; returns the trainer state (step, position, tokens).
@@ -279,6 +284,22 @@ class Checkpoint:
         engine.load(self.path)
         _set_rng_state(load_state(self.path / "rng.pt"))
         return state
+
+
+def _write_failure(exc: Exception, where: Path) -> str | None:
+    """What went wrong when a checkpoint write failed for a reason outside the program: an OSError,
+    or torch.save's own error when the disk it writes to is full; None for anything else (a bug)."""
+    if isinstance(exc, OSError):
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    text = str(exc)
+    if "inline_container" in text or "PytorchStreamWriter" in text:  # torch.save's writer
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            free = None
+        if free is not None and free < 16 * 1024**2:
+            return f"{os.strerror(errno.ENOSPC)}: {free:,} bytes free; torch.save: {text.strip().splitlines()[0][:120]}"
+    return None
 
 
 def _rng_state() -> dict:

@@ -7,6 +7,7 @@ the same directory is a no-op; a different one is refused.
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -58,34 +59,48 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
         if old is not None:
             console.print(f"{out}: already built with this config ({old['config_hash']}); nothing to do")
             return old
-        packing.ensure_documents(src, held_out)
-        started = time.perf_counter()
-        console.print(f"data build: {strat.name} · {tokens:,} tokens · seq_len {seq_len:,} · seed {seed} · {src.name}")
-        console.print(f"reading and tokenizing {src.name} (cached per corpus content and tokenizer)")
-        ds = packing.tokenize_corpus(src, tok, key=corpus_key, exclude=held_out, read_tokens=read_tokens,
-                                     num_proc=num_proc)
-        domains = np.asarray(ds["domain"])
-        lengths = np.asarray(ds["n_tokens"], dtype=np.int64)
-        the_plan = mixture.plan(strat, domains, lengths, tokens, seed)
-        summary = stats.compute(the_plan, domains, lengths, strategy=strat.name, seq_len=seq_len)
-        summary["target_mix"] = strat.mix
-        if embedded:
-            summary["stand_in_domains"] = sorted({s["domain"] for s in embedded.get("sources", {}).values()
-                                                  if s.get("stand_in")})
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                   TimeRemainingColumn())
-        with Progress(*columns, console=console) as progress:
-            packed = packing.pack(the_plan, ds, seq_len, out, progress)
-        rundir.write_json(out / "stats.json", summary)
-        stats.plot(summary, out / "mixture.png")
-        manifest = {"tokenizer": {"name": tokenizer, "class": type(tok).__name__,
-                    "vocab_hash": packing.vocab_hash(tok), "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id},
-                    "strategy": strat.name, "seed": seed, "seq_len": seq_len, **packed,
-                    "corpus_documents": int(len(ds)), "held_out": held_out,
-                    "seconds": round(time.perf_counter() - started, 2)}
-        manifest = keyed.write(config, **manifest)
-        console.print(stats.table(summary))
-        return manifest
+        created = not out.exists()
+        try:
+            return _build(src, tok, strat, keyed, config, held_out, embedded, out, num_proc, console)
+        except BaseException:
+            if created:  # a failed build (a full disk, a bad source found late) leaves no half directory
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _build(src, tok, strat, keyed, config: dict, held_out: list, embedded: dict, out: Path, num_proc,
+           console: Console) -> dict:
+    """Tokenize (cached), plan, pack, then record: the manifest, written last, marks the build done."""
+    tokens, seq_len, seed, tokenizer = config["tokens"], config["seq_len"], config["seed"], config["tokenizer_name"]
+    corpus_key = config["corpus"]
+    packing.ensure_documents(src, held_out)
+    started = time.perf_counter()
+    console.print(f"data build: {strat.name} · {tokens:,} tokens · seq_len {seq_len:,} · seed {seed} · {src.name}")
+    console.print(f"reading and tokenizing {src.name} (cached per corpus content and tokenizer)")
+    ds = packing.tokenize_corpus(src, tok, key=corpus_key, exclude=held_out, read_tokens=corpus_key["read_tokens"],
+                                 num_proc=num_proc)
+    domains = np.asarray(ds["domain"])
+    lengths = np.asarray(ds["n_tokens"], dtype=np.int64)
+    the_plan = mixture.plan(strat, domains, lengths, tokens, seed)
+    summary = stats.compute(the_plan, domains, lengths, strategy=strat.name, seq_len=seq_len)
+    summary["target_mix"] = strat.mix
+    if embedded:
+        summary["stand_in_domains"] = sorted({s["domain"] for s in embedded.get("sources", {}).values()
+                                              if s.get("stand_in")})
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        packed = packing.pack(the_plan, ds, seq_len, out, progress)
+    rundir.write_json(out / "stats.json", summary)
+    stats.plot(summary, out / "mixture.png")
+    manifest = {"tokenizer": {"name": tokenizer, "class": type(tok).__name__,
+                "vocab_hash": packing.vocab_hash(tok), "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id},
+                "strategy": strat.name, "seed": seed, "seq_len": seq_len, **packed,
+                "corpus_documents": int(len(ds)), "held_out": held_out,
+                "seconds": round(time.perf_counter() - started, 2)}
+    manifest = keyed.write(config, **manifest)
+    console.print(stats.table(summary))
+    return manifest
 
 
 def from_scratch_data(seq_len: int, tokens: int, seed: int, console: Console | None = None) -> Path:

@@ -44,7 +44,12 @@ def train_flops(config: Any, seq_len: int) -> float:
 def measure_peak(device: str = "cpu", dtype=None, seconds: float = 0.5) -> float:
     """Achievable matmul FLOP/s on this device and dtype (default: what ``auto`` picks there),
     square GEMMs timed for ``seconds``. Measure it in the dtype the work runs in: on a CPU without
-    native bf16 the bf16 peak is about 1/40 of the fp32 one."""
+    native bf16 the bf16 peak is about 1/40 of the fp32 one.
+
+    The GEMM size grows from 256 until one product takes ``probe`` seconds (or reaches 2048 on a
+    CPU, 8192 on a GPU), so the whole measurement stays under about ``seconds`` + 8 x ``probe`` on
+    any device: a fixed 2048 GEMM in bf16 on an AVX2-only CPU took 40 s a product, minutes in all.
+    """
     import time
 
     import torch
@@ -52,20 +57,34 @@ def measure_peak(device: str = "cpu", dtype=None, seconds: float = 0.5) -> float
     from harness import precision
 
     dtype = dtype or precision.resolve("auto", device).torch_dtype
-    n = 2048 if device == "cpu" else 8192
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):  # warm-up
+
+    def timed(a, b) -> float:
+        start = time.perf_counter()
         a @ b
-    if device != "cpu":
-        torch.cuda.synchronize()
-    reps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    a = b = None
+    for n in gemm_sizes(device):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        if timed(a, b) >= PROBE_SECONDS:
+            break
+    reps, spent = 0, 0.0
+    while spent < seconds:
+        spent += timed(a, b)
         reps += 1
-    if device != "cpu":
-        torch.cuda.synchronize()
-    return 2.0 * n ** 3 * reps / (time.perf_counter() - start)
+    return 2.0 * a.shape[0] ** 3 * reps / spent
+
+
+PROBE_SECONDS = 0.02
+
+
+def gemm_sizes(device: str) -> list[int]:
+    """The GEMM sizes measure_peak tries, smallest first."""
+    top = 2048 if device == "cpu" else 8192
+    return [n for n in (256, 512, 1024, 2048, 4096, 8192) if n <= top]
 
 
 def forward_flops(config: Any, start: int, end: int, logits: int = 1) -> float:

@@ -88,3 +88,22 @@ def test_manifest_records_the_choice_and_why(flags, expected, tiny_model_dir, tm
     assert record["requested"] == "auto" and record["reason"].startswith("auto: CPU ")
     assert record["dtype"] == {"float32": "fp32", "bfloat16": "bf16"}[expected]
     assert "avx2" in record["cpu_flags"]
+
+
+def test_the_peak_measurement_stops_growing_at_the_first_slow_gemm(monkeypatch):
+    """measure_peak sizes its GEMM to the device: once a product takes PROBE_SECONDS it stops
+    growing, so a CPU with slow bf16 (40 s per 2048 product on AVX2) is measured in about a second."""
+    import torch
+
+    from harness import flops
+
+    sizes = []
+    real = torch.randn
+    monkeypatch.setattr(torch, "randn", lambda *shape, **kw: sizes.append(shape[0]) or real(*shape, **kw))
+    monkeypatch.setattr(flops, "PROBE_SECONDS", 0.0)  # every product counts as slow
+    assert flops.measure_peak("cpu", torch.float32, seconds=0.01) > 0
+    assert set(sizes) == {256}
+    sizes.clear()
+    monkeypatch.setattr(flops, "PROBE_SECONDS", float("inf"))  # none does: up to the CPU's largest size
+    flops.measure_peak("cpu", torch.float32, seconds=0.01)
+    assert sorted(set(sizes)) == flops.gemm_sizes("cpu") == [256, 512, 1024, 2048]

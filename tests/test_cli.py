@@ -184,25 +184,3 @@ def test_default_run_dirs_never_collide(tiny_model_dir, tmp_path):
     again = harness_cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "0 to run" in again.stderr
     assert len(runs()) == 2
-
-
-def test_two_runs_into_one_out_one_is_refused_every_cell_once(tiny_model_dir, tmp_path):
-    out = tmp_path / "shared"
-    args = ["run", "--model", str(tiny_model_dir), "--suite", "needle", "--lengths", "256,512,1k",
-            "--depths", "0,50,100", "--protocol", "exact", "--dtype", "fp32", "--out", str(out)]
-    first = subprocess.Popen([sys.executable, "-m", "harness", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    lock = tmp_path / ".shared.lock"
-    deadline = time.time() + 120
-    while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
-        assert time.time() < deadline and first.poll() is None, "the first run never took its lock"
-        time.sleep(0.05)
-    second = harness_cli(*args)
-    assert second.returncode == 2, second.stderr
-    lines = second.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"another process (pid {first.pid}) is writing a run there" in lines[0]
-    assert first.wait(timeout=600) == 0, first.stderr.read()
-    keys = [json.loads(line)["key"] for line in (out / "results.jsonl").read_text().splitlines()]
-    assert len(keys) == len(set(keys)) == 9
-    again = harness_cli(*args)     # the lock went with its process: a rerun resumes
-    assert again.returncode == 0 and "0 to run" in again.stderr

@@ -74,8 +74,11 @@ class AblateConfig:
         from harness.data import mixture
         from harness.trainer import loop
 
+        from harness.data import corpus
+
         loop.check_engine(self.engine)  # every training stage's TrainConfig checks the rest
         mixture.check_mix(self.mix)
+        corpus.check_source(self.source)
         if not 1 <= self.seeds <= 100:
             raise UserError(f"--seeds: {self.seeds} must be between 1 and 100 (training runs per mixture)")
         check_seed(self.seed)

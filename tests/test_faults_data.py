@@ -139,3 +139,26 @@ def test_bookqa_rows_off_the_schema(tmp_path, line, message):
     f.write_bytes(line)
     with pytest.raises(UserError, match=message):
         bookqa.read_infinitebench(f)
+
+
+# -- files named by flags, checked before any work ----------------------------------------------------
+
+@pytest.mark.parametrize("source, message", [("ftp:x", "unknown 'ftp:x'"), ("jsonl", "needs a path"),
+                                             ("jsonl:/nonexistent/x.jsonl", "does not exist")])
+def test_ablate_checks_its_source_before_any_stage(capsys, tmp_path, source, message):
+    from tests.conftest import one_line_error
+
+    out = tmp_path / "never"
+    assert message in one_line_error(capsys, ["ablate", "--preset", "tiny", "--source", source, "--out", str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("body, message", [(b"\xff\xfe", "is not valid JSON"), (b"[1]", "zero_optimization.stage"),
+                                           (b'{"zero_optimization": 3}', "zero_optimization.stage")])
+def test_a_deepspeed_config_off_the_schema(tmp_path, body, message):
+    from harness.trainer.engines import load_ds_config
+
+    f = tmp_path / "ds.json"
+    f.write_bytes(body)
+    with pytest.raises(UserError, match=message):
+        load_ds_config(f)

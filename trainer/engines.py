@@ -178,9 +178,10 @@ def load_ds_config(path: Path | None) -> dict:
         config = json.loads(path.read_text())
     except FileNotFoundError:
         raise UserError(f"--deepspeed-config: {str(path)!r} does not exist") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"--deepspeed-config: {str(path)!r} is not valid JSON ({exc})") from None
-    stage = config.get("zero_optimization", {}).get("stage")
-    if not isinstance(config, dict) or stage not in (0, 1, 2, 3):
+    zero = config.get("zero_optimization") if isinstance(config, dict) else None
+    stage = zero.get("stage") if isinstance(zero, dict) else None
+    if stage not in (0, 1, 2, 3):
         raise UserError(f"--deepspeed-config: {str(path)!r} needs zero_optimization.stage in 0-3")
     return config

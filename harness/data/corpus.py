@@ -237,13 +237,24 @@ def _jsonl_files(path: Path) -> list[Path]:
     return []
 
 
-def open_source(spec: str, *, text_field: str = "text", domain_field: str | None = None,
-                max_bad_fraction: float = 0.01):
-    """Parse a ``--source`` value and return a re-iterable source of Documents."""
+def check_source(spec: str) -> tuple[str, str]:
+    """(kind, path) of a ``--source`` value, checked without reading it (an ablation checks its
+    source before its first stage)."""
     kind, _, arg = spec.partition(":")
     accepted = "embedded, embedded:DIR, slimpajama:DIR, jsonl:PATH, hf:DIR"
     if kind not in KINDS:
         raise UserError(f"--source: unknown {spec!r}; accepted: {accepted}")
+    if kind != "embedded" and not arg:
+        raise UserError(f"--source {kind}: needs a path ({kind}:PATH); accepted: {accepted}")
+    if arg and not Path(arg).expanduser().exists():
+        raise UserError(f"--source {spec}: {Path(arg).expanduser()} does not exist")
+    return kind, arg
+
+
+def open_source(spec: str, *, text_field: str = "text", domain_field: str | None = None,
+                max_bad_fraction: float = 0.01):
+    """Parse a ``--source`` value and return a re-iterable source of Documents."""
+    kind, arg = check_source(spec)
     if kind == "embedded":
         from harness.data import embedded
 
@@ -256,11 +267,7 @@ def open_source(spec: str, *, text_field: str = "text", domain_field: str | None
         source = JsonlSource(f"embedded:{root}", files, max_bad_fraction=max_bad_fraction)
         source.manifest = meta
         return source
-    if not arg:
-        raise UserError(f"--source {kind}: needs a path ({kind}:PATH); accepted: {accepted}")
     path = Path(arg).expanduser()
-    if not path.exists():
-        raise UserError(f"--source {spec}: {path} does not exist")
     if kind == "hf":
         return HFSource(path, text_field, domain_field or "domain")
     files = _jsonl_files(path)

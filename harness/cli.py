@@ -112,10 +112,12 @@ def _suite_options(command):
               help="auto (bf16 where the device computes it natively: CUDA, CPUs with AVX512-BF16/AMX; else fp32), "
               "bf16, fp32 or fp16. HARNESS_DTYPE sets what auto picks.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--palette", default=None, help="Heatmap colours: cividis (default: colour-blind safe, prints in grey) "
+              "or paper (the paper's red-yellow-green).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>-<suites>-<config hash>). Rerunning the same command "
               "resumes it.")
-def run(model_spec, suite, out, **flags) -> None:
+def run(model_spec, suite, out, palette, **flags) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
     from harness import tasks
     from harness.evaluate import EvalRequest, evaluate, prepare
@@ -125,11 +127,14 @@ def run(model_spec, suite, out, **flags) -> None:
     for name in tasks.SUITES:
         own = {f.field: flags.pop(f.field) for f in option_flags(tasks.get(name).Options)}
         options[name] = tasks.options(name, **own)
+    from harness.reports import heatmap
+
+    heatmap.palette(palette)  # an unknown name fails before the model loads
     prep = prepare(EvalRequest(suites=suite, options=options, **flags))
     out = out or default_run_dir(model_spec, prep)
     _quiet_libraries()
     results, manifest = evaluate(model_spec, prep, out, console)
-    figures = _draw(out, results, manifest, None)
+    figures = _draw(out, results, manifest, None, palette=palette)
     for path in figures:
         console.print(f"figure: {path}")
     console.print(_summary_table(results, manifest))
@@ -152,13 +157,24 @@ def _summary_table(results: list[dict], manifest: dict):
     return t
 
 
-def _draw(run_dir: Path, results: list[dict], manifest: dict, out: Path | None) -> list[Path]:
-    """Every figure the stored results support, in registry order (PNG first of each pair)."""
+def _draw(run_dir: Path, results: list[dict], manifest: dict, out: Path | None, metric: str | None = None,
+          palette: str | None = None) -> list[Path]:
+    """Every figure the stored results support, in registry order (PNG first of each pair);
+    ``metric``: heatmaps of that stored score instead, for the suites that stored it."""
     from harness import tasks
     from harness.reports import heatmap, loss_curves
 
-    writers = {"heatmap": lambda name: heatmap.write(run_dir, results, manifest, out, name),
-               "loss_curves": lambda name: loss_curves.write(run_dir, results, manifest, out)}
+    heatmapped = [n for n in tasks.SUITES if "heatmap" in tasks.get(n).figures]
+    if metric is not None:
+        stored = {n: heatmap.metrics(results, n) for n in heatmapped}
+        heatmapped = [n for n in heatmapped if metric in stored[n]]
+        if not heatmapped:
+            known = sorted({m for ms in stored.values() for m in ms})
+            raise UserError(f"--metric: no heatmap suite in {run_dir} stored {metric!r} for every cell; "
+                            f"stored: {', '.join(known) or 'none'}")
+    writers = {"heatmap": lambda name: heatmap.write(run_dir, results, manifest, out, name, metric=metric,
+                                                     palette_name=palette) if name in heatmapped else [],
+               "loss_curves": lambda name: [] if metric else loss_curves.write(run_dir, results, manifest, out)}
     return [path for name in tasks.SUITES for kind in tasks.get(name).figures for path in writers[kind](name)]
 
 
@@ -168,7 +184,10 @@ def _draw(run_dir: Path, results: list[dict], manifest: dict, out: Path | None) 
               help="FILE.pdf: one comparison report (PDF + HTML beside it) over every run; a directory: "
                    "each run's figures there (default: each run's own directory).")
 @click.option("--reference", default=None, help="The run the difference heatmaps subtract (default: the first).")
-def report(run_dirs, out, reference) -> None:
+@click.option("--metric", default=None, help="Draw the heatmaps of another stored score, e.g. exact or word_recall "
+              "(per-run figures; the stored names are listed when one is missing).")
+@click.option("--palette", default=None, help="Heatmap colours: cividis (default) or paper (red-yellow-green).")
+def report(run_dirs, out, reference, metric, palette) -> None:
     """Draw figures, or one comparison report, from stored results alone (no model is loaded).
 
     RUN_DIR is a `harness run` directory or a `harness ablate` directory (all of its models).
@@ -179,18 +198,25 @@ def report(run_dirs, out, reference) -> None:
     if out is not None and out.suffix.lower() == ".pdf":
         from harness.reports import document
 
+        if metric or palette:
+            raise UserError("--metric/--palette: for per-run figures; the comparison report draws every model's "
+                            "main score in the default palette")
+
         check_writable(out.parent)
         click.echo(str(document.write_report(list(run_dirs), out, reference=reference, console=console)))
         return
     if reference:
         raise UserError("--reference: only for a comparison report (--out FILE.pdf)")
+    from harness.reports import heatmap
+
+    heatmap.palette(palette)
     for run_dir in run_dirs:
         store = RunStore(run_dir)
         manifest = store.read_manifest()
         target = out / _slug(run_dir.resolve().name) if out and len(run_dirs) > 1 else out
         if target:
             check_writable(target)
-        paths = _draw(run_dir, list(store.results()), manifest, target)
+        paths = _draw(run_dir, list(store.results()), manifest, target, metric=metric, palette=palette)
         if not paths:
             console.print(f"{run_dir}: no results to draw yet")
         for path in paths:

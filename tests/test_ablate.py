@@ -189,7 +189,7 @@ def _chromium() -> str | None:
 def test_html_report_shows_heatmaps_in_headless_chromium(ablation, tmp_path):
     from PIL import Image
 
-    from harness.reports.heatmap import CMAP
+    from harness.reports import heatmap
 
     out, _ = ablation
     assert _chromium(), "HARNESS_REQUIRE_CHROMIUM is set but chromium is not installed (make system-deps)"
@@ -199,7 +199,8 @@ def test_html_report_shows_heatmaps_in_headless_chromium(ablation, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert shot.is_file(), proc.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)[::3].astype(np.int16)
-    # The heatmaps' colours (the needle palette's red end: these tiny models score near 0).
-    palette = (np.array([CMAP(v)[:3] for v in np.linspace(0, 1, 11)]) * 255).astype(np.int16)
+    # The heatmaps' colours (the default palette's dark end: these tiny models score near 0).
+    cmap = heatmap.palette(None)
+    palette = (np.array([cmap(v)[:3] for v in np.linspace(0, 1, 11)]) * 255).astype(np.int16)
     near = np.abs(pixels[:, None, :] - palette[None, :, :]).max(axis=2).min(axis=1) <= 12
     assert near.sum() > 2000, f"only {near.sum()} heatmap-coloured pixels in the screenshot"

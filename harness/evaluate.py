@@ -142,7 +142,7 @@ def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> t
         suite.warn(loaded.max_positions)
     backend = _backend(loaded, req, console)
     for suite in suites.values():
-        run_suite(suite, backend, store, console, loaded.config)
+        run_suite(suite, backend, store, console, loaded)
     return list(store.results()), store.read_manifest()
 
 

@@ -5,49 +5,86 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-from harness import flops
+from harness import estimate
 from harness.store import RunStore
 from harness.tasks.base import Suite
 
 
-def run_suite(suite: Suite, backend, store: RunStore, console: Console, model_config) -> int:
+def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded) -> int:
     """Evaluate every cell of ``suite`` not yet in ``store``; returns how many ran.
 
-    ``model_config`` (the HF config) sizes the FLOP estimate printed before the grid starts.
+    Before the grid: its cost in FLOPs as the backend computes them (estimate.cell_flops) and in
+    minutes, at the rate remembered for this machine. Progress and the ETA are weighted by each
+    cell's FLOPs (a 128K cell costs far more than a 1K one), with the estimate standing in until
+    cells have finished; the run's measured rate is remembered for the next estimate.
     """
     cells = suite.cells()
     done = store.done(suite.name)
     todo = [c for c in cells if c.key not in done]
     new = suite.new_tokens
-    prompt_tokens = sum(c.length for c in todo)
-    cost = sum(flops.prefill_flops(model_config, c.length) + flops.decode_flops(model_config, c.length, new) for c in todo)
+    costs = estimate.cell_flops(suite, todo, loaded.config, getattr(backend, "shares_prefixes", False))
+    total = sum(costs)
+    key = estimate.key(loaded.info, getattr(backend, "name", "hf"), suite.name)
     already = len(cells) - len(todo)
-    console.print(f"[bold]{suite.name}[/]: {len(cells)} cells, {len(todo)} to run"
-                  f"{f' ({already} already done)' if already else ''}; "
-                  f"{prompt_tokens:,} prompt tokens + up to {len(todo) * new:,} generated; "
-                  f"about {cost / 1e12:,.1f} TFLOP")
+    head = (f"[bold]{suite.name}[/]: {len(cells)} cells, {len(todo)} to run{f' ({already} already done)' if already else ''}; "
+            f"{sum(c.length for c in todo):,} prompt tokens + up to {len(todo) * new:,} generated")
     if not todo:
+        console.print(head)
         return 0
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               TextColumn("{task.fields[cells]} cells · {task.completed:,.0f}/{task.total:,.0f} tokens · last {task.fields[last]}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
-    # Progress is counted in prompt tokens, not cells: a 128K cell costs far more than a 1K one,
-    # so the ETA is only honest when each cell weighs what it costs.
+    rate, source = estimate.rate(key, loaded.info.get("device", "cpu"), loaded.info["precision"]["dtype"]) \
+        if total > 0 else (1.0, "")
+    planned = total / rate
+    console.print(f"{head}; {estimate.flop_text(total)} (prefix tree counted): about {estimate.minutes(planned)} "
+                  f"({source})" if total > 0 else head)
     # A live bar only draws on a terminal; a log (CI, a batch job, `> run.log`) gets one line per cell.
     live = console.is_terminal
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), TextColumn("{task.fields[cells]}"),
+               TextColumn("last {task.fields[last]}"), TimeElapsedColumn(), _Eta(planned))
     started = time.perf_counter()
     with Progress(*columns, console=console, transient=False, disable=not live) as progress:
-        task = progress.add_task(suite.name, total=prompt_tokens, last="-", cells=f"0/{len(todo)}")
-        for i, (cell, result) in enumerate(suite.run(todo, backend), 1):
+        task = progress.add_task(suite.name, total=max(total, 1.0), last="-", cells=f"0/{len(todo)}")
+        cost = {c.key: f for c, f in zip(todo, costs)}
+        finished = 0.0
+        for i, (cell, result) in enumerate(suite.run(todo, backend), 1):  # in the backend's order
             store.append(result)
-            last = f"{cell.key} → {_score(result)}"
-            progress.update(task, advance=cell.length, cells=f"{i}/{len(todo)}", last=last)
+            finished += cost[cell.key]
+            progress.update(task, advance=cost[cell.key], cells=f"{i}/{len(todo)}", last=_score(result))
             if not live:
-                console.print(f"  [{i}/{len(todo)}] {last}  ({_seconds(result)}"
-                              f"{time.perf_counter() - started:,.0f} s elapsed)", highlight=False)
+                elapsed = time.perf_counter() - started
+                left = remaining(planned, elapsed, finished, total)
+                console.print(f"  [{i}/{len(todo)}] {cell.key} → {_score(result)}  ({_seconds(result)}"
+                              f"{elapsed:,.0f} s elapsed, ETA {estimate.minutes(left)})", highlight=False)
+    seconds = time.perf_counter() - started
+    if total > 0:
+        estimate.remember(key, total, seconds)
+        console.print(f"{suite.name}: {len(todo)} cells in {estimate.minutes(seconds)} (estimated "
+                      f"{estimate.minutes(planned)})")
     return len(todo)
+
+
+def remaining(planned: float, elapsed: float, done: float, total: float) -> float:
+    """Seconds left: the estimate's share until a tenth of the work is done, then the measured pace."""
+    if total <= 0:
+        return 0.0
+    if done < 0.1 * total:
+        return max(planned - elapsed, planned * (1 - done / total) * 0.5)
+    return elapsed / done * (total - done)
+
+
+class _Eta(ProgressColumn):
+    """ETA from the first second: the estimate stands in until cells have finished (rich's own
+    column shows nothing until it has seen progress)."""
+
+    def __init__(self, planned: float):
+        super().__init__()
+        self.planned = planned
+
+    def render(self, task) -> Text:
+        left = remaining(self.planned, task.elapsed or 0.0, task.completed, task.total or 0.0)
+        return Text(f"ETA {estimate.minutes(left)}", style="progress.remaining")
 
 
 def _score(result: dict) -> str:

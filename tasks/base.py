@@ -165,6 +165,11 @@ class Suite:
         """Greedy tokens per cell at most (the cost estimate's decoding part)."""
         return getattr(self.config, "max_new_tokens", 0)
 
+    def prefill_spans(self, todo: list) -> list[tuple[int, int]]:
+        """(tokens already cached, prompt tokens) per cell, as a backend that shares prompt prefixes
+        computes them (the cost estimate's prefill part). Default: every prompt whole."""
+        return [(0, c.length) for c in todo]
+
     def evaluate(self, cell, backend) -> dict:
         raise NotImplementedError
 

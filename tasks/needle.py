@@ -46,6 +46,30 @@ class Cell:
     sample: int = 0   # which of the config's independent draws (haystack start; a variant's keys and values)
 
 
+def tree_spans(todo: list[Cell], reserved: int = 0) -> list[tuple[int, int]]:
+    """How the prefix tree computes a draw's prompts (a model of it; the tokens are not built here),
+    as (tokens reused, prompt tokens) per cell. The prompts share the haystack up to each needle
+    (at its depth in the length less ``reserved``, the tokens the reference protocol leaves free),
+    so the prompt whose needle sits furthest is computed whole and each other from its needle on;
+    at depth 0 the needle opens every length's prompt, so the longest is computed whole and the
+    shorter ones continue it."""
+    spans: dict[str, tuple[int, int]] = {}
+    for draw in {c.sample for c in todo}:
+        cells = [c for c in todo if c.sample == draw]
+        at = {c.key: int(max(c.length - reserved, 0) * c.depth / 100) for c in cells}
+        trunk = max(cells, key=lambda c: (at[c.key], c.length)).key
+        top = [c for c in cells if c.depth == 0]
+        longest_top = max(top, key=lambda c: c.length).key if top else None
+        for c in cells:
+            if c.key in (trunk, longest_top):
+                spans[c.key] = (0, c.length)
+            elif c.depth == 0:
+                spans[c.key] = (c.length - 1, c.length)
+            else:
+                spans[c.key] = (at[c.key], c.length)
+    return [spans[c.key] for c in todo]
+
+
 @dataclass(frozen=True)
 class NeedleConfig:
     """Everything that determines a needle grid's prompts and scores (saved in the manifest)."""
@@ -363,6 +387,10 @@ class NeedleSuite(base.Suite):
     @property
     def new_tokens(self) -> int:
         return 0 if self.config.scorer == "loglik" else self.config.max_new_tokens
+
+    def prefill_spans(self, todo: list[Cell]) -> list[tuple[int, int]]:
+        reserved = self.config.reference_buffer if self.config.protocol == "reference" else 0
+        return tree_spans(todo, reserved)
 
     def warn(self, max_positions: int) -> None:
         beyond = [n for n in self.config.lengths if n + self.config.max_new_tokens > max_positions]

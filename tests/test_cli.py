@@ -46,7 +46,7 @@ def test_two_by_two_grid_end_to_end(tiny_run):
     progress = [line.strip() for line in proc.stderr.splitlines() if line.strip().startswith("[")]
     assert [line.split()[0] for line in progress] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"], proc.stderr
     assert {line.split()[1] for line in progress} == {r["key"] for r in rows}
-    assert all("s elapsed)" in line for line in progress)
+    assert all("s elapsed, ETA " in line for line in progress)
 
 
 def test_rerun_skips_finished_cells(tiny_run):

@@ -59,6 +59,7 @@ class ModelBackend:
     """What every backend over a loaded model shares: its length, and one prompt as a batch of one."""
 
     loaded: "LoadedModel"
+    shares_prefixes = False   # computes a prompt prefix once for every prompt that starts with it (the estimate reads it)
 
     @property
     def max_length(self) -> int:

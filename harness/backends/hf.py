@@ -48,6 +48,7 @@ class HFBackend(ModelBackend):
         # would change what a prompt gets. Each prompt is therefore prefilled whole, from a reset
         # rotary state and an empty cache, as a fresh transformers `generate` does.
         self._dynamic = "dynamic" in str(loaded.info.get("rope_parameters", {}).get("rope_type", ""))
+        self.shares_prefixes = not self._dynamic
         self._attn = None
         if fast and self.model.device.type == "cpu" and self.model.config._attn_implementation == "sdpa":
             self._attn = attention.register()

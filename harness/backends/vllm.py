@@ -34,6 +34,7 @@ class VLLMBackend(ModelBackend):
         from vllm import LLM
 
         self.loaded = loaded
+        self.shares_prefixes = True   # enable_prefix_caching
         self.tok = loaded.tokenizer
         rope = loaded.info["rope_parameters"]
         overrides = {}

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.reports import heatmap  # noqa: E402
 from harness import rundir, store  # noqa: E402
+from harness.values import format_length  # noqa: E402
 from harness.store import RunStore  # noqa: E402
 
 DIFF_CMAP = "RdBu"  # red: worse than the reference, blue: better
@@ -70,6 +71,35 @@ class Collection:
         """run -> suites other runs have and it lacks."""
         every = set().union(*(r.suites for r in self.runs)) if self.runs else set()
         return {r.name: sorted(every - r.suites) for r in self.runs if every - r.suites}
+
+    def warnings(self) -> list[str]:
+        """What makes the runs less comparable than the table looks: grids, haystacks, prompts or
+        protocols that differ between runs, and runs that have not finished their grid."""
+        from harness import tasks
+
+        out = []
+        for suite in sorted(set().union(*(r.suites for r in self.runs))):
+            configs = {r.label: r.manifest.get("config", {}).get("suites", {}).get(suite) or {} for r in self.runs
+                       if suite in r.suites}
+            for key in COMPARED_SETTINGS:
+                seen = {json.dumps(_setting(c, key), sort_keys=True, default=str) for c in configs.values()}
+                if len(seen) > 1:
+                    out.append(f"{suite}: runs differ in {key} (the table compares only the cells they share)")
+            for run in self.runs:
+                expected = tasks.get(suite).expected_cells(configs.get(run.label, {})) if suite in run.suites else None
+                got = sum(1 for r in run.results if r.get("suite") == suite)
+                if expected and got < expected * len(run.replicates()):
+                    out.append(f"{run.label}: {suite} has {got} of {expected * len(run.replicates())} cells (unfinished)")
+        return out
+
+
+COMPARED_SETTINGS = ("lengths", "depths", "samples", "haystack.name", "prompt", "protocol", "scorer", "variant")
+
+
+def _setting(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def _run(path: Path, name: str) -> Run:
@@ -137,6 +167,8 @@ def table(col: Collection) -> pd.DataFrame:
 def _fmt(column: str, value: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if column.endswith("effective length"):  # a length in tokens, not a score
+        return format_length(int(value)) if value else "none"
     if "perplexity" in column and value >= 1000:
         return f"{value:,.0f}"
     return f"{value:.3f}"

@@ -67,8 +67,10 @@ class Table:
 def comparison_table(col: compare.Collection, reference: str) -> Table:
     found = paired.compare(col, reference)
     values, widths = compare.tables(col)
-    return Table(values, widths, {(c.run, c.column): c.verdict for c in found},
-                 paired.summary_sentence(found, reference), {r.name: r.label for r in col.runs})
+    sentence = paired.summary_sentence(found, reference)
+    sentence += "".join(f" Warning: {w}." for w in col.warnings())
+    return Table(values, widths, {(c.run, c.column): c.verdict for c in found}, sentence,
+                 {r.name: r.label for r in col.runs})
 
 
 def _noise(col: compare.Collection, reference: str, suite: str) -> dict:
@@ -94,6 +96,8 @@ def figures(col: compare.Collection, reference: str | None, table: Table | None 
 def write_report(paths: list[Path], pdf: Path, *, reference: str | None = None, console=None) -> Path:
     """Write ``pdf`` and the HTML page beside it (same stem); returns the PDF's path."""
     col = compare.collect(paths)
+    for warning in col.warnings():
+        log.warning("report: %s", warning)
     missing = col.missing()
     if missing:
         log.warning("runs differ in suites; the table and figures show what each has; missing: %s",

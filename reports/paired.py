@@ -56,7 +56,7 @@ def _rows(run: Run) -> dict:
     from harness import tasks
 
     return {row.column: row for name in tasks.SUITES for row in tasks.get(name).summary(run.results, run.manifest)
-            if row.column}
+            if row.column and row.compared}
 
 
 def _lower_is_better(column: str) -> bool:

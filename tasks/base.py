@@ -50,6 +50,7 @@ class Row:
     low: float | None = None     # the 95% interval (harness.uncertainty), None: not estimable
     high: float | None = None
     how: str = ""                # what the interval is over, e.g. "clustered by length"
+    compared: bool = True        # False: shown in the report table, never given a verdict (a descriptive column)
 
     @classmethod
     def of(cls, suite: str, slice: str, metric: str, est, **kw) -> "Row":
@@ -139,6 +140,12 @@ class Suite:
         """Per report column: unit key -> (score, cluster), for paired comparisons of two runs on the
         units both hold (harness.reports.paired). Empty: compared from the rows' standard errors."""
         return {}
+
+    @staticmethod
+    def expected_cells(config: dict) -> int | None:
+        """How many results a finished run of this suite holds, from its stored config (None: not
+        known from the config alone); the report warns about a run short of it."""
+        return None
 
     @staticmethod
     def lower_is_better(column: str) -> bool:

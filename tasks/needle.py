@@ -70,6 +70,21 @@ def tree_spans(todo: list[Cell], reserved: int = 0) -> list[tuple[int, int]]:
     return [spans[c.key] for c in todo]
 
 
+PER_LENGTH_COLUMNS = 12   # grids with at most this many lengths get a report column per length (RULER, HELMET)
+EFFECTIVE_AT = 0.85       # RULER's threshold for an effective length (Llama-2-7B's score at 4K there)
+
+
+def effective_length(per_length: dict[int, float], threshold: float = EFFECTIVE_AT) -> int:
+    """The longest length whose mean score, and every shorter length's, is at least ``threshold``
+    (0: not even the shortest): RULER's effective length on this grid."""
+    best = 0
+    for length in sorted(per_length):
+        if per_length[length] < threshold:
+            break
+        best = length
+    return best
+
+
 @dataclass(frozen=True)
 class NeedleConfig:
     """Everything that determines a needle grid's prompts and scores (saved in the manifest)."""
@@ -241,15 +256,31 @@ class NeedleSuite(base.Suite):
                                                 clusters=[base.haystack_region(r) for r in rows],
                                                 replicates=base.replicates(rows)),
                            column=f"{label} mean", how="clustered by length and draw")]
-        for length in sorted({r["length"] for r in rows if r.get("length") is not None}):
+        lengths = sorted({r["length"] for r in rows if r.get("length") is not None})
+        per_length = {}
+        for length in lengths:
             mine = [r for r in rows if r.get("length") == length]
             draws = {r.get("sample", 0) for r in mine}
             est = uncertainty.estimate([r["score"] for r in mine],
                                        clusters=[r.get("sample", 0) if len(draws) > 1 else r["depth"] for r in mine],
                                        replicates=base.replicates(mine))
+            per_length[length] = est.mean
             out.append(base.Row.of(label, format_length(length), f"{metric} (mean)", est,
-                                   how="over draws" if len(draws) > 1 else "over depths"))
+                                   how="over draws" if len(draws) > 1 else "over depths",
+                                   column=f"{label} {format_length(length)}" if len(lengths) <= PER_LENGTH_COLUMNS else None,
+                                   compared=False))  # a handful of depths per length: shown, not tested
+        effective = effective_length(per_length)
+        out.append(base.Row(label, "effective length", f"longest length with every mean up to it >= {EFFECTIVE_AT}",
+                            float(effective), display=format_length(effective) if effective else "none",
+                            column=f"{label} effective length", compared=False))
         return out
+
+    @staticmethod
+    def expected_cells(config: dict) -> int | None:
+        try:
+            return len(config["lengths"]) * len(config["depths"]) * int(config.get("samples") or 1)
+        except (KeyError, TypeError):
+            return None
 
     @staticmethod
     def paired_units(results: list[dict], manifest: dict) -> dict:

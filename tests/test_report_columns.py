@@ -1,0 +1,52 @@
+"""Report columns a long-context reader expects: a needle column per length (small grids), RULER's
+effective length per model, and warnings when runs are not comparable."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.tasks import needle
+from harness.reports import compare, paired
+
+
+def _run(name, scores_by_length, depths=(0, 50, 100), lengths_config=None, haystack="kjv"):
+    results = [{"suite": "needle", "key": f"needle/{n}/{d}", "length": n, "depth": d, "score": s,
+                "scores": {"paper": s}} for n, s in scores_by_length.items() for d in depths]
+    config = {"lengths": lengths_config or sorted(scores_by_length), "depths": list(depths), "samples": 1,
+              "haystack": {"name": haystack}, "protocol": "reference"}
+    manifest = {"model": {"name": name}, "config": {"suites": {"needle": config}}}
+    return compare.Run(name, Path(name), manifest, results)
+
+
+def test_effective_length_is_the_longest_length_that_holds_the_threshold():
+    assert needle.effective_length({1024: 0.9, 2048: 0.86, 4096: 0.5, 8192: 0.9}) == 2048  # 8K does not count
+    assert needle.effective_length({1024: 0.3}) == 0
+    rows = needle.NeedleSuite.summary(_run("m", {1024: 0.9, 2048: 0.2}).results, {"config": {}})
+    eff = next(r for r in rows if r.slice == "effective length")
+    assert eff.display == "1K" and eff.column == "needle effective length"
+
+
+def test_a_column_per_length_shown_but_only_the_mean_tested():
+    """Per-length columns are descriptive (a few depths each: a verdict per length would be a small-n
+    test repeated many times); the verdict stays on the mean over the grid."""
+    col = compare.Collection(runs=[_run("base", {1024: 0.9, 2048: 0.9}), _run("other", {1024: 0.9, 2048: 0.1})])
+    values, widths = compare.tables(col)
+    assert {"needle mean", "needle 1K", "needle 2K", "needle effective length"} <= set(values.columns)
+    assert values.at["other", "needle 2K"] == pytest.approx(0.1) and values.at["other", "needle effective length"] == 1024
+    assert {c.column for c in paired.compare(col, "base")} == {"needle mean"}
+    assert compare._fmt("needle effective length", 2048.0) == "2K"
+
+
+def test_a_grid_of_forty_lengths_keeps_one_mean_column():
+    lengths = {1024 * (i + 1): 0.5 for i in range(40)}
+    values, _ = compare.tables(compare.Collection(runs=[_run("m", lengths)]))
+    assert not any(c.startswith("needle ") and c[7:8].isdigit() for c in values.columns)
+
+
+def test_warnings_for_runs_that_are_not_comparable():
+    col = compare.Collection(runs=[_run("a", {1024: 0.9, 2048: 0.9}),
+                                   _run("b", {1024: 0.9}, lengths_config=[1024, 2048], haystack="pg-essays")])
+    warnings = col.warnings()
+    assert "needle: runs differ in haystack.name (the table compares only the cells they share)" in warnings
+    assert "b: needle has 3 of 6 cells (unfinished)" in warnings
+    assert compare.Collection(runs=[_run("a", {1024: 0.9}), _run("c", {1024: 0.5})]).warnings() == []

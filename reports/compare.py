@@ -25,6 +25,7 @@ from harness import rundir, store  # noqa: E402
 from harness.values import format_length  # noqa: E402
 from harness.store import RunStore  # noqa: E402
 
+PAGE = (11.0, 8.5)   # inches: every report page the same size (US letter, landscape)
 DIFF_CMAP = "RdBu"  # red: worse than the reference, blue: better
 
 
@@ -206,8 +207,8 @@ def figure_table(df: pd.DataFrame, title: str, errors: pd.DataFrame | None = Non
                "its heatmap; bookqa: recall of the first answer's words)\nneedle (variant): RULER string match "
                "(distractor: paper); loss: nats/token, mean over domains; regression: lm-eval")
     above = 0.5 + 0.14 * (caption.count("\n") + 1)   # inches for the title and the caption (8 pt lines)
-    height = max(3.0, 0.24 * (len(t) + 1) + 0.3 + above)
-    fig, ax = plt.subplots(figsize=(11, height))
+    height = max(PAGE[1], 0.24 * (len(t) + 1) + 0.3 + above)   # one page size (a longer table grows it)
+    fig, ax = plt.subplots(figsize=(PAGE[0], height))
     ax.axis("off")
     cells = cell_texts(df, errors, verdicts)
     first = 0.34
@@ -261,8 +262,7 @@ def figure_heatmaps(col: Collection, suite: str = "needle"):
     if not grids:
         return None
     rows, cols = _grid_shape(len(grids))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.2, 3.4 * rows + 1.0), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=PAGE, squeeze=False, layout="constrained")
     image = None
     for ax, (run, grid) in zip(axes.flat, grids):
         model = run.manifest.get("model", {})
@@ -284,8 +284,7 @@ def figure_differences(col: Collection, reference: str, suite: str = "needle", n
     ref = grids[reference][1]
     others = [(name, run, g) for name, (run, g) in grids.items() if name != reference]
     rows, cols = _grid_shape(len(others))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 1.2, 3.4 * rows + 1.0), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=PAGE, squeeze=False, layout="constrained")
     image = None
     for ax, (name, run, g) in zip(axes.flat, others):
         diff = g.sub(ref).dropna(how="all").dropna(axis=1, how="all")
@@ -316,7 +315,7 @@ def figure_loss(col: Collection):
         return None
     cols = min(4, len(domains))
     rows = math.ceil(len(domains) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.8, 2.8 * rows + 1.2), squeeze=False, sharey=False)
+    fig, axes = plt.subplots(rows, cols, figsize=PAGE, squeeze=False, sharey=False)
     for ax, domain in zip(axes.flat, domains):
         for name, summary in per_run.items():
             buckets = summary.get(domain, {})
@@ -341,7 +340,7 @@ def figure_mixtures(col: Collection):
         return None
     labels = list(col.mixtures)
     domains = sorted({d for s in col.mixtures.values() for d in s["domains"]})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=PAGE)
     bottom = np.zeros(len(labels))
     for d in domains:
         shares = np.array([col.mixtures[m]["domains"].get(d, {}).get("share", 0.0) for m in labels])
@@ -411,7 +410,7 @@ def figure_provenance(col: Collection):
     lines = textwrap_lines(lines, 150)
     if len(lines) > 80:  # one page; the HTML page has every line
         lines = lines[:79] + [f"... {len(lines) - 79} more lines in the HTML report"]
-    fig = plt.figure(figsize=(11, 8.5))
+    fig = plt.figure(figsize=PAGE)
     fig.text(0.02, 0.94, "\n".join(lines), family="monospace", fontsize=6.2, va="top")
     fig.suptitle("Provenance", fontsize=12, fontweight="bold")
     return fig

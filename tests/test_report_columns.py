@@ -50,3 +50,17 @@ def test_warnings_for_runs_that_are_not_comparable():
     assert "needle: runs differ in haystack.name (the table compares only the cells they share)" in warnings
     assert "b: needle has 3 of 6 cells (unfinished)" in warnings
     assert compare.Collection(runs=[_run("a", {1024: 0.9}), _run("c", {1024: 0.5})]).warnings() == []
+
+
+def test_every_report_page_is_one_size():
+    """The table page used to be a strip a few inches high beside full pages: one size for all."""
+    import matplotlib.pyplot as plt
+
+    from harness.reports import document
+
+    col = compare.Collection(runs=[_run("a", {1024: 0.9, 2048: 0.9}), _run("b", {1024: 0.9, 2048: 0.2})])
+    sizes = set()
+    for _, fig in document.figures(col, "a"):
+        sizes.add(tuple(round(v, 2) for v in fig.get_size_inches()))
+        plt.close(fig)
+    assert sizes == {compare.PAGE}

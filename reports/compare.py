@@ -73,6 +73,26 @@ class Collection:
         every = set().union(*(r.suites for r in self.runs)) if self.runs else set()
         return {r.name: sorted(every - r.suites) for r in self.runs if every - r.suites}
 
+    def labels(self) -> dict[str, str]:
+        """run name -> what a table column or figure calls it: its label, plus the model and the
+        settings that tell the runs apart (model, RoPE, dtype, protocol) where they differ."""
+        from harness.values import format_rope
+
+        def settings(run: Run) -> dict[str, str]:
+            model = run.manifest.get("model", {})
+            needle = run.manifest.get("config", {}).get("suites", {}).get("needle") or {}
+            return {"model": str(model.get("name", "")),
+                    "rope": format_rope(model.get("rope_parameters")).removeprefix("RoPE ") if model.get("rope_parameters") else "",
+                    "dtype": str(model.get("dtype", "")), "protocol": str(needle.get("protocol") or "")}
+
+        every = {run.name: settings(run) for run in self.runs}
+        differ = [k for k in ("model", "rope", "dtype", "protocol") if len({v[k] for v in every.values()}) > 1]
+        out = {}
+        for run in self.runs:
+            extra = [every[run.name][k] for k in differ if every[run.name][k] and every[run.name][k] not in run.label]
+            out[run.name] = run.label + (f" · {', '.join(extra)}" if extra else "")
+        return out
+
     def warnings(self) -> list[str]:
         """What makes the runs less comparable than the table looks: grids, haystacks, prompts or
         protocols that differ between runs, and runs that have not finished their grid."""
@@ -267,7 +287,7 @@ def figure_heatmaps(col: Collection, suite: str = "needle"):
     for ax, (run, grid) in zip(axes.flat, grids):
         model = run.manifest.get("model", {})
         image = heatmap.draw(grid, f"{run.label}\n{heatmap.rope_label(model)}", model.get("effective_max_positions"),
-                             ax=ax, colorbar=None, mean_text=textwrap.fill(heatmap.mean_text(run.results, run.manifest, suite), 52))
+                             ax=ax, colorbar=None, mean_text=textwrap.fill(heatmap.mean_text(run.results, run.manifest, suite), 44))
     for ax in list(axes.flat)[len(grids):]:
         ax.axis("off")
     _colorbar(fig, image, axes, "score (one scale for every model)")
@@ -282,13 +302,14 @@ def figure_differences(col: Collection, reference: str, suite: str = "needle", n
     if reference not in grids or len(grids) < 2:
         return None
     ref = grids[reference][1]
+    names = col.labels()
     others = [(name, run, g) for name, (run, g) in grids.items() if name != reference]
     rows, cols = _grid_shape(len(others))
     fig, axes = plt.subplots(rows, cols, figsize=PAGE, squeeze=False, layout="constrained")
     image = None
     for ax, (name, run, g) in zip(axes.flat, others):
         diff = g.sub(ref).dropna(how="all").dropna(axis=1, how="all")
-        image = heatmap.draw(diff, f"{run.label} − {reference}",
+        image = heatmap.draw(diff, f"{names[run.name]} − {reference}",
                              run.manifest.get("model", {}).get("effective_max_positions"), ax=ax, cmap=DIFF_CMAP,
                              vmin=-1.0, vmax=1.0, colorbar=None, noise=(noise or {}).get(name))
     for ax in list(axes.flat)[len(others):]:

@@ -70,7 +70,7 @@ def comparison_table(col: compare.Collection, reference: str) -> Table:
     sentence = paired.summary_sentence(found, reference)
     sentence += "".join(f" Warning: {w}." for w in col.warnings())
     return Table(values, widths, {(c.run, c.column): c.verdict for c in found}, sentence,
-                 {r.name: r.label for r in col.runs})
+                 col.labels())
 
 
 def _noise(col: compare.Collection, reference: str, suite: str) -> dict:

@@ -64,3 +64,14 @@ def test_every_report_page_is_one_size():
         sizes.add(tuple(round(v, 2) for v in fig.get_size_inches()))
         plt.close(fig)
     assert sizes == {compare.PAGE}
+
+
+def test_columns_are_named_by_model_and_the_settings_that_differ():
+    a, b = _run("base", {1024: 0.9}), _run("theta1e4", {1024: 0.5})
+    a.manifest["model"].update(name="SmolLM2", rope_parameters={"rope_type": "default", "rope_theta": 1e5})
+    b.manifest["model"].update(name="SmolLM2", rope_parameters={"rope_type": "default", "rope_theta": 1e4})
+    labels = compare.Collection(runs=[a, b]).labels()
+    assert labels == {"base": "base · default θ=100000", "theta1e4": "theta1e4 · default θ=10000"}
+    same = compare.Collection(runs=[a, _run("again", {1024: 0.9})])
+    same.runs[1].manifest["model"].update(name="SmolLM2", rope_parameters=a.manifest["model"]["rope_parameters"])
+    assert same.labels() == {"base": "base", "again": "again"}   # nothing differs: the names alone

@@ -333,8 +333,9 @@ class NeedleSuite(base.Suite):
                                             add_generation_prompt=True)
 
     def _encode(self, text: str, offsets: bool = False):
-        # The paper's base prompt goes through the tokenizer as the seed repo does (its default
-        # special tokens); a chat-templated prompt already holds its special tokens.
+        # The paper's base prompt goes through the tokenizer as its reference code does
+        # (FranxYao/Long-Context-Data-Engineering: the default special tokens); a chat-templated
+        # prompt already holds its special tokens.
         return self.tok(text, add_special_tokens=not self.config.chat, return_offsets_mapping=offsets)
 
     def overhead(self, sample: needle_variants.Sample) -> int:

@@ -8,7 +8,7 @@
   divides by the distinct words of the first answer.
 - ``word_recall``: a cleaner recall: the share of the reference's distinct ``[a-z0-9]+`` words
   present in the output (punctuation dropped). Not the paper's number.
-- ``rouge1_f``: ROUGE-1 F-measure with Porter stemming (``rouge-score``), the seed repo's number
+- ``rouge1_f``: ROUGE-1 F-measure with Porter stemming (``rouge-score``), the reference code's number
   before its x10.
 - ``exact``: 1 if the normalised answer occurs as a contiguous word sequence in the output.
 - ``qa_f1``: InfiniteBench's QA metric: token F1 after SQuAD-style normalisation.

@@ -11,6 +11,7 @@ import zstandard
 from harness.cli import main
 from harness.errors import UserError
 from harness.data import build, corpus, mixture, packing
+from tests.conftest import one_line_error
 
 DOMAINS = {"book": (6000, 20000), "arxiv": (3000, 9000), "commoncrawl": (200, 1500), "c4": (100, 600),
            "github": (150, 900), "wikipedia": (100, 500), "stackexchange": (100, 400)}
@@ -113,14 +114,6 @@ def test_malformed_lines_are_counted_and_capped(tmp_path, caplog):
     assert len(list(corpus.open_source(f"jsonl:{f}", max_bad_fraction=0.05))) == 50
 
 
-def _err(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
-    return err
-
-
 @pytest.mark.parametrize("extra, message", [
     (["--strategy", "bogus"], "known: cut_4k, cut_target, per_source, global, upsample_abg"),
     (["--strategy", "per_source", "--seq-len", "0"], "--seq-len"),
@@ -132,14 +125,14 @@ def test_bad_data_build_input(capsys, tmp_path, smollm2_dir, extra, message):
     argv = ["data", "build", "--tokens", "100k", "--seq-len", "1k", "--tokenizer", str(smollm2_dir),
             "--out", str(tmp_path / "o"), *extra]
     # later flags win in click, so the parametrised ones override the defaults above
-    assert message in _err(capsys, argv)
+    assert message in one_line_error(capsys, argv)
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
 def test_source_with_no_readable_documents(capsys, tmp_path, smollm2_dir):
     f = tmp_path / "empty.jsonl"
     f.write_text("\n")
-    err = _err(capsys, ["data", "build", "--source", f"jsonl:{f}", "--strategy", "per_source", "--tokens", "10k",
+    err = one_line_error(capsys, ["data", "build", "--source", f"jsonl:{f}", "--strategy", "per_source", "--tokens", "10k",
                         "--seq-len", "1k", "--tokenizer", str(smollm2_dir), "--out", str(tmp_path / "o")])
     assert "no readable documents" in err
 

@@ -193,11 +193,15 @@ def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tup
     n_trained = n_mixtures * cfg.seeds
     rows.append((f"train x {n_trained}", cfg.tokens * n_trained, per_train * n_trained))
     if prep.of("needle") is not None:
+        from harness.tasks import needle
+
         ncfg = prep.of("needle")[0]
-        cells = [(n, d) for n in ncfg.lengths for d in ncfg.depths]
-        tokens = sum(n for n, _ in cells)
-        cost = sum(flops.prefill_flops(base_config, n) + flops.decode_flops(base_config, n, ncfg.max_new_tokens)
-                   for n, _ in cells)
+        cells = [needle.Cell("needle", f"{n}/{d}/{k}", n, d, k)
+                 for k in range(ncfg.samples) for n in ncfg.lengths for d in ncfg.depths]
+        tokens = sum(c.length for c in cells)
+        reserved = ncfg.reference_buffer if ncfg.protocol == "reference" else 0
+        cost = sum(flops.forward_flops(base_config, start, end) + flops.decode_flops(base_config, end, ncfg.max_new_tokens)
+                   for start, end in needle.tree_spans(cells, reserved))  # as the hf backend's prefix tree computes them
         rows.append((f"needle x {n_trained + 1} models", tokens * (n_trained + 1), cost * (n_trained + 1)))
     return rows
 

@@ -21,10 +21,10 @@ from harness.data import corpus, mixture, packing, stats
 from harness.values import MIN_SEQ_LEN, check_fraction, check_seed
 
 
-# Bumped whenever what a build's config records changes shape (2: sources keyed by content, reading
-# capped per domain): directories the harness names itself in the cache then get new names, never
-# a "different config" refusal over a build the user never asked for.
-FORMAT = 2
+# Bumped whenever what a build's config records changes (2: sources keyed by content, reading capped
+# per domain; 3: fingerprints of 64 KiB at each end): directories the harness names itself in the
+# cache then get new names, never a "different config" refusal over a build the user never asked for.
+FORMAT = 3
 
 
 def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: str, seed: int, out: Path,

@@ -217,9 +217,6 @@ class Checkpoint:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Checkpoint) and other.path == self.path
-
     @classmethod
     def all(cls, out: Path) -> "list[Checkpoint]":
         """The run's step checkpoints, newest first (a save killed midway left none of its own)."""
@@ -466,7 +463,7 @@ def _resume(run: Run, engine) -> tuple[int, int]:
             state = ckpt.restore(engine)
         except UserError as exc:
             damaged.append(str(exc))
-            run.say(f"warning: {exc}" + ("; trying the checkpoint before it" if ckpt != checkpoints[-1] else ""))
+            run.say(f"warning: {exc}" + ("; trying the checkpoint before it" if ckpt is not checkpoints[-1] else ""))
             continue
         step, position = state["step"], state["position"]
         run.say(f"resuming {run.out} from {ckpt.path.name} (step {step}, {state['tokens']:,} tokens)")

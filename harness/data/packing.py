@@ -36,17 +36,12 @@ SHARD_TOKENS = 1 << 27  # about 134M tokens per Parquet shard
 
 def load_tokenizer(spec: str):
     """``smollm2-135m`` or a directory with a (fast) tokenizer."""
-    from transformers import AutoTokenizer
-
     from harness import models
 
     path = models.resolve(spec) if spec in models.EMBEDDED else Path(spec).expanduser()
     if not Path(path).is_dir():
         raise UserError(f"--tokenizer: {spec!r} is neither {', '.join(models.EMBEDDED)} nor a directory")
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"--tokenizer: no tokenizer loads from {path} ({str(exc).splitlines()[0]})") from None
+    tok = models.read_tokenizer(path, "--tokenizer")
     if not tok.is_fast:
         raise UserError(f"--tokenizer: {path} has no fast tokenizer (tokenizer.json); packing needs one")
     if tok.eos_token_id is None:

@@ -1,11 +1,11 @@
 """The ``harness`` command line.
 
-    harness run    --model PATH|smollm2-135m --suite needle [--preset quick] [--lengths ..] [--depths ..]
+    harness run    --model PATH|ORG/NAME|smollm2-135m --suite needle [--preset quick] [--lengths ..] [--depths ..]
     harness report RUN_DIR... [--out DIR | --out FILE.pdf]
     harness compare RUN_DIR... [--reference NAME] [--json]
     harness ablate --preset tiny | --base PATH --mixtures per_source,global,cut_4k --tokens 5M --seq-len 8k --out DIR
     harness data   corpus | build --strategy per_source --tokens 5M --seq-len 8k --out DIR | stats DIR
-    harness train  --base PATH|smollm2-135m --data SHARDS --seq-len 8k --rope-theta 5e5 --tokens 50M --out DIR
+    harness train  --base PATH|ORG/NAME|smollm2-135m --data SHARDS --seq-len 8k --rope-theta 5e5 --tokens 50M --out DIR
 
 User mistakes end with one line on stderr and exit code 2; ``harness --debug`` shows tracebacks.
 """
@@ -91,8 +91,9 @@ def _suite_options(command):
 
 
 @cli.command()
-@click.option("--model", "model_spec", required=True, metavar="PATH|smollm2-135m",
-              help="A local Hugging Face causal-LM directory, or smollm2-135m (the embedded default).")
+@click.option("--model", "model_spec", required=True, metavar="PATH|ORG/NAME|smollm2-135m",
+              help="A local Hugging Face causal-LM directory, a hub id (from the HF cache when "
+              "HF_HUB_OFFLINE=1; org/name@revision pins one), or smollm2-135m (the embedded default).")
 @click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle, bookqa, regression, loss.")
 @click.option("--preset", default=None, help="Grid preset from the suite's YAML: quick (default), paper, tiny.")
 @click.option("--lengths", default=None, help="Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
@@ -256,7 +257,7 @@ def compare(run_dirs, reference, as_json) -> None:
 
 
 @cli.command()
-@click.option("--base", default=None, metavar="PATH|smollm2-135m", help="The model to continue pretraining.")
+@click.option("--base", default=None, metavar="PATH|ORG/NAME|smollm2-135m", help="The model to continue pretraining.")
 @click.option("--from-scratch", "from_scratch", type=click.Choice(["tiny"]), default=None,
               help="Build a small Llama (SmolLM2's tokenizer) and pretrain it instead of loading --base.")
 @click.option("--data", "data_dir", default=None, help="Shards from `harness data build` (from-scratch: built if omitted).")
@@ -319,7 +320,7 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
 @cli.command()
 @click.option("--preset", default="tiny", show_default=True,
               help="tiny: CPU miniature (a from-scratch tiny base, three mixtures, a small grid); paper: the paper's recipe (GPUs).")
-@click.option("--base", default=None, metavar="PATH|smollm2-135m|tiny", help="The base every mixture continues from.")
+@click.option("--base", default=None, metavar="PATH|ORG/NAME|smollm2-135m|tiny", help="The base every mixture continues from.")
 @click.option("--mixtures", default=None, help="Comma-separated: per_source, global, cut_4k, cut_target, upsample_abg, "
                                                  "mixture YAML files or `harness data build` directories.")
 @click.option("--tokens", "budget", default=None, help="Training tokens per mixture: 100k, 5M, 5B (k/M/B = 10^3/10^6/10^9).")
@@ -399,7 +400,7 @@ def data_corpus(out, force) -> None:
               "measured shares; default) or llama (the mix the paper's text quotes).")
 @click.option("--tokens", "budget", required=True, help="Token budget: 5M, 50M, 2B (k/M/B = 10^3/10^6/10^9).")
 @click.option("--seq-len", "seq_len", required=True, help="Sequence length in tokens: 8k, 32k (k = 1024).")
-@click.option("--tokenizer", default="smollm2-135m", show_default=True, help="smollm2-135m or a model/tokenizer directory.")
+@click.option("--tokenizer", default="smollm2-135m", show_default=True, help="smollm2-135m, a hub id or a model/tokenizer directory.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--num-proc", default=None, type=int, help="Tokenizer worker processes (default: one process; its Rust encoder uses every core).")
 @click.option("--max-bad-fraction", default=0.01, show_default=True, type=float,

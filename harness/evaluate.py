@@ -127,8 +127,9 @@ def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> t
     for suite in suites.values():  # grids that cannot be built fail before the run directory is made
         suite.check()
     config = {
-        # The embedded model by name (its cache path is the user's), a local one by absolute path.
-        "model": {"id": model_spec if model_spec in models.EMBEDDED else str(Path(info["path"]).resolve()),
+        # The embedded model by name (its cache path is the user's), a hub one by id and commit, a
+        # local one by absolute path.
+        "model": {"id": models.identity(model_spec, Path(info["path"])),
                   **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")}},
         "backend": req.backend + ("-fast" if req.fast and req.backend == "hf" else ""),
         "suites": {name: suite.config.to_dict() for name, suite in suites.items()},

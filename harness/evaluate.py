@@ -17,7 +17,7 @@ from harness.tasks.base import option_flags
 from harness.values import check_seed, format_rope, parse_names
 
 log = logging.getLogger("harness")
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "openai")
 BEYOND_POSITIONS = 32   # the paper's own stretch: a 4K LLaMA-2 evaluated at 128K
 
 
@@ -29,13 +29,16 @@ class EvalRequest:
     depths: str | None = None
     seed: int = 0                      # BookQA's offline items, needle variants' keys and values
     options: dict = field(default_factory=dict)   # suite name -> its Options (missing: defaults)
-    backend: str = "hf"                # hf | vllm
+    backend: str = "hf"                # hf | vllm | openai
     fast: bool = False                 # hf: split-causal attention + batched decoding (outputs equal to rounding)
     tensor_parallel: int = 1           # vllm: GPUs per model
     rope_theta: float | None = None
     rope_scaling: str | None = None
     dtype: str = "auto"                # auto: bf16 where the device computes it natively, else fp32
     device: str | None = None
+    base_url: str | None = None        # openai: the server's root URL
+    tokenizer: str | None = None       # openai: the served model's tokenizer (default: the model name)
+    max_concurrent: int = 8            # openai: requests in flight
 
     def options_for(self, name: str):
         from harness import tasks
@@ -72,6 +75,7 @@ def prepare(req: EvalRequest) -> Prepared:
         raise UserError("--fast: only for --backend hf (vLLM batches and caches prefixes itself)")
     if req.tensor_parallel < 1:
         raise UserError(f"--tensor-parallel: {req.tensor_parallel} must be at least 1")
+    _check_served(req)
     for name, opts in req.options.items():  # a suite's flag given without the suite
         given = [f for f in option_flags(type(opts)) if getattr(opts, f.field) != f.default]
         if name not in names and given:
@@ -92,6 +96,28 @@ def prepare(req: EvalRequest) -> Prepared:
     return Prepared(req, resolved, scaling)
 
 
+def _check_served(req: EvalRequest) -> None:
+    """The flags of ``--backend openai``, and the ones that do not apply to it."""
+    if req.backend != "openai":
+        for flag, value in (("--base-url", req.base_url), ("--tokenizer", req.tokenizer)):
+            if value is not None:
+                raise UserError(f"{flag}: only for --backend openai (a served model); --backend {req.backend} "
+                                f"loads the model's own tokenizer")
+        return
+    if not req.base_url:
+        raise UserError("--backend openai: give --base-url, the server's root (e.g. http://localhost:8000 "
+                        "for `vllm serve`)")
+    if not req.base_url.startswith(("http://", "https://")):
+        raise UserError(f"--base-url: {req.base_url!r} is not an http:// or https:// URL")
+    if not 1 <= req.max_concurrent <= 1024:
+        raise UserError(f"--max-concurrent: {req.max_concurrent} is outside 1..1024")
+    for flag, given in (("--rope-theta", req.rope_theta is not None), ("--rope-scaling", req.rope_scaling is not None),
+                        ("--dtype", req.dtype != "auto"), ("--device", req.device is not None)):
+        if given:
+            raise UserError(f"{flag}: a served model's {flag[2:]} is the server's; set it where the server "
+                            f"starts (e.g. vllm serve --hf-overrides / --dtype)")
+
+
 def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
     """Run every suite of ``prep`` on ``model_spec`` into the store at ``out``; returns (results, manifest).
 
@@ -103,7 +129,10 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
 
     from harness.store import RunStore
 
-    models.resolve(model_spec)  # a bad path fails before anything slow
+    if prep.request.backend == "openai":  # a bad path fails before anything slow
+        models.locate(prep.request.tokenizer or model_spec, "--tokenizer")
+    else:
+        models.resolve(model_spec)
     check_writable(out)
     with locked(out, "a run"):
         if (out / "manifest.json").is_file():
@@ -118,30 +147,46 @@ def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> t
     from harness.store import RunStore
 
     req = prep.request
-    with console.status(f"loading {model_spec}"):
-        loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling,
-                             dtype=req.dtype, device=req.device, weights=req.backend == "hf")
+    served = None
+    if req.backend == "openai":
+        from harness.backends.openai import OpenAIBackend
+
+        served = OpenAIBackend(base_url=req.base_url, model=model_spec, max_concurrent=req.max_concurrent)
+        with console.status(f"asking {req.base_url} for {model_spec}"):
+            loaded = models.load_served(model_spec, req.tokenizer or model_spec, served.served_max_len())
+        loaded.info["base_url"] = req.base_url
+    else:
+        with console.status(f"loading {model_spec}"):
+            loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling,
+                                 dtype=req.dtype, device=req.device, weights=req.backend == "hf")
     info = loaded.info
     suites = {name: tasks.get(name).bind(prepared, loaded) for name, prepared in prep.suites.items()}
     _check_lengths(suites, loaded.max_positions, req)
     for suite in suites.values():  # grids that cannot be built fail before the run directory is made
         suite.check()
+    if served is not None and any(getattr(s.config, "scorer", "generate") != "generate" for s in suites.values()):
+        served.bind(loaded).check_prompt_logprobs()   # the needle's loglik scorer
     config = {
         # The embedded model by name (its cache path is the user's), a hub one by id and commit, a
         # local one by absolute path.
-        "model": {"id": models.identity(model_spec, Path(info["path"])),
-                  **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")}},
+        "model": {"id": models.identity(model_spec, Path(info["path"])) if served is None else model_spec,
+                  **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")},
+                  # served: the tokenizer that made the prompts (the server's URL is not the model's identity)
+                  **({"tokenizer": models.identity(req.tokenizer or model_spec, Path(info["path"]))} if served else {})},
         "backend": req.backend + ("-fast" if req.fast and req.backend == "hf" else ""),
         "suites": {name: suite.config.to_dict() for name, suite in suites.items()},
     }
     store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
-    console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}: "
-                  f"{info['precision']['reason']}, "
-                  f"{info['attn_implementation']}, {info['device']}); {format_rope(info['rope_parameters'])}; "
-                  f"max positions {info['effective_max_positions']}")
+    if served is not None:
+        console.print(f"model {model_spec} served at {req.base_url} (tokenizer {info['path']}); max positions "
+                      f"{info['effective_max_positions']}; {req.max_concurrent} requests in flight at most")
+    else:
+        console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}: "
+                      f"{info['precision']['reason']}, {info['attn_implementation']}, {info['device']}); "
+                      f"{format_rope(info['rope_parameters'])}; max positions {info['effective_max_positions']}")
     for suite in suites.values():
         suite.warn(loaded.max_positions)
-    backend = _backend(loaded, req, console)
+    backend = served.bind(loaded) if served is not None else _backend(loaded, req, console)
     for suite in suites.values():
         run_suite(suite, backend, store, console, loaded)
     return list(store.results()), store.read_manifest()

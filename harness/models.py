@@ -414,3 +414,36 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
                       "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
     }
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, info=info, config=config)
+
+
+def load_served(name: str, tokenizer_spec: str, served_max_len: int | None) -> LoadedModel:
+    """A model behind a server (``--backend openai``): its tokenizer (and config, where the tokenizer's
+    directory has one) here, the weights there. Positions: what the server reports, else the config's."""
+    path = locate(tokenizer_spec, "--tokenizer")
+    tokenizer = read_tokenizer(path, "--tokenizer")
+    config = read_config(path, "--tokenizer") if (path / "config.json").is_file() else None
+    positions = served_max_len or (int(config.max_position_embeddings) if config is not None else None)
+    if positions is None:
+        raise UserError(f"--tokenizer: {path} has no config.json and the server reports no max_model_len; "
+                        f"give a model directory or hub id as --tokenizer so the model's positions are known")
+    parameters = 0
+    if config is not None:
+        with warnings.catch_warnings(), contextlib.suppress(ValueError):
+            warnings.simplefilter("ignore")
+            from transformers import AutoModelForCausalLM
+
+            with torch.device("meta"):
+                parameters = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    rope = dict(getattr(config, "rope_parameters", None) or {}) if config is not None else {}
+    info = {
+        "spec": name, "path": str(path), "name": name,
+        "model_type": getattr(config, "model_type", None), "parameters": parameters,
+        "dtype": "server's", "precision": {"dtype": "server", "requested": "server", "reason": "chosen by the server",
+                                           "cpu_flags": []},
+        "device": "server", "attn_implementation": "server's", "rope_parameters": rope,
+        "rope_overrides": {"rope_theta": None, "rope_scaling": None},
+        "max_position_embeddings": positions, "effective_max_positions": positions,
+        "tokenizer": {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer), "path": str(path),
+                      "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
+    }
+    return LoadedModel(model=None, tokenizer=tokenizer, path=path, info=info, config=config)

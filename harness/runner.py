@@ -25,7 +25,9 @@ def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded) 
     done = store.done(suite.name)
     todo = [c for c in cells if c.key not in done]
     new = suite.new_tokens
-    costs = estimate.cell_flops(suite, todo, loaded.config, getattr(backend, "shares_prefixes", False))
+    local = getattr(backend, "local", True)   # a served model's compute is not this machine's
+    costs = estimate.cell_flops(suite, todo, loaded.config, getattr(backend, "shares_prefixes", False)) \
+        if local else [float(c.length + new) for c in todo]   # remote: progress by tokens, no FLOP estimate
     total = sum(costs)
     key = estimate.key(loaded.info, getattr(backend, "name", "hf"), suite.name)
     already = len(cells) - len(todo)
@@ -35,10 +37,10 @@ def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded) 
         console.print(head)
         return 0
     rate, source = estimate.rate(key, loaded.info.get("device", "cpu"), loaded.info["precision"]["dtype"]) \
-        if total > 0 else (1.0, "")
-    planned = total / rate
+        if total > 0 and local else (1.0, "")
+    planned = total / rate if local else 0.0
     console.print(f"{head}; {estimate.flop_text(total)} (prefix tree counted): about {estimate.minutes(planned)} "
-                  f"({source})" if total > 0 else head)
+                  f"({source})" if total > 0 and local else head)
     # A live bar only draws on a terminal; a log (CI, a batch job, `> run.log`) gets one line per cell.
     live = console.is_terminal
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), TextColumn("{task.fields[cells]}"),
@@ -58,7 +60,7 @@ def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded) 
                 console.print(f"  [{i}/{len(todo)}] {cell.key} → {_score(result)}  ({_seconds(result)}"
                               f"{elapsed:,.0f} s elapsed, ETA {estimate.minutes(left)})", highlight=False)
     seconds = time.perf_counter() - started
-    if total > 0:
+    if total > 0 and local:
         estimate.remember(key, total, seconds)
         console.print(f"{suite.name}: {len(todo)} cells in {estimate.minutes(seconds)} (estimated "
                       f"{estimate.minutes(planned)})")
@@ -66,10 +68,11 @@ def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded) 
 
 
 def remaining(planned: float, elapsed: float, done: float, total: float) -> float:
-    """Seconds left: the estimate's share until a tenth of the work is done, then the measured pace."""
-    if total <= 0:
+    """Seconds left: the estimate's share until a tenth of the work is done, then the measured pace
+    (from the first finished cell where there is no estimate: ``planned`` 0)."""
+    if total <= 0 or (planned <= 0 and done <= 0):
         return 0.0
-    if done < 0.1 * total:
+    if done < 0.1 * total and planned > 0:
         return max(planned - elapsed, planned * (1 - done / total) * 0.5)
     return elapsed / done * (total - done)
 

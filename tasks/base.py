@@ -114,7 +114,7 @@ def variant_of(manifest: dict, suite: str) -> str | None:
 class Suite:
     name: ClassVar[str]
     Options: ClassVar[type] = NoOptions
-    backends: ClassVar[tuple[str, ...]] = ("hf", "vllm")
+    backends: ClassVar[tuple[str, ...]] = ("hf", "vllm", "openai")
     figures: ClassVar[tuple[str, ...]] = ()       # a run's own plots: "heatmap" (length x depth), "loss_curves"
     report_pages: ClassVar[tuple[str, ...]] = ()  # comparison report pages: "heatmaps", "differences", "loss_curves"
     config: Any

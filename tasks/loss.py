@@ -86,6 +86,7 @@ class Options:
 class LossSuite(base.Suite):
     name = NAME
     Options = Options
+    backends = ("hf", "vllm")   # per-token log-probabilities of whole documents from the model itself
     figures = ("loss_curves",)
     report_pages = ("loss_curves",)
 

@@ -21,6 +21,7 @@ class Generation:
     seconds: float
     target_logprobs: list[float] | None = None  # log p of each target token, teacher-forced
     reused_tokens: int = 0                      # prompt tokens whose KV came from a shared prefix
+    token_ids: tuple[int, ...] = ()             # the generated tokens (hf), after the stop rules
 
 
 @dataclass(frozen=True)

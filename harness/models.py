@@ -447,3 +447,42 @@ def load_served(name: str, tokenizer_spec: str, served_max_len: int | None) -> L
                       "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
     }
     return LoadedModel(model=None, tokenizer=tokenizer, path=path, info=info, config=config)
+
+
+def from_objects(model, tokenizer) -> LoadedModel:
+    """A transformers model and tokenizer already in memory (a training loop's), evaluated as they
+    are: their dtype, device and RoPE. Recorded as ``in-memory:NAME@FINGERPRINT``, the fingerprint
+    taken from the weights so that a run directory never mixes two states of one model."""
+    import hashlib
+
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if config is None or not hasattr(model, "forward") or not isinstance(positions, int):
+        raise UserError(f"model: a {type(model).__name__} is not a transformers causal LM (no config with "
+                        f"max_position_embeddings); pass a PreTrainedModel, a directory or a hub id")
+    if tokenizer is None or not callable(getattr(tokenizer, "encode", None)):
+        raise UserError("tokenizer: a model object needs its tokenizer (tokenizer=AutoTokenizer.from_pretrained(...))")
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            digest.update(name.encode())
+            digest.update(p.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    param = next(model.parameters())
+    name = str(getattr(config, "_name_or_path", "") or type(model).__name__)
+    rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default",
+                                                              "rope_theta": getattr(config, "rope_theta", 10000.0)})
+    factor = float(rope.get("factor", 1.0)) if rope.get("rope_type", "default") != "default" else 1.0
+    original = int(rope.get("original_max_position_embeddings", positions))
+    dtype = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}.get(param.dtype, str(param.dtype))
+    info = {
+        "spec": f"in-memory:{Path(name).name}@{digest.hexdigest()[:12]}", "path": name, "name": Path(name).name or name,
+        "model_type": getattr(config, "model_type", None), "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(param.dtype).removeprefix("torch."),
+        "precision": {"dtype": dtype, "requested": "as given", "reason": "the model object's own", "cpu_flags": []},
+        "device": str(param.device), "attn_implementation": getattr(config, "_attn_implementation", None),
+        "rope_parameters": rope, "rope_overrides": {"rope_theta": None, "rope_scaling": None},
+        "max_position_embeddings": positions, "effective_max_positions": max(positions, int(original * factor)),
+        "tokenizer": {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
+                      "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
+    }
+    return LoadedModel(model=model, tokenizer=tokenizer, path=Path(name), info=info, config=config)

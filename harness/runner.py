@@ -21,6 +21,7 @@ def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded) 
     cell's FLOPs (a 128K cell costs far more than a 1K one), with the estimate standing in until
     cells have finished; the run's measured rate is remembered for the next estimate.
     """
+    suite.run_dir = store.path
     cells = suite.cells()
     done = store.done(suite.name)
     todo = [c for c in cells if c.key not in done]

@@ -116,6 +116,7 @@ class Suite:
     Options: ClassVar[type] = NoOptions
     backends: ClassVar[tuple[str, ...]] = ("hf", "vllm", "openai")
     figures: ClassVar[tuple[str, ...]] = ()       # a run's own plots: "heatmap" (length x depth), "loss_curves"
+    run_dir = None   # the run directory, set by the runner: where a suite keeps its own files (lm-eval's samples)
     report_pages: ClassVar[tuple[str, ...]] = ()  # comparison report pages: "heatmaps", "differences", "loss_curves"
     config: Any
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from harness import uncertainty
 from harness.errors import UserError
-from harness.paths import cache_dir
 from harness.tasks import base
 
 NAME = "regression"
 TASK_DIR = Path(__file__).with_name("regression_tasks")
 DEFAULT_TASKS = ("harness_kjv_cloze", "harness_kjv_ppl")
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte")   # metric names lm-eval marks higher_is_better: False
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,6 @@ class RegressionConfig:
         return d
 
 
-def include_dir() -> Path:
-    """The offline tasks with their data paths made absolute (lm-eval resolves them from the CWD)."""
-    out = cache_dir("lm-eval-tasks")
-    for yml in TASK_DIR.glob("*.yaml"):
-        (out / yml.name).write_text(yml.read_text().replace("__DIR__", str(TASK_DIR.resolve())))
-    return out
-
-
 @lru_cache(maxsize=2)
 def task_manager(builtin: bool = True):
     """lm-eval's task index with our offline tasks included, built once per process.
@@ -65,7 +57,7 @@ def task_manager(builtin: bool = True):
     """
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(include_dir()), include_defaults=builtin)
+    return TaskManager(include_path=str(TASK_DIR), include_defaults=builtin)
 
 
 def manager_for(names):
@@ -108,6 +100,12 @@ class RegressionSuite(base.Suite):
     name = NAME
     Options = Options
     backends = ("hf",)  # lm-eval's HFLM runs the transformers model itself
+
+    @staticmethod
+    def lower_is_better(column: str) -> bool:
+        """Perplexities and bits per byte (lm-eval's higher_is_better False for them); report
+        columns are "TASK METRIC"."""
+        return column.split(" ")[-1].endswith(LOWER_IS_BETTER)
 
     @classmethod
     def prepare(cls, grid: base.Grid, options: Options) -> RegressionConfig:
@@ -161,9 +159,11 @@ class RegressionSuite(base.Suite):
         lm = _checked_hflm()(pretrained=model, tokenizer=self.tok, max_length=self.config.max_length, batch_size=1)
         lm.task_name, lm.fewshot = cell.task, self.config.num_fewshot
         out = simple_evaluate(model=lm, tasks=[cell.task], num_fewshot=self.config.num_fewshot,
-                              limit=self.config.limit, task_manager=manager_for(self.config.tasks), log_samples=False,
+                              limit=self.config.limit, task_manager=manager_for(self.config.tasks), log_samples=True,
                               bootstrap_iters=1000, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
                               fewshot_random_seed=0)
+        if self.run_dir is not None:
+            _keep_lm_eval_output(out, Path(self.run_dir) / "lm_eval" / cell.task)
         metrics = out["results"][cell.task]
         scores = {k.replace(",none", ""): float(v) for k, v in metrics.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "alias"}
@@ -173,7 +173,28 @@ class RegressionSuite(base.Suite):
         return {"suite": NAME, "key": cell.key, "length": cell.length, "tokens": None, "task": cell.task,
                 "metric": primary, "score": clean[primary], "scores": clean,
                 "n_samples": out.get("n-samples", {}).get(cell.task, {}).get("effective"),
+                "version": out.get("versions", {}).get(cell.task),
                 "seconds": round(time.perf_counter() - started, 3)}
+
+
+def _keep_lm_eval_output(out: dict, dest: Path) -> None:
+    """lm-eval's own results (results.json, as `lm_eval --output_path` writes them) and per-document
+    samples (samples.jsonl: prompt, target, responses, metrics) for a cell; written before the cell's
+    result is stored, so a stored cell always has them."""
+    import json
+
+    from lm_eval.utils import handle_non_serializable
+
+    from harness import rundir
+
+    dest.mkdir(parents=True, exist_ok=True)
+    samples = out.get("samples", {})
+    lines = [json.dumps(s, default=handle_non_serializable, ensure_ascii=False)
+             for task in samples for s in samples[task]]
+    rundir.write_text(dest / "samples.jsonl", "".join(line + "\n" for line in lines))
+    aggregated = {k: v for k, v in out.items() if k != "samples"}
+    rundir.write_text(dest / "results.json", json.dumps(aggregated, indent=1, default=handle_non_serializable,
+                                                        ensure_ascii=False))
 
 
 @lru_cache(maxsize=1)

@@ -23,9 +23,9 @@ def test_our_path_equals_the_lm_eval_cli(tiny_model_dir, tmp_path):
     ours = {c.task: suite.evaluate(c, backend) for c in suite.cells()}
     proc = subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
                            f"pretrained={tiny_model_dir},dtype=float32,max_length=2048",
-                           "--tasks", "harness_kjv_cloze,harness_kjv_ppl", "--include_path", str(regression.include_dir()),
+                           "--tasks", "harness_kjv_cloze,harness_kjv_ppl", "--include_path", str(regression.TASK_DIR),
                            "--limit", "20", "--batch_size", "1", "--output_path", str(tmp_path / "cli")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)  # plain lm_eval, the committed YAMLs
     assert proc.returncode == 0, proc.stderr[-2000:]
     (result_file,) = (tmp_path / "cli").rglob("results_*.json")
     cli = json.loads(result_file.read_text())["results"]
@@ -53,6 +53,17 @@ def test_regression_suite_in_a_run_directory(tiny_model_dir, tmp_path):
     assert ppl["metric"] == "word_perplexity" and ppl["score"] > 1
     assert re.search(r"regression .* harness_kjv_cloze .* acc .* ± ", proc.stderr)
     assert "Running loglikelihood requests" not in proc.stderr  # lm-eval's per-request bars are off
+    # lm-eval's own output is kept beside the run's results: its results and every document's sample.
+    for task, docs in (("harness_kjv_cloze", 10), ("harness_kjv_ppl", 10)):
+        kept = json.loads((out / "lm_eval" / task / "results.json").read_text())
+        assert kept["results"][task] and kept["n-samples"][task]["effective"] == docs
+        samples = [json.loads(x) for x in (out / "lm_eval" / task / "samples.jsonl").read_text().splitlines()]
+        assert len(samples) == docs and {"doc", "target", "resps"} <= set(samples[0])
+    # The run's lm-eval-shaped results carry lm-eval's numbers and directions.
+    shaped = json.loads((out / "results_lm_eval.json").read_text())
+    assert shaped["results"]["harness_kjv_cloze"]["acc,none"] == cloze["score"]
+    assert shaped["higher_is_better"]["harness_kjv_ppl"]["word_perplexity"] is False
+    assert shaped["versions"]["harness_kjv_cloze"] == 1.0
 
 
 def test_a_fewshot_prompt_longer_than_the_context_is_refused(tiny_model_dir):

@@ -49,3 +49,23 @@ def test_vllm_greedy_outputs_equal_hf_on_smollm2():
         assert abs(sum(got[i].target_logprobs) - sum(expected[i].target_logprobs)) < 0.05 * len(requests[i].target)
     # Prefix caching: later prompts found the shared haystack in the cache.
     assert sum(g.reused_tokens for g in got.values()) > 0
+
+
+@pytest.mark.skipif(not HAS_VLLM and not os.environ.get("HARNESS_REQUIRE_VLLM"),
+                    reason="vLLM is not installed in this venv: `make test-vllm` runs this test in .venv-vllm")
+def test_quick_grid_through_vllm_serve_equals_offline_vllm_and_hf(tmp_path):
+    """#18: the quick needle grid through a real `vllm serve` via --backend openai, against the offline
+    vLLM backend and the HF backend on the same cells (bench/served_vllm.py; BENCHMARKS.md has its row)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import served_vllm
+
+    got = served_vllm.main(["--preset", "quick", "--out", str(tmp_path / "served")])
+    summary, cells = got["summary"], got["cells"]
+    assert summary["cells"] == 25
+    # The server and the offline engine are one engine: the same outputs, cell for cell.
+    assert summary["openai==vllm: output"] == 25, [c["key"] for c in cells if not c["openai==vllm: output"]]
+    # Against transformers the scores agree on every cell (bf16 kernels may part after the answer).
+    assert summary["openai==hf: scores"] == 25, [c["key"] for c in cells if not c["openai==hf: scores"]]

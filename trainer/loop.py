@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import flops, models, precision, rundir
+from harness import flops, models, precision, rundir, tracking
 from harness.errors import UserError
 from harness.data import shards as shard_io
 from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config, load_state
@@ -75,6 +75,7 @@ class TrainConfig:
     save_every: int = 0               # 0: only the final checkpoint
     seed: int = 0
     from_scratch: str | None = None   # "tiny": a small Llama built here instead of loading --base
+    wandb: str | None = None          # a W&B project for the per-step metrics (TensorBoard is always written)
 
     def __post_init__(self):
         """Every value checked once, here: the CLI, ablate and Python callers all construct one."""
@@ -86,6 +87,7 @@ class TrainConfig:
                             f"{MIN_SEQ_LEN} tokens (the paper trains at 80k) and the budget must be positive")
         _check_numbers(self)
         precision.check(self.dtype)
+        tracking.check_wandb(self.wandb)
         models.check_rope_theta(self.rope_theta)
         if self.rope_scaling and self.rope_scaling[0] == models.FROZEN_DYNAMIC:
             raise UserError("--rope-scaling frozen_dynamic: evaluation only (the paper's reset_rope); "
@@ -98,6 +100,7 @@ class TrainConfig:
         d.pop("out")
         d.pop("save_every")
         d.pop("peak_tflops")
+        d.pop("wandb")
         d["rope_scaling"] = list(self.rope_scaling) if self.rope_scaling else None
         return d
 
@@ -480,7 +483,8 @@ def _resume(run: Run, engine) -> tuple[int, int]:
 
 
 class _Meter:
-    """Per-step metrics: metrics.jsonl (durable, one line per step) and TensorBoard, on rank 0."""
+    """Per-step metrics: metrics.jsonl (durable, one line per step), TensorBoard and W&B when asked
+    (harness.tracking), on rank 0."""
 
     def __init__(self, run: Run, engine):
         cfg = run.cfg
@@ -490,11 +494,10 @@ class _Meter:
         self.peak = (cfg.peak_tflops * 1e12 if cfg.peak_tflops
                      else flops.measure_peak(device, run.compute.torch_dtype)) * run.world
         self.log = rundir.JsonlLog(run.out / METRICS)
-        self.writer = None
+        self.tracker = None
         if run.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run.out / "tensorboard"))
+            self.tracker = tracking.Tracker(run.out, name=run.out.name, config=run.hashed, job_type="train",
+                                            wandb_project=cfg.wandb)
 
     def record(self, step: int, loss: float, grad_norm: float, lr: float, seconds: float) -> None:
         run = self.run
@@ -503,12 +506,12 @@ class _Meter:
                   "mfu": run.per_step * self.per_seq_flops / seconds / self.peak, "seconds": seconds}
         if run.rank == 0:
             self.log.append(record)
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
-                self.writer.add_scalar(f"train/{key}", record[key], step)
+            self.tracker.scalars({f"train/{key}": record[key] for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")},
+                                 step)
 
     def close(self) -> None:
-        if self.writer:
-            self.writer.close()
+        if self.tracker:
+            self.tracker.close()
 
 
 def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: int, console,

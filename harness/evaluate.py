@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ class EvalRequest:
     max_concurrent: int = 8            # openai: requests in flight
     wandb: str | None = None           # a W&B project to log the summary to (TensorBoard is always written)
     step: int = 0                      # the step the summary is logged at (a training loop's)
+    attn: str = "auto"                 # hf: the attention kernel (models.attn_implementation)
 
     def options_for(self, name: str):
         from harness import tasks
@@ -69,7 +71,10 @@ def prepare(req: EvalRequest) -> Prepared:
     names = parse_names(req.suites, list(tasks.SUITES), "--suite")
     scaling = models.parse_rope_scaling(req.rope_scaling)
     models.check_rope_theta(req.rope_theta)
-    models.parse_device(req.device)
+    device = models.parse_device(req.device)
+    if req.attn != "auto" and req.backend != "hf":
+        raise UserError(f"--attn: only for --backend hf (--backend {req.backend} runs its own kernels)")
+    models.attn_implementation(device, req.attn)
     check_seed(req.seed)
     precision.check(req.dtype)
     if req.backend not in BACKENDS:
@@ -149,26 +154,40 @@ def evaluate(model_spec, prep: Prepared, out: Path, console: Console) -> tuple[l
     Rerunning the same call resumes: finished cells are skipped. A second process aimed at the same
     ``out`` is refused while this one runs (harness.rundir.locked).
     """
-    from harness import models
+    from harness import distributed, models
     from harness.rundir import check_writable, locked
-
     from harness.store import RunStore
 
+    rank, world, _ = distributed.launched()
+    if world > 1 and (prep.request.backend != "hf" or isinstance(model_spec, models.LoadedModel)):
+        raise UserError(f"data-parallel evaluation ({world} ranks): --backend hf with a model source only "
+                        f"(vLLM parallelises itself: --tensor-parallel; a server takes --max-concurrent)")
     if isinstance(model_spec, models.LoadedModel):
         ...                                     # already loaded (harness.api)
     elif prep.request.backend == "openai":      # a bad path fails before anything slow
         models.locate(prep.request.tokenizer or model_spec, "--tokenizer")
     else:
         models.resolve(model_spec)
-    check_writable(out)
-    with locked(out, "a run"):
+    device = distributed.setup(prep.request.device)[2] if world > 1 else None
+
+    def claim(stack: contextlib.ExitStack) -> None:
+        """Rank 0 owns the run directory: checked, locked, a damaged store named before any model loads,
+        what ranks left of an interrupted data-parallel run merged."""
+        check_writable(out)
+        stack.enter_context(locked(out, "a run"))
         if (out / "manifest.json").is_file():
-            for _ in RunStore(out).results():  # a damaged store is named before the model loads
+            for _ in RunStore(out).results():
                 pass
-        return _evaluate(model_spec, prep, out, console)
+            RunStore(out).merge_ranks()
+
+    with contextlib.ExitStack() as stack:
+        distributed.first(lambda: claim(stack), rank, world)
+        if rank > 0:
+            console = Console(quiet=True)
+        return _evaluate(model_spec, prep, out, console, rank, world, device)
 
 
-def _load(model_spec, prep: Prepared, console: Console):
+def _load(model_spec, prep: Prepared, console: Console, device=None):
     """(the loaded model, the openai backend when the model is served, the model's recorded id)."""
     from harness import models
 
@@ -184,20 +203,22 @@ def _load(model_spec, prep: Prepared, console: Console):
         loaded.info["base_url"] = req.base_url
         return loaded, served, model_spec
     with console.status(f"loading {model_spec}"):
-        loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling,
-                             dtype=req.dtype, device=req.device, weights=req.backend == "hf")
+        loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling, dtype=req.dtype,
+                             device=str(device) if device is not None else req.device, weights=req.backend == "hf",
+                             attn=req.attn)
     # The embedded model by name (its cache path is the user's), a hub one by id and commit, a
     # local one by absolute path.
     return loaded, None, models.identity(model_spec, Path(loaded.info["path"]))
 
 
-def _evaluate(model_spec, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
-    from harness import lm_eval_format, models, provenance, tasks
+def _evaluate(model_spec, prep: Prepared, out: Path, console: Console, rank: int = 0, world: int = 1,
+              device=None) -> tuple[list[dict], dict]:
+    from harness import distributed, lm_eval_format, models, provenance, tasks
     from harness.runner import run_suite
     from harness.store import RunStore
 
     req = prep.request
-    loaded, served, model_id = _load(model_spec, prep, console)
+    loaded, served, model_id = _load(model_spec, prep, console, device)
     info = loaded.info
     suites = {name: tasks.get(name).bind(prepared, loaded) for name, prepared in prep.suites.items()}
     _check_lengths(suites, loaded.max_positions, req)
@@ -213,7 +234,11 @@ def _evaluate(model_spec, prep: Prepared, out: Path, console: Console) -> tuple[
         "backend": req.backend + ("-fast" if req.fast and req.backend == "hf" else ""),
         "suites": {name: suite.config.to_dict() for name, suite in suites.items()},
     }
-    store = RunStore.open(out, {"config": config, "model": info, **provenance.record()})
+    def open_store() -> None:   # rank 0 writes the manifest (or finds it the same); the others read that store
+        RunStore.open(out, {"config": config, "model": info, **provenance.record()})
+
+    distributed.first(open_store, rank, world)
+    store = RunStore(out)
     if served is not None:
         console.print(f"model {model_id} served at {req.base_url} (tokenizer {info['path']}); max positions "
                       f"{info['effective_max_positions']}; {req.max_concurrent} requests in flight at most")
@@ -224,15 +249,18 @@ def _evaluate(model_spec, prep: Prepared, out: Path, console: Console) -> tuple[
     for suite in suites.values():
         suite.warn(loaded.max_positions)
     backend = served.bind(loaded) if served is not None else _backend(loaded, req, console, suites)
-    tracker = tracking.Tracker(out, name=out.name, config=config, job_type="eval", wandb_project=req.wandb)
+    tracker = tracking.Tracker(out, name=out.name, config=config, job_type="eval", wandb_project=req.wandb) \
+        if rank == 0 else None
     try:
         for suite in suites.values():
-            run_suite(suite, backend, store, console, loaded)
+            run_suite(suite, backend, store, console, loaded, rank, world)
         results, manifest = list(store.results()), store.read_manifest()
-        lm_eval_format.write(out, results, manifest)   # the run in lm-eval's results shape
-        tracker.summary(summary_rows(results, manifest), step=req.step)
+        if tracker is not None:
+            lm_eval_format.write(out, results, manifest)   # the run in lm-eval's results shape
+            tracker.summary(summary_rows(results, manifest), step=req.step)
     finally:
-        tracker.close()
+        if tracker is not None:
+            tracker.close()
     return results, manifest
 
 

@@ -290,10 +290,29 @@ class LoadedModel:
         return self.info["effective_max_positions"]
 
 
-def attn_implementation(device: torch.device) -> str:
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+ATTENTION = ("auto", "sdpa", "flash_attention_2", "flex_attention", "eager")
+
+
+def attn_implementation(device: torch.device, requested: str = "auto", doc_mask: bool = False) -> str:
+    """The attention kernel transformers runs (``--attn``): never chosen silently, never a dense T x T
+    document mask on a GPU.
+
+    auto: FlashAttention-2 on CUDA where flash-attn is installed; on CUDA without it, flex_attention
+    when documents are masked (block masks: O((T/128)^2) memory) and sdpa otherwise; sdpa on CPU.
+    """
+    if requested not in ATTENTION:
+        raise UserError(f"--attn: {requested!r} is not known; accepted: {', '.join(ATTENTION)}")
+    cuda = device.type == "cuda"
+    flash = importlib.util.find_spec("flash_attn") is not None
+    if requested == "auto":
+        return "flash_attention_2" if cuda and flash else ("flex_attention" if cuda and doc_mask else "sdpa")
+    if requested == "flash_attention_2" and not (cuda and flash):
+        raise UserError("--attn flash_attention_2: needs CUDA and the flash-attn package "
+                        "(pip install 'longctx-harness[flash]'); sdpa and flex_attention need neither")
+    if cuda and doc_mask and requested in ("sdpa", "eager"):
+        raise UserError(f"--attn {requested} with --doc-mask on CUDA: transformers would build a dense T x T "
+                        f"mask per layer (16 GiB at 128K); use flex_attention (block masks) or flash_attention_2")
+    return requested
 
 
 def _first_line(exc: BaseException) -> str:
@@ -367,7 +386,7 @@ def _instantiate(path: Path, config, dtype: torch.dtype, attn: str, weights: boo
 
 
 def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str, float] | None = None,
-         dtype: str = "auto", device: str | None = None, weights: bool = True) -> LoadedModel:
+         dtype: str = "auto", device: str | None = None, weights: bool = True, attn: str = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer for evaluation, RoPE overrides and dtype applied and recorded.
 
     ``dtype`` is ``auto`` (bf16 where the device computes it natively, else fp32: harness.precision),
@@ -386,7 +405,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
         rope = apply_rope(config, check_rope_theta(rope_theta), rope_scaling)
     factor = float(rope.get("factor", 1.0)) if rope.get("rope_type", "default") != "default" else 1.0
     original = int(rope.get("original_max_position_embeddings", trained_max))
-    attn = attn_implementation(dev)
+    attn = attn_implementation(dev, attn)
     model = _instantiate(path, config, compute.torch_dtype, attn, weights)
     parameters = sum(p.numel() for p in model.parameters())
     if weights:

@@ -8,35 +8,62 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from harness import estimate
+from harness import distributed, estimate
 from harness.store import RunStore
 from harness.tasks.base import Suite
 
 
-def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded) -> int:
-    """Evaluate every cell of ``suite`` not yet in ``store``; returns how many ran.
+def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded, rank: int = 0, world: int = 1) -> int:
+    """Evaluate every cell of ``suite`` not yet in ``store``; returns how many this process ran.
 
     Before the grid: its cost in FLOPs as the backend computes them (estimate.cell_flops) and in
     minutes, at the rate remembered for this machine. Progress and the ETA are weighted by each
     cell's FLOPs (a 128K cell costs far more than a 1K one), with the estimate standing in until
     cells have finished; the run's measured rate is remembered for the next estimate.
+
+    Data-parallel (``world`` > 1, under torchrun): the unfinished cells are shared out by length,
+    whole lengths per rank (a length's depths share their haystack prefix, so the prefix tree's reuse
+    survives), balanced by FLOPs; rank 0 appends to the store, the others to their rank logs, which
+    rank 0 merges once every rank has finished (each cell once, also after a crash).
     """
     suite.run_dir = store.path
+    try:
+        return _run_share(suite, backend, store, console, loaded, rank, world)
+    finally:
+        distributed.barrier(world)
+        if rank == 0 and world > 1:
+            store.merge_ranks()
+
+
+def _run_share(suite: Suite, backend, store: RunStore, console: Console, loaded, rank: int, world: int) -> int:
     cells = suite.cells()
     done = store.done(suite.name)
     todo = [c for c in cells if c.key not in done]
     new = suite.new_tokens
     local = getattr(backend, "local", True)   # a served model's compute is not this machine's
-    costs = estimate.cell_flops(suite, todo, loaded.config, getattr(backend, "shares_prefixes", False)) \
-        if local else [float(c.length + new) for c in todo]   # remote: progress by tokens, no FLOP estimate
+    shares = getattr(backend, "shares_prefixes", False)
+
+    def cost_of(part: list) -> list[float]:
+        return estimate.cell_flops(suite, part, loaded.config, shares) if local \
+            else [float(c.length + new) for c in part]   # remote: progress by tokens, no FLOP estimate
+
+    already = len(cells) - len(todo)
+    if world > 1:
+        lengths = list(dict.fromkeys(c.length for c in todo))
+        groups = [([c for c in todo if c.length == n], 0.0) for n in lengths]
+        groups = [(g, sum(cost_of(g))) for g, _ in groups]
+        todo = [c for g in distributed.share(groups, rank, world) for c in g]
+    costs = cost_of(todo)
     total = sum(costs)
     key = estimate.key(loaded.info, getattr(backend, "name", "hf"), suite.name)
-    already = len(cells) - len(todo)
-    head = (f"[bold]{suite.name}[/]: {len(cells)} cells, {len(todo)} to run{f' ({already} already done)' if already else ''}; "
+    mine = f" (rank {rank} of {world}: {len(todo)})" if world > 1 else ""
+    head = (f"[bold]{suite.name}[/]: {len(cells)} cells, {len(cells) - already} to run"
+            f"{mine}{f' ({already} already done)' if already else ''}; "
             f"{sum(c.length for c in todo):,} prompt tokens + up to {len(todo) * new:,} generated")
     if not todo:
         console.print(head)
         return 0
+    append = store.append if rank == 0 else store.rank_log(rank).append
     rate, source = estimate.rate(key, loaded.info.get("device", "cpu"), loaded.info["precision"]["dtype"]) \
         if total > 0 and local else (1.0, "")
     planned = total / rate if local else 0.0
@@ -52,7 +79,7 @@ def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded) 
         cost = {c.key: f for c, f in zip(todo, costs)}
         finished = 0.0
         for i, (cell, result) in enumerate(suite.run(todo, backend), 1):  # in the backend's order
-            store.append(result)
+            append(result)
             finished += cost[cell.key]
             progress.update(task, advance=cost[cell.key], cells=f"{i}/{len(todo)}", last=_score(result))
             if not live:

@@ -75,6 +75,29 @@ class RunStore:
     def append(self, result: dict) -> None:
         self.log.append(result)
 
+    # -- data-parallel runs: each rank > 0 logs its cells beside the store; rank 0 merges them -----
+    def rank_log(self, rank: int) -> JsonlLog:
+        """Where rank ``rank`` (> 0) of a data-parallel run appends its cells until rank 0 merges them."""
+        return JsonlLog(self.path / f"results.rank{rank}.jsonl")
+
+    def merge_ranks(self) -> int:
+        """Append every cell the rank logs hold that the store does not (each cell once, whatever a
+        crash left behind), then remove the logs; rank 0 only. Returns how many were added."""
+        logs = sorted(self.path.glob("results.rank*.jsonl"))
+        if not logs:
+            return 0
+        have = {(r["suite"], r["key"]) for r in self.results()}
+        added = 0
+        for path in logs:
+            for record in JsonlLog(path).records():
+                if (record.get("suite"), record.get("key")) not in have:
+                    self.append(record)
+                    have.add((record["suite"], record["key"]))
+                    added += 1
+        for path in logs:
+            path.unlink()
+        return added
+
 
 def _off_schema(record: dict, suites: set[str]) -> str | None:
     if not isinstance(record.get("suite"), str) or not isinstance(record.get("key"), str):

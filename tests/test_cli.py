@@ -184,3 +184,16 @@ def test_default_run_dirs_never_collide(tiny_model_dir, tmp_path):
     again = harness_cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "0 to run" in again.stderr
     assert len(runs()) == 2
+
+
+@pytest.mark.parametrize("argv, rest, rank", [
+    (["--local_rank=3", "train", "--out", "x"], ["train", "--out", "x"], "3"),       # deepspeed's launcher
+    (["train", "--local-rank", "1", "--out", "x"], ["train", "--out", "x"], "1"),
+    (["run", "--model", "m"], ["run", "--model", "m"], None),
+])
+def test_local_rank_is_taken_wherever_the_launcher_puts_it(monkeypatch, argv, rest, rank):
+    from harness.cli import take_local_rank
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert take_local_rank(argv) == rest
+    assert os.environ.get("LOCAL_RANK") == rank

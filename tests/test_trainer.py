@@ -1,5 +1,6 @@
 """The continual-pretraining trainer on real tiny models and real packed shards (CPU)."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -65,25 +66,46 @@ def test_resume_gives_the_uninterrupted_losses(tiny_model_dir, shards, tmp_path)
     assert _losses(split) == b
 
 
-def test_document_masking_matches_documents_run_separately(tiny_model_dir):
-    loaded = models.load(str(tiny_model_dir), dtype="fp32")
+@pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
+def test_document_masking_matches_documents_run_separately(tiny_model_dir, attn):
+    """Packed rows with per-document positions equal each document run alone, with sdpa (a dense
+    mask: CPU only) and flex_attention (block masks, what CUDA gets without flash-attn), two rows."""
+    loaded = models.load(str(tiny_model_dir), dtype="fp32", attn=attn)
     model = loaded.model
+    assert model.config._attn_implementation == attn
     torch.manual_seed(0)
-    docs = [torch.randint(100, 40000, (n,)) for n in (40, 70, 18)]
-    batch = shard_io.Batch(torch.cat(docs)[None], [[40, 70, 18]])
+    rows = [[40, 70, 18], [60, 68]]
+    docs = [[torch.randint(100, 40000, (n,)) for n in lens] for lens in rows]
+    batch = shard_io.Batch(torch.stack([torch.cat(d) for d in docs]), rows)
     with torch.no_grad():
         packed = model(input_ids=batch.input_ids, position_ids=shard_io.position_ids(batch.doc_lens),
-                       use_cache=False).logits[0]
-        start = 0
-        for doc in docs:
-            alone = model(input_ids=doc[None], use_cache=False).logits[0]
-            assert torch.allclose(packed[start:start + len(doc)], alone, atol=1e-4)
-            start += len(doc)
+                       use_cache=False).logits
+        for r, row_docs in enumerate(docs):
+            start = 0
+            for doc in row_docs:
+                alone = model(input_ids=doc[None], use_cache=False).logits[0]
+                assert torch.allclose(packed[r, start:start + len(doc)], alone, atol=1e-4), (attn, r, start)
+                start += len(doc)
         # Without the per-document positions attention crosses documents: the later ones differ.
         crossed = model(input_ids=batch.input_ids, use_cache=False).logits[0]
-        assert not torch.allclose(crossed[40:110], packed[40:110], atol=1e-2)
+        assert not torch.allclose(crossed[40:110], packed[0, 40:110], atol=1e-2)
     labels = shard_io.labels(batch, doc_mask=True)
     assert labels[0, 40] == -100 and labels[0, 110] == -100 and labels[0, 0] != -100
+
+
+def test_attention_is_chosen_never_silently():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert models.attn_implementation(cpu) == "sdpa"
+    assert models.attn_implementation(cpu, "flex_attention", doc_mask=True) == "flex_attention"
+    if importlib.util.find_spec("flash_attn") is None:
+        assert models.attn_implementation(cuda, doc_mask=True) == "flex_attention"   # never a dense T x T mask
+        assert models.attn_implementation(cuda) == "sdpa"
+        with pytest.raises(UserError, match="needs CUDA and the flash-attn package"):
+            models.attn_implementation(cuda, "flash_attention_2")
+    with pytest.raises(UserError, match="dense T x T"):
+        models.attn_implementation(cuda, "sdpa", doc_mask=True)
+    with pytest.raises(UserError, match="--attn: 'flash' is not known"):
+        models.attn_implementation(cpu, "flash")
 
 
 def test_rope_settings_are_written_and_read_back(tiny_model_dir, shards, tmp_path):
@@ -196,3 +218,17 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tiny_model_dir
     good = loop.latest_checkpoint(out)
     assert good is not None and (good / "model.safetensors").is_file()
     assert not list((out / "checkpoints").glob(".*.tmp")) and not (out / "final").exists()
+
+
+def test_deepspeed_engine_without_a_launcher(tiny_model_dir, shards, tmp_path):
+    """`harness train --engine deepspeed` as a plain process: a process group of one (DeepSpeed alone
+    would look for mpi4py)."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "ds1"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-m", "harness", "train", "--base", str(tiny_model_dir), "--data", str(shards),
+                           "--seq-len", "128", "--tokens", str(128 * 4 * 2), "--batch-tokens", str(128 * 4),
+                           "--engine", "deepspeed", "--dtype", "fp32", "--no-grad-ckpt", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(_losses(out)) == 2 and "mpi4py" not in proc.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -117,6 +118,20 @@ class TorchEngine:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if rank == 0 else None
 
 
+def _single_process_group(deepspeed, device: torch.device) -> None:
+    """``--engine deepspeed`` without a launcher: a process group of one. DeepSpeed would otherwise look
+    for an MPI launcher (mpi4py) when RANK and WORLD_SIZE are not set."""
+    import socket
+
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(key, value)
+    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
+
+
 class DeepSpeedEngine:
     """ZeRO partitions parameters and gathers them inside module forwards, so the loss stays the
     model's own (the chunked loss reads the LM head's weight outside its forward)."""
@@ -137,6 +152,8 @@ class DeepSpeedEngine:
         config.setdefault("bf16", {})["enabled"] = dtype == torch.bfloat16
         config.setdefault("fp16", {})["enabled"] = False
         config["steps_per_print"] = 10 ** 9
+        if not torch.distributed.is_initialized():
+            _single_process_group(deepspeed, device)
         opt, sched = _optimizer(model, lr, weight_decay, warmup)
         self.engine, self.opt, _, self.sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                                     config=config)

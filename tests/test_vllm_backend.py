@@ -55,17 +55,18 @@ def test_vllm_greedy_outputs_equal_hf_on_smollm2():
                     reason="vLLM is not installed in this venv: `make test-vllm` runs this test in .venv-vllm")
 def test_quick_grid_through_vllm_serve_equals_offline_vllm_and_hf(tmp_path):
     """#18: the quick needle grid through a real `vllm serve` via --backend openai, against the offline
-    vLLM backend and the HF backend on the same cells (bench/served_vllm.py; BENCHMARKS.md has its row)."""
+    vLLM backend and the HF backend on the same cells, all in fp32 (bench/served_vllm.py; BENCHMARKS.md
+    has its row). About 25 minutes on 2 cores."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench import served_vllm
 
-    got = served_vllm.main(["--preset", "quick", "--out", str(tmp_path / "served")])
+    got = served_vllm.main(["--preset", "quick", "--dtype", "fp32", "--out", str(tmp_path / "served")])
     summary, cells = got["summary"], got["cells"]
     assert summary["cells"] == 25
-    # The server and the offline engine are one engine: the same outputs, cell for cell.
+    # fp32: the same outputs, cell for cell, from the server, the offline engine and transformers (in
+    # bf16, kernels' rounding parts greedy paths at near-ties on a few failing cells: BENCHMARKS.md).
     assert summary["openai==vllm: output"] == 25, [c["key"] for c in cells if not c["openai==vllm: output"]]
-    # Against transformers the scores agree on every cell (bf16 kernels may part after the answer).
-    assert summary["openai==hf: scores"] == 25, [c["key"] for c in cells if not c["openai==hf: scores"]]
+    assert summary["openai==hf: output"] == 25, [c["key"] for c in cells if not c["openai==hf: output"]]

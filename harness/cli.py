@@ -448,25 +448,27 @@ def data_stats(build_dir, as_json) -> None:
         _console(stderr=False).print(stats.table(summary))
 
 
-def take_local_rank(argv: list[str]) -> list[str]:
+def take_local_rank(argv: list[str]) -> tuple[list[str], str | None]:
     """The deepspeed launcher puts ``--local_rank=N`` first, before the subcommand: taken out of the
-    arguments wherever it is, into LOCAL_RANK (what torchrun sets, and what the trainer reads)."""
-    rest, i = [], 0
+    arguments wherever it is. Returns (the other arguments, N or None)."""
+    rest, rank, i = [], None, 0
     while i < len(argv):
         word = argv[i]
         name, eq, value = word.partition("=")
         if name in ("--local_rank", "--local-rank"):
             if not eq and i + 1 < len(argv):
                 value, i = argv[i + 1], i + 1
-            os.environ.setdefault("LOCAL_RANK", value)
+            rank = value
         else:
             rest.append(word)
         i += 1
-    return rest
+    return rest, rank
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = take_local_rank(list(sys.argv[1:] if argv is None else argv))
+    argv, local_rank = take_local_rank(list(sys.argv[1:] if argv is None else argv))
+    if local_rank is not None:   # into LOCAL_RANK, as torchrun sets it and the trainer reads it
+        os.environ.setdefault("LOCAL_RANK", local_rank)
     debug = "--debug" in argv
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     try:

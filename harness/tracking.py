@@ -34,14 +34,17 @@ class Tracker:
     """One job's trackers; rank 0 only (other ranks make none)."""
 
     def __init__(self, out: Path, *, name: str, config: dict, job_type: str, wandb_project: str | None = None):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(Path(out) / "tensorboard"))
+        self.out = Path(out)
+        self.tb = None   # opened at the first value: a run writes nothing of its own before its first cell
         self.wb = None
         if wandb_project is not None:
             self.wb = _start_wandb(Path(out), wandb_project, name, config, job_type)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out / "tensorboard"))
         for key, value in values.items():
             if value is not None:
                 self.tb.add_scalar(key, float(value), step)
@@ -62,7 +65,8 @@ class Tracker:
                 self.wb.summary[key] = value
 
     def close(self) -> None:
-        self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
         if self.wb is not None:
             self.wb.finish()
             self.wb = None

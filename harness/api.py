@@ -59,7 +59,7 @@ class Results:
 
 def run(model, *, tokenizer=None, suites: str = "needle", preset: str | None = None, lengths: str | None = None,
         depths: str | None = None, seed: int = 0, backend: str = "hf", dtype: str = "auto", device: str | None = None,
-        rope_theta: float | None = None, rope_scaling: str | None = None, fast: bool = False,
+        rope_theta: float | None = None, rope_scaling: str | None = None, fast: bool = False, attn: str = "auto",
         base_url: str | None = None, max_concurrent: int = 8, out: str | Path | None = None,
         wandb: str | None = None, step: int = 0, verbose: bool = False, **suite_options) -> Results:
     """Evaluate ``model`` on ``suites``; returns :class:`Results`.
@@ -86,14 +86,15 @@ def run(model, *, tokenizer=None, suites: str = "needle", preset: str | None = N
         for name, value in (("rope_theta", rope_theta), ("rope_scaling", rope_scaling), ("device", device)):
             if value is not None:
                 raise UserError(f"{name}: a model object is evaluated as it is; set it on the model itself")
-        if dtype != "auto":
-            raise UserError("dtype: a model object is evaluated in its own dtype; convert the model itself")
+        if dtype != "auto" or attn != "auto":
+            raise UserError("dtype/attn: a model object is evaluated in its own dtype and attention; change the model itself")
     elif tokenizer is not None and backend != "openai":
         raise UserError("tokenizer: only with a model object or backend='openai'; a model source brings its own")
     request = evaluation.EvalRequest(
         suites=suites, preset=preset, lengths=lengths, depths=depths, seed=seed, options=options, backend=backend,
         fast=fast, rope_theta=rope_theta, rope_scaling=rope_scaling, dtype=dtype, device=device, base_url=base_url,
-        tokenizer=tokenizer if not in_memory else None, max_concurrent=max_concurrent, wandb=wandb, step=step)
+        tokenizer=tokenizer if not in_memory else None, max_concurrent=max_concurrent, wandb=wandb, step=step,
+        attn=attn)
     prep = evaluation.prepare(request)
     console = Console(stderr=True, quiet=not verbose)
     evaluation.quiet_libraries()

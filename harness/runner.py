@@ -49,10 +49,8 @@ def _run_share(suite: Suite, backend, store: RunStore, console: Console, loaded,
 
     already = len(cells) - len(todo)
     if world > 1:
-        lengths = list(dict.fromkeys(c.length for c in todo))
-        groups = [([c for c in todo if c.length == n], 0.0) for n in lengths]
-        groups = [(g, sum(cost_of(g))) for g, _ in groups]
-        todo = [c for g in distributed.share(groups, rank, world) for c in g]
+        by_length = [[c for c in todo if c.length == n] for n in dict.fromkeys(c.length for c in todo)]
+        todo = [c for g in distributed.share([(g, sum(cost_of(g))) for g in by_length], rank, world) for c in g]
     costs = cost_of(todo)
     total = sum(costs)
     key = estimate.key(loaded.info, getattr(backend, "name", "hf"), suite.name)

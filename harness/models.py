@@ -385,6 +385,18 @@ def _instantiate(path: Path, config, dtype: torch.dtype, attn: str, weights: boo
             raise UserError(f"--model: {path} is not a causal LM transformers can load ({_first_line(exc)})") from None
 
 
+def effective_positions(rope: dict, trained: int) -> int:
+    """Positions a model is meant to handle with the RoPE in force: its trained length, or the length
+    the scaling is relative to times the factor; a changed theta alone says nothing."""
+    factor = float(rope.get("factor", 1.0)) if rope.get("rope_type", "default") != "default" else 1.0
+    return max(trained, int(int(rope.get("original_max_position_embeddings", trained)) * factor))
+
+
+def tokenizer_info(tokenizer, **extra) -> dict:
+    return {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer), **extra,
+            "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token}
+
+
 def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str, float] | None = None,
          dtype: str = "auto", device: str | None = None, weights: bool = True, attn: str = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer for evaluation, RoPE overrides and dtype applied and recorded.
@@ -403,8 +415,6 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     _register_frozen_dynamic()
     with warnings.catch_warnings(), _quiet_rope_validation():
         rope = apply_rope(config, check_rope_theta(rope_theta), rope_scaling)
-    factor = float(rope.get("factor", 1.0)) if rope.get("rope_type", "default") != "default" else 1.0
-    original = int(rope.get("original_max_position_embeddings", trained_max))
     attn = attn_implementation(dev, attn)
     model = _instantiate(path, config, compute.torch_dtype, attn, weights)
     parameters = sum(p.numel() for p in model.parameters())
@@ -426,11 +436,8 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
         "rope_overrides": {"rope_theta": rope_theta,
                            "rope_scaling": list(rope_scaling) if rope_scaling else None},
         "max_position_embeddings": trained_max,
-        # Positions the model is meant to handle with the RoPE in force: its trained length, or the
-        # length the scaling is relative to times the factor; a changed theta alone says nothing.
-        "effective_max_positions": max(trained_max, int(original * factor)),
-        "tokenizer": {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
-                      "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
+        "effective_max_positions": effective_positions(rope, trained_max),
+        "tokenizer": tokenizer_info(tokenizer),
     }
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, info=info, config=config)
 
@@ -462,8 +469,7 @@ def load_served(name: str, tokenizer_spec: str, served_max_len: int | None) -> L
         "device": "server", "attn_implementation": "server's", "rope_parameters": rope,
         "rope_overrides": {"rope_theta": None, "rope_scaling": None},
         "max_position_embeddings": positions, "effective_max_positions": positions,
-        "tokenizer": {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer), "path": str(path),
-                      "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
+        "tokenizer": tokenizer_info(tokenizer, path=str(path)),
     }
     return LoadedModel(model=None, tokenizer=tokenizer, path=path, info=info, config=config)
 
@@ -490,8 +496,6 @@ def from_objects(model, tokenizer) -> LoadedModel:
     name = str(getattr(config, "_name_or_path", "") or type(model).__name__)
     rope = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default",
                                                               "rope_theta": getattr(config, "rope_theta", 10000.0)})
-    factor = float(rope.get("factor", 1.0)) if rope.get("rope_type", "default") != "default" else 1.0
-    original = int(rope.get("original_max_position_embeddings", positions))
     dtype = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}.get(param.dtype, str(param.dtype))
     info = {
         "spec": f"in-memory:{Path(name).name}@{digest.hexdigest()[:12]}", "path": name, "name": Path(name).name or name,
@@ -500,8 +504,7 @@ def from_objects(model, tokenizer) -> LoadedModel:
         "precision": {"dtype": dtype, "requested": "as given", "reason": "the model object's own", "cpu_flags": []},
         "device": str(param.device), "attn_implementation": getattr(config, "_attn_implementation", None),
         "rope_parameters": rope, "rope_overrides": {"rope_theta": None, "rope_scaling": None},
-        "max_position_embeddings": positions, "effective_max_positions": max(positions, int(original * factor)),
-        "tokenizer": {"class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
-                      "eos_token": tokenizer.eos_token, "bos_token": tokenizer.bos_token},
+        "max_position_embeddings": positions, "effective_max_positions": effective_positions(rope, positions),
+        "tokenizer": tokenizer_info(tokenizer),
     }
     return LoadedModel(model=model, tokenizer=tokenizer, path=Path(name), info=info, config=config)

@@ -201,7 +201,7 @@ def _load(model_spec, prep: Prepared, console: Console, device=None):
         with console.status(f"asking {req.base_url} for {model_spec}"):
             loaded = models.load_served(model_spec, req.tokenizer or model_spec, served.served_max_len())
         loaded.info["base_url"] = req.base_url
-        return loaded, served, model_spec
+        return loaded, served.bind(loaded), model_spec
     with console.status(f"loading {model_spec}"):
         loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling, dtype=req.dtype,
                              device=str(device) if device is not None else req.device, weights=req.backend == "hf",
@@ -225,7 +225,7 @@ def _evaluate(model_spec, prep: Prepared, out: Path, console: Console, rank: int
     for suite in suites.values():  # grids that cannot be built fail before the run directory is made
         suite.check()
     if served is not None and any(getattr(s.config, "scorer", "generate") != "generate" for s in suites.values()):
-        served.bind(loaded).check_prompt_logprobs()   # the needle's loglik scorer
+        served.check_prompt_logprobs()   # the needle's loglik scorer
     config = {
         "model": {"id": model_id,
                   **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")},
@@ -248,7 +248,7 @@ def _evaluate(model_spec, prep: Prepared, out: Path, console: Console, rank: int
                       f"{format_rope(info['rope_parameters'])}; max positions {info['effective_max_positions']}")
     for suite in suites.values():
         suite.warn(loaded.max_positions)
-    backend = served.bind(loaded) if served is not None else _backend(loaded, req, console, suites)
+    backend = served if served is not None else _backend(loaded, req, console, suites)
     tracker = tracking.Tracker(out, name=out.name, config=config, job_type="eval", wandb_project=req.wandb) \
         if rank == 0 else None
     try:

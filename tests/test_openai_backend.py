@@ -39,7 +39,7 @@ def _run(argv: list[str]) -> None:
 
 def test_served_grid_equals_the_hf_backend(tmp_path, tiny, tiny_model_dir):
     _run(["run", "--model", str(tiny_model_dir), *GRID, "--out", str(tmp_path / "hf")])
-    # The first requests are refused (429, then a 503 burst): retried with backoff, nothing lost.
+    # The first three requests are refused with 429: retried with backoff, nothing lost.
     with Server(tiny, fail_first=3, fail_status=429) as server:
         served = [a for a in GRID if a != "--dtype" and a != "fp32"]
         _run(["run", "--model", "tiny", "--backend", "openai", "--base-url", server.url, "--tokenizer",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -54,9 +53,6 @@ class OpenAIBackend(ModelBackend):
         self.retries = retries
         self.timeout = timeout
         self.backoff = backoff
-        self.requests_sent = 0
-        self.retried = 0
-        self._count = threading.Lock()
 
     def bind(self, loaded) -> "OpenAIBackend":
         self.loaded, self.tok = loaded, loaded.tokenizer
@@ -77,8 +73,6 @@ class OpenAIBackend(ModelBackend):
         data = None if payload is None else json.dumps(payload).encode()
         retries = self.retries if retries is None else retries
         for attempt in range(retries + 1):
-            with self._count:
-                self.requests_sent += 1
             req = urllib.request.Request(url, data=data, headers=self._headers(),
                                          method="GET" if data is None else "POST")
             wait = None
@@ -98,8 +92,6 @@ class OpenAIBackend(ModelBackend):
             except json.JSONDecodeError:
                 raise UserError(f"--base-url: {url} did not answer JSON; an OpenAI-compatible server "
                                 f"(e.g. `vllm serve`) serves /v1/completions") from None
-            with self._count:
-                self.retried += 1
             time.sleep(wait if wait is not None else self.backoff * 2 ** attempt * (0.5 + random.random() / 2))
         raise AssertionError("unreachable")
 

@@ -23,7 +23,8 @@ def run_suite(suite: Suite, backend, store: RunStore, console: Console, loaded, 
 
     Data-parallel (``world`` > 1, under torchrun): the unfinished cells are shared out by length,
     whole lengths per rank (a length's depths share their haystack prefix, so the prefix tree's reuse
-    survives), balanced by FLOPs; rank 0 appends to the store, the others to their rank logs, which
+    within a length survives; reuse across lengths does only where they land on one rank), balanced
+    by FLOPs; rank 0 appends to the store, the others to their rank logs, which
     rank 0 merges once every rank has finished (each cell once, also after a crash).
     """
     suite.run_dir = store.path

@@ -16,7 +16,6 @@ of our pass at the longest length (goal <= 4 GB). The last line is `ratio: X`.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 
@@ -32,6 +31,7 @@ def main() -> None:
     import torch
 
     from harness import flops, models
+    from harness.memory import PeakMemory
     from harness.backends import Request
     from harness.backends.hf import HFBackend, _common_prefix
     from harness.tasks import haystack, needle
@@ -66,14 +66,17 @@ def main() -> None:
         config, len(r.ids), len(r.ids) + args.new_tokens - 1, logits=args.new_tokens - 1) for r in requests)
     peak = flops.measure_peak("cpu", getattr(torch, loaded.info["dtype"]), seconds=2.0)
 
+    memory = PeakMemory("cpu")
+    memory.reset()
     t0 = time.perf_counter()
     ours = dict(HFBackend(loaded).generate_many(requests))
     t_ours = time.perf_counter() - t0
-    rss_ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # GiB (ru_maxrss is KiB)
+    rss_ours = memory.gib()
+    memory.reset()
     t0 = time.perf_counter()
     fast = dict(HFBackend(loaded, fast=True).generate_many(requests))
     t_fast = time.perf_counter() - t0
-    rss_fast = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    rss_fast = memory.gib()
 
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
@@ -109,7 +112,7 @@ def main() -> None:
     for name, seconds in (("exact", t_ours), ("--fast", t_fast)):
         print(f"achieved ({name}): {floor / seconds / 1e12:.3f} TFLOP/s of the floor = {floor / seconds / peak:.1%} of "
               f"the measured {loaded.info['dtype']} GEMM peak {peak / 1e12:.3f} TFLOP/s (goal >= 50%)")
-    print(f"peak RSS (max length {max(cfg.lengths):,}): exact pass {rss_ours:.2f} GiB, after the --fast pass "
+    print(f"peak RSS (max length {max(cfg.lengths):,}; {memory.kind}): exact pass {rss_ours:.2f} GiB, --fast pass "
           f"{rss_fast:.2f} GiB (goal <= 4)")
     print(f"ratio: {t_base / t_ours:.2f}")
 

@@ -577,6 +577,8 @@ class NeedleSuite(base.Suite):
             "scores": scores, "output": gen.text, "new_tokens": gen.new_tokens,
             "seconds": round(gen.seconds, 3), "reused_tokens": gen.reused_tokens,
         }
+        if gen.peak_gib is not None:
+            result["peak_gib"] = round(gen.peak_gib, 3)
         if self.config.variant:
             result.update(variant=self.config.variant_name, **sample.to_dict())
         if self.config.samples > 1:

@@ -22,6 +22,7 @@ class Generation:
     target_logprobs: list[float] | None = None  # log p of each target token, teacher-forced
     reused_tokens: int = 0                      # prompt tokens whose KV came from a shared prefix
     token_ids: tuple[int, ...] = ()             # the generated tokens (hf), after the stop rules
+    peak_gib: float | None = None               # peak memory while computing it (hf: harness.memory)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from harness.backends import Generation, ModelBackend, Request, attention
+from harness.backends.kv_cache import PreallocatedCache, check_config
+from harness.memory import PeakMemory
 from harness.models import LoadedModel
 
 
@@ -49,6 +50,8 @@ class HFBackend(ModelBackend):
         # rotary state and an empty cache, as a fresh transformers `generate` does.
         self._dynamic = "dynamic" in str(loaded.info.get("rope_parameters", {}).get("rope_type", ""))
         self.shares_prefixes = not self._dynamic
+        check_config(self.model.config)
+        self.peak = PeakMemory(self.model.device)
         self._attn = None
         if fast and self.model.device.type == "cpu" and self.model.config._attn_implementation == "sdpa":
             self._attn = attention.register()
@@ -88,9 +91,13 @@ class HFBackend(ModelBackend):
         decode together: each one's KV is snapshotted after its prefill and the batch decodes once
         the group is complete, or when the snapshots waiting reach ``decode_batch_tokens`` tokens.
         Otherwise, and for a prompt too long to batch, decoding runs in place in the tree's cache.
+
+        The cache is allocated once for the longest request (kv_cache.py): prefill chunks and decode
+        steps write in place, and cropping to a common prefix moves a length. Each prompt's peak
+        memory (memory.py) is recorded in its Generation.
         """
         device = self.model.device
-        cache = DynamicCache(config=self.model.config)
+        cache = PreallocatedCache(self.model.config, _capacity(requests))
         held: list[int] = []  # the tokens whose keys and values the cache holds, in order
         order = sorted(range(len(requests)), key=lambda i: requests[i].ids)
         left = Counter(_group(requests[i]) for i in order if requests[i].max_new_tokens)
@@ -98,6 +105,7 @@ class HFBackend(ModelBackend):
         for index in order:
             req = requests[index]
             start = time.perf_counter()
+            self.peak.reset()
             ids = list(req.ids)
             keep = 0 if self._dynamic else min(_common_prefix(held, ids), len(ids) - 1)
             _crop(cache, held, keep)
@@ -111,6 +119,7 @@ class HFBackend(ModelBackend):
             branch = _Branch(index, req, out.logits[0, -1], keep, start)
             if req.target:
                 branch.target_lp = self._score_target(branch, list(req.target), cache, held)
+            branch.peak_gib = self.peak.gib()
             if not req.max_new_tokens:
                 yield index, self._finish(branch, [], time.perf_counter() - start)
                 continue
@@ -120,6 +129,7 @@ class HFBackend(ModelBackend):
             if cap < 2 or (left[group] == 0 and not waiting.get(group)):
                 new, fed = self._decode([branch], cache)  # alone: in the tree's own cache
                 held.extend(fed)
+                branch.peak_gib = self.peak.gib()
                 yield index, self._finish(branch, new[0], time.perf_counter() - start)
                 continue
             branch.kv = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
@@ -155,14 +165,17 @@ class HFBackend(ModelBackend):
 
     def _decode_batch(self, branches: list["_Branch"]) -> Iterator[tuple[int, Generation]]:
         start = time.perf_counter()
-        cache = DynamicCache(config=self.model.config)
-        for layer in range(len(branches[0].kv)):
-            cache.update(torch.cat([b.kv[layer][0] for b in branches]), torch.cat([b.kv[layer][1] for b in branches]), layer)
+        self.peak.reset()
+        req = branches[0].req
+        cache = PreallocatedCache.from_rows(self.model.config, [b.kv for b in branches], len(req.ids) + req.max_new_tokens)
         for b in branches:
             b.kv = None
         new, _ = self._decode(branches, cache)
+        del cache
         share = (time.perf_counter() - start) / len(branches)
+        peak = self.peak.gib()
         for b, tokens in zip(branches, new):
+            b.peak_gib = max(b.peak_gib, peak)
             yield b.index, self._finish(b, tokens, b.seconds + share)
 
     def _decode(self, branches: list["_Branch"], cache) -> tuple[list[list[int]], list[int]]:
@@ -193,7 +206,7 @@ class HFBackend(ModelBackend):
     def _finish(self, branch: "_Branch", tokens: list[int], seconds: float) -> Generation:
         text = self.tok.decode(tokens, skip_special_tokens=True).strip()
         return Generation(text=text, new_tokens=len(tokens), seconds=seconds, target_logprobs=branch.target_lp,
-                          reused_tokens=branch.keep, token_ids=tuple(tokens))
+                          reused_tokens=branch.keep, token_ids=tuple(tokens), peak_gib=branch.peak_gib)
 
     def token_nll(self, ids: list[int], chunk: int = 2048) -> torch.Tensor:
         with self._attention(), torch.inference_mode():
@@ -210,7 +223,7 @@ class HFBackend(ModelBackend):
             chunk = len(ids)
         device = self.model.device
         seq = torch.tensor([ids], dtype=torch.long, device=device)
-        cache = DynamicCache(config=self.model.config)
+        cache = PreallocatedCache(self.model.config, len(ids))
         out = []
         for s in range(0, seq.shape[1] - 1, chunk):
             part = seq[:, s:s + chunk]
@@ -233,10 +246,16 @@ class _Branch:
     target_lp: list[float] | None = None
     kv: list | None = None       # per-layer (keys, values) snapshot while waiting for a batch
     seconds: float = 0.0
+    peak_gib: float = 0.0        # peak memory while it was computed (memory.PeakMemory)
 
 
 def _group(req: Request) -> tuple[int, int, bool, bool]:
     return len(req.ids), req.max_new_tokens, req.stop_at_eos, req.skip_leading_eos
+
+
+def _capacity(requests: list[Request]) -> int:
+    """Positions the tree's cache can come to hold: a prompt, then its target or its decoding."""
+    return max((len(r.ids) + max(r.max_new_tokens, len(r.target)) for r in requests), default=1)
 
 
 def _crop(cache, held: list[int], keep: int) -> None:

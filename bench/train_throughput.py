@@ -35,7 +35,7 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from harness import flops, models, precision
+    from harness import flops, models, precision, shapes
     from harness.paths import cache_dir
     from harness.data import build
     from harness.trainer import loop
@@ -51,7 +51,7 @@ def main() -> None:
     compute = precision.resolve(args.dtype, "cpu")
     print(f"dtype {compute.name} ({compute.reason}; CPU flags {' '.join(compute.cpu_flags)})", flush=True)
     peak = flops.measure_peak("cpu", compute.torch_dtype, seconds=1.0)
-    config = loop.tiny_config(tokenizer, L)
+    config = shapes.config("tiny", tokenizer, L)
     per_seq = flops.train_flops(config, L)
 
     # -- ours, eager and compiled -------------------------------------------------------------
@@ -88,7 +88,7 @@ def main() -> None:
 
     def hf(compile_: bool) -> float:
         torch.manual_seed(0)
-        model = LlamaForCausalLM(loop.tiny_config(tokenizer, L))
+        model = LlamaForCausalLM(shapes.config("tiny", tokenizer, L))
         timer = Timer()
         with tempfile.TemporaryDirectory() as tmp:
             targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=mb, gradient_accumulation_steps=accum,

@@ -29,7 +29,7 @@ from typing import Callable
 
 from rich.console import Console
 
-from harness import rundir, store
+from harness import rundir, shapes, store
 from harness.errors import UserError
 from harness.evaluate import EvalRequest
 from harness.values import check_seed, format_length
@@ -299,7 +299,7 @@ def _print_plan(cfg: AblateConfig, tokenizer, mixtures: list[Mixture], prep, con
     from harness.trainer import loop
 
     if cfg.base == TINY_BASE:
-        base_config = loop.tiny_config(tokenizer, cfg.base_seq_len)
+        base_config = shapes.config(TINY_BASE, tokenizer, cfg.base_seq_len)
     else:
         base_config = models.read_config(models.resolve(cfg.base), "--base")
     device = "cuda" if torch.cuda.is_available() else "cpu"

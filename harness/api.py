@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import shapes
 from harness.errors import UserError
 
 
@@ -88,8 +89,9 @@ def run(model, *, tokenizer=None, suites: str = "needle", preset: str | None = N
                 raise UserError(f"{name}: a model object is evaluated as it is; set it on the model itself")
         if dtype != "auto" or attn != "auto":
             raise UserError("dtype/attn: a model object is evaluated in its own dtype and attention; change the model itself")
-    elif tokenizer is not None and backend != "openai":
-        raise UserError("tokenizer: only with a model object or backend='openai'; a model source brings its own")
+    elif tokenizer is not None and backend != "openai" and not shapes.is_random(str(model)):
+        raise UserError("tokenizer: only with a model object, backend='openai' or a random:SHAPE model; a model "
+                        "source brings its own")
     request = evaluation.EvalRequest(
         suites=suites, preset=preset, lengths=lengths, depths=depths, seed=seed, options=options, backend=backend,
         fast=fast, rope_theta=rope_theta, rope_scaling=rope_scaling, dtype=dtype, device=device, base_url=base_url,

@@ -86,9 +86,11 @@ def _suite_options(command):
 
 
 @cli.command()
-@click.option("--model", "model_spec", required=True, metavar="PATH|ORG/NAME|smollm2-135m",
+@click.option("--model", "model_spec", required=True, metavar="PATH|ORG/NAME|smollm2-135m|random:SHAPE",
               help="A local Hugging Face causal-LM directory, a hub id (from the HF cache when "
-              "HF_HUB_OFFLINE=1; org/name@revision pins one), or smollm2-135m (the embedded default).")
+              "HF_HUB_OFFLINE=1; org/name@revision pins one), smollm2-135m (the embedded default), or "
+              "random:SHAPE (random weights of a published shape, e.g. random:llama2-7b: speed and memory "
+              "checks; harness.shapes).")
 @click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle, bookqa, regression, loss.")
 @click.option("--preset", default=None, help="Grid preset from the suite's YAML: quick (default), paper, tiny.")
 @click.option("--lengths", default=None, help="Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
@@ -106,7 +108,7 @@ def _suite_options(command):
               "when set.")
 @click.option("--tokenizer", default=None, metavar="PATH|ORG/NAME|smollm2-135m",
               help="openai: the served model's tokenizer (default: --model); prompts go as its token ids, so "
-              "lengths are exact.")
+              "lengths are exact. --model random:SHAPE: its tokenizer (default smollm2-135m).")
 @click.option("--max-concurrent", default=8, show_default=True, type=int, help="openai: requests in flight at most.")
 @click.option("--wandb", default=None, metavar="PROJECT", help="Log the summary to this W&B project (WANDB_MODE=offline "
               "writes it under the run directory); TensorBoard event files are always written (DIR/tensorboard).")
@@ -269,8 +271,11 @@ def compare(run_dirs, reference, as_json) -> None:
 
 @cli.command()
 @click.option("--base", default=None, metavar="PATH|ORG/NAME|smollm2-135m", help="The model to continue pretraining.")
-@click.option("--from-scratch", "from_scratch", type=click.Choice(["tiny"]), default=None,
-              help="Build a small Llama (SmolLM2's tokenizer) and pretrain it instead of loading --base.")
+@click.option("--from-scratch", "from_scratch", default=None, metavar="SHAPE",
+              help="Pretrain a Llama of this shape from random weights instead of loading --base: tiny (CPU), "
+              "1b, 7b, 13b, 8b, smollm2-135m (harness.shapes).")
+@click.option("--tokenizer", default=None, metavar="PATH|ORG/NAME|smollm2-135m",
+              help="--from-scratch: the tokenizer (default smollm2-135m); a directory with tokenizer files is enough.")
 @click.option("--data", "data_dir", default=None, help="Shards from `harness data build` (from-scratch: built if omitted).")
 @click.option("--seq-len", "seq_len", default=None, help="Training length in tokens, e.g. 8k (from-scratch default 512).")
 @click.option("--tokens", "budget", default=None, help="Token budget, e.g. 50k, 5M, 1B (from-scratch default 300k).")
@@ -297,7 +302,7 @@ def compare(run_dirs, reference, as_json) -> None:
 @click.option("--wandb", default=None, metavar="PROJECT", help="Log per-step metrics to this W&B project too "
               "(TensorBoard event files are always written: OUT/tensorboard).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
-def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scaling, lr, batch_tokens, micro_batch,
+def train(base, from_scratch, tokenizer, data_dir, seq_len, budget, rope_theta, rope_scaling, lr, batch_tokens, micro_batch,
           warmup_steps, engine, deepspeed_config, doc_mask, attn, no_grad_ckpt, compile_, dtype, save_every,
           peak_tflops, seed, resume, wandb, out) -> None:
     """Continual pretraining with RoPE extension on packed shards (torch or DeepSpeed)."""
@@ -306,7 +311,7 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
     from harness.values import parse_budget, parse_length
 
     if bool(base) == bool(from_scratch):
-        raise UserError("train: give exactly one of --base PATH|smollm2-135m or --from-scratch tiny")
+        raise UserError("train: give exactly one of --base PATH|smollm2-135m or --from-scratch SHAPE (e.g. tiny)")
     # From scratch the run has defaults sized for a CPU in minutes; a continued base needs both.
     seq_len = seq_len or ("512" if from_scratch else None)
     budget = budget or ("300k" if from_scratch else None)
@@ -321,12 +326,13 @@ def train(base, from_scratch, data_dir, seq_len, budget, rope_theta, rope_scalin
         batch_tokens=parse_budget(batch_tokens, "--batch-tokens") if batch_tokens else (8 * length if from_scratch else None),
         micro_batch=micro_batch, warmup_steps=warmup_steps, engine=engine, deepspeed_config=deepspeed_config,
         doc_mask=doc_mask, grad_ckpt=not no_grad_ckpt, compile=compile_, dtype=dtype, save_every=save_every, seed=seed,
-        peak_tflops=peak_tflops, from_scratch=from_scratch, wandb=wandb, attn=attn)
+        peak_tflops=peak_tflops, from_scratch=from_scratch, tokenizer=tokenizer, wandb=wandb, attn=attn)
     quiet_libraries()
     if data_dir is None:
         from harness.data import build
 
-        cfg = dataclasses.replace(cfg, data=str(build.from_scratch_data(length, tokens, seed, console)))
+        cfg = dataclasses.replace(cfg, data=str(build.from_scratch_data(length, tokens, seed, console,
+                                                                        tokenizer or "smollm2-135m")))
     final = loop.train(cfg, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(final))

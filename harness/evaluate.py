@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from harness import tracking
+from harness import shapes, tracking
 from harness.errors import UserError
 from harness.tasks.base import option_flags
 from harness.values import check_seed, format_rope, parse_names
@@ -125,10 +125,8 @@ def quiet_libraries() -> None:
 def _check_served(req: EvalRequest) -> None:
     """The flags of ``--backend openai``, and the ones that do not apply to it."""
     if req.backend != "openai":
-        for flag, value in (("--base-url", req.base_url), ("--tokenizer", req.tokenizer)):
-            if value is not None:
-                raise UserError(f"{flag}: only for --backend openai (a served model); --backend {req.backend} "
-                                f"loads the model's own tokenizer")
+        if req.base_url is not None:
+            raise UserError(f"--base-url: only for --backend openai (a served model), not --backend {req.backend}")
         return
     if not req.base_url:
         raise UserError("--backend openai: give --base-url, the server's root (e.g. http://localhost:8000 "
@@ -167,7 +165,10 @@ def evaluate(model_spec, prep: Prepared, out: Path, console: Console) -> tuple[l
     elif prep.request.backend == "openai":      # a bad path fails before anything slow
         models.locate(prep.request.tokenizer or model_spec, "--tokenizer")
     else:
-        models.resolve(model_spec)
+        if prep.request.tokenizer is not None and not shapes.is_random(model_spec):
+            raise UserError(f"--tokenizer: only for --backend openai (a served model) or --model random:SHAPE; "
+                            f"--backend {prep.request.backend} loads the model's own tokenizer")
+        models.resolve(model_spec, prep.request.tokenizer)
     device = distributed.setup(prep.request.device)[2] if world > 1 else None
 
     def claim(stack: contextlib.ExitStack) -> None:
@@ -205,7 +206,7 @@ def _load(model_spec, prep: Prepared, console: Console, device=None):
     with console.status(f"loading {model_spec}"):
         loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling, dtype=req.dtype,
                              device=str(device) if device is not None else req.device, weights=req.backend == "hf",
-                             attn=req.attn)
+                             attn=req.attn, tokenizer=req.tokenizer)
     # The embedded model by name (its cache path is the user's), a hub one by id and commit, a
     # local one by absolute path.
     return loaded, None, models.identity(model_spec, Path(loaded.info["path"]))
@@ -229,8 +230,10 @@ def _evaluate(model_spec, prep: Prepared, out: Path, console: Console, rank: int
     config = {
         "model": {"id": model_id,
                   **{k: info[k] for k in ("dtype", "rope_parameters", "max_position_embeddings")},
-                  # served: the tokenizer that made the prompts (the server's URL is not the model's identity)
-                  **({"tokenizer": models.identity(req.tokenizer or model_spec, Path(info["path"]))} if served else {})},
+                  # served or random: the tokenizer that made the prompts (a server's URL is not the model's identity)
+                  **({"tokenizer": models.identity(req.tokenizer or model_spec, Path(info["path"]))} if served else {}),
+                  **({"tokenizer": models.identity(req.tokenizer or shapes.DEFAULT_TOKENIZER, Path(info["path"]))}
+                     if isinstance(model_spec, str) and shapes.is_random(model_spec) else {})},
         "backend": req.backend + ("-fast" if req.fast and req.backend == "hf" else ""),
         "suites": {name: suite.config.to_dict() for name, suite in suites.items()},
     }

@@ -41,6 +41,57 @@ def train_flops(config: Any, seq_len: int) -> float:
     return 3.0 * prefill_flops(config, seq_len)
 
 
+def train_flops_docs(config: Any, doc_lens: list[int]) -> float:
+    """:func:`train_flops` for a packed row trained with per-document attention: attention is
+    counted within each document only (the cross-document blocks a varlen or block-masked kernel
+    skips are not work), dense layers over every token."""
+    pairs = sum(n * (n + 1) / 2 for n in doc_lens)
+    return 3.0 * (2.0 * dense_params(config) * sum(doc_lens) + 4.0 * attention_width(config) * pairs)
+
+
+# Dense (no sparsity) tensor-core peaks per GPU from the vendors' data sheets, TFLOP/s, for bf16
+# and fp16 (equal on these parts). MFU is conventionally quoted against these.
+SPEC_TFLOPS = {
+    "H200": 989.4,        # H200 SXM
+    "H100 SXM": 989.4,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.4,        # an H100 whose name says no form factor: the SXM figure
+    "A100": 312.0,
+    "L40S": 362.0,
+}
+
+
+def spec_peak(device_name: str, dtype) -> float | None:
+    """The data-sheet peak FLOP/s for a GPU named ``device_name`` (torch.cuda.get_device_name) in
+    bf16/fp16, or None when the part or dtype is not in :data:`SPEC_TFLOPS`."""
+    import torch
+
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None
+    for part, tflops in SPEC_TFLOPS.items():  # most specific first (dict order)
+        if all(word in device_name for word in part.split()):
+            return tflops * 1e12
+    return None
+
+
+def stated_peak(device, dtype, declared_tflops: float | None = None) -> tuple[float, str]:
+    """(peak FLOP/s, what it is) for MFU: a declared figure, else the data sheet's for a known GPU,
+    else a GEMM measured here (on a CPU always measured: no data sheet applies to a shared VM)."""
+    import torch
+
+    device = torch.device(device)
+    if declared_tflops:
+        return declared_tflops * 1e12, f"declared {declared_tflops:g} TFLOP/s (--peak-tflops)"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        spec = spec_peak(name, dtype)
+        if spec:
+            return spec, f"spec: {name} dense {str(dtype).removeprefix('torch.')} {spec / 1e12:g} TFLOP/s"
+    peak = measure_peak("cpu" if device.type == "cpu" else str(device), dtype)
+    return peak, f"measured: fastest square {str(dtype).removeprefix('torch.')} GEMM here, {peak / 1e12:.3g} TFLOP/s"
+
+
 def measure_peak(device: str = "cpu", dtype=None, seconds: float = 0.5) -> float:
     """Achievable matmul FLOP/s on this device and dtype (default: what ``auto`` picks there),
     the fastest of square GEMMs timed for ``seconds``. Measure it in the dtype the work runs in: on a CPU without

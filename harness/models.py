@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from harness import precision, rundir
+from harness import precision, rundir, shapes
 from harness.errors import UserError
 from harness.paths import cache_dir
 from harness.values import check_positive, parse_length
@@ -56,8 +56,12 @@ def locate(spec: str, what: str = "--model") -> Path:
     return path
 
 
-def resolve(spec: str) -> Path:
-    """A model directory (:func:`locate`), checked for a config and weights."""
+def resolve(spec: str, tokenizer: str | None = None) -> Path:
+    """A model directory (:func:`locate`), checked for a config and weights. A random shape
+    (``random:NAME``, harness.shapes) has none: its tokenizer's directory is returned."""
+    if shapes.is_random(spec):
+        shapes.random_shape(spec)
+        return locate(tokenizer or shapes.DEFAULT_TOKENIZER, "--tokenizer")
     path = locate(spec)
     if spec in EMBEDDED:
         return path
@@ -88,6 +92,8 @@ def identity(spec: str, path: Path) -> str:
     the directory's absolute path."""
     if spec in EMBEDDED:
         return spec
+    if shapes.is_random(spec):
+        return f"{shapes.RANDOM_PREFIX}{shapes.random_shape(spec)}"
     if not Path(spec).expanduser().is_dir() and is_hub_id(spec):
         return f"{spec.split('@', 1)[0]}@{path.name}"   # snapshots/<commit>
     return str(path.resolve())
@@ -385,6 +391,21 @@ def _instantiate(path: Path, config, dtype: torch.dtype, attn: str, weights: boo
             raise UserError(f"--model: {path} is not a causal LM transformers can load ({_first_line(exc)})") from None
 
 
+def _random(config, dtype: torch.dtype, attn: str, device: torch.device):
+    """A shape with random weights (seed 0), initialised on ``device`` in ``dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    config._attn_implementation = attn
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return AutoModelForCausalLM.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def effective_positions(rope: dict, trained: int) -> int:
     """Positions a model is meant to handle with the RoPE in force: its trained length, or the length
     the scaling is relative to times the factor; a changed theta alone says nothing."""
@@ -398,25 +419,38 @@ def tokenizer_info(tokenizer, **extra) -> dict:
 
 
 def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str, float] | None = None,
-         dtype: str = "auto", device: str | None = None, weights: bool = True, attn: str = "auto") -> LoadedModel:
+         dtype: str = "auto", device: str | None = None, weights: bool = True, attn: str = "auto",
+         tokenizer: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer for evaluation, RoPE overrides and dtype applied and recorded.
 
     ``dtype`` is ``auto`` (bf16 where the device computes it natively, else fp32: harness.precision),
     or bf16, fp32, fp16.
     ``weights=False`` reads config and tokenizer only (shapes on the meta device), for a backend
     that loads the weights itself.
+    ``random:SHAPE`` (harness.shapes) builds that shape with random weights (seed 0) on the device,
+    with ``tokenizer`` (default smollm2-135m): no weights file is read.
     """
-    path = resolve(spec)
+    random = shapes.is_random(spec)
+    if random and not weights:
+        raise UserError(f"--model {spec}: random weights run on --backend hf (vLLM and servers load weights files)")
+    path = resolve(spec, tokenizer)
     dev = parse_device(device)
     compute = precision.resolve(dtype, dev)
-    config = read_config(path)
-    tokenizer = read_tokenizer(path)  # before the weights: a missing tokenizer fails fast
+    if random:
+        tokenizer = read_tokenizer(path, "--tokenizer")
+        config = shapes.config(shapes.random_shape(spec), tokenizer, shapes.RANDOM_POSITIONS)
+    else:
+        config = read_config(path)
+        tokenizer = read_tokenizer(path)  # before the weights: a missing tokenizer fails fast
     trained_max = int(config.max_position_embeddings)
     _register_frozen_dynamic()
     with warnings.catch_warnings(), _quiet_rope_validation():
         rope = apply_rope(config, check_rope_theta(rope_theta), rope_scaling)
     attn = attn_implementation(dev, attn)
-    model = _instantiate(path, config, compute.torch_dtype, attn, weights)
+    if random:
+        model = _random(config, compute.torch_dtype, attn, dev)
+    else:
+        model = _instantiate(path, config, compute.torch_dtype, attn, weights)
     parameters = sum(p.numel() for p in model.parameters())
     if weights:
         model.to(dev).eval()
@@ -425,7 +459,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
     info = {
         "spec": spec,
         "path": str(path),
-        "name": display_name(path),
+        "name": f"random-{shapes.random_shape(spec)}" if random else display_name(path),
         "model_type": config.model_type,
         "parameters": parameters,
         "dtype": compute.long_name,
@@ -437,7 +471,7 @@ def load(spec: str, *, rope_theta: float | None = None, rope_scaling: tuple[str,
                            "rope_scaling": list(rope_scaling) if rope_scaling else None},
         "max_position_embeddings": trained_max,
         "effective_max_positions": effective_positions(rope, trained_max),
-        "tokenizer": tokenizer_info(tokenizer),
+        "tokenizer": tokenizer_info(tokenizer, **({"path": str(path)} if random else {})),
     }
     return LoadedModel(model=model, tokenizer=tokenizer, path=path, info=info, config=config)
 

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import distributed, flops, models, precision, rundir, tracking
+from harness import distributed, flops, models, precision, rundir, shapes, tracking
 from harness.errors import UserError
 from harness.data import shards as shard_io
+from harness.memory import PeakMemory
 from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config, load_state
 from harness.values import MIN_SEQ_LEN, check_seed, format_rope
 
@@ -74,7 +75,8 @@ class TrainConfig:
     dtype: str = "auto"               # autocast: auto (bf16 where native, else fp32), bf16, fp32, fp16
     save_every: int = 0               # 0: only the final checkpoint
     seed: int = 0
-    from_scratch: str | None = None   # "tiny": a small Llama built here instead of loading --base
+    from_scratch: str | None = None   # a shape (harness.shapes: tiny, 1b, 7b, ...) built with random weights instead of --base
+    tokenizer: str | None = None      # from-scratch: the tokenizer (default smollm2-135m)
     wandb: str | None = None          # a W&B project for the per-step metrics (TensorBoard is always written)
     attn: str = "auto"                # attention kernel (models.attn_implementation)
 
@@ -92,6 +94,10 @@ class TrainConfig:
         if self.attn not in models.ATTENTION:
             raise UserError(f"--attn: {self.attn!r} is not known; accepted: {', '.join(models.ATTENTION)}")
         models.check_rope_theta(self.rope_theta)
+        if self.from_scratch is not None:
+            self.from_scratch = shapes.canonical(self.from_scratch, "--from-scratch")
+        elif self.tokenizer is not None:
+            raise UserError("--tokenizer: only with --from-scratch (a --base brings its own tokenizer)")
         if self.rope_scaling and self.rope_scaling[0] == models.FROZEN_DYNAMIC:
             raise UserError("--rope-scaling frozen_dynamic: evaluation only (the paper's reset_rope); "
                             "train with --rope-theta or linear|dynamic|yarn")
@@ -106,6 +112,8 @@ class TrainConfig:
         d.pop("wandb")
         if self.attn == "auto":   # the default keeps the identity runs had before --attn existed
             d.pop("attn")
+        if self.tokenizer is None:  # likewise before --tokenizer
+            d.pop("tokenizer")
         d["rope_scaling"] = list(self.rope_scaling) if self.rope_scaling else None
         return d
 
@@ -137,26 +145,17 @@ def _check_numbers(cfg: TrainConfig) -> None:
         raise bad("--peak-tflops", cfg.peak_tflops, "give a finite TFLOP/s above 0")
 
 
-def tiny_config(tokenizer, seq_len: int):
-    """The from-scratch base: a 4-layer Llama (about 20M parameters with SmolLM2's 49K vocabulary)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max(2048, seq_len),
-                       rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
-
-
 def _load_model(cfg: TrainConfig, tokenizer, device: torch.device):
     from transformers import LlamaForCausalLM
 
     attn = models.attn_implementation(device, cfg.attn, cfg.doc_mask)
     if cfg.from_scratch:
-        config = tiny_config(tokenizer, cfg.seq_len)
+        config = shapes.config(cfg.from_scratch, tokenizer, cfg.seq_len)
         config._attn_implementation = attn
         torch.manual_seed(cfg.seed)
         model = LlamaForCausalLM(config)
-        name = f"tiny-llama-{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M"
+        shape = "tiny-llama" if cfg.from_scratch == "tiny" else cfg.from_scratch
+        name = f"{shape}-{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M"
     else:
         path = models.resolve(cfg.base)
         config = models.read_config(path, "--base")
@@ -361,7 +360,7 @@ def _train(run: Run, resume: bool, console, stop_after: int | None) -> Path:
             f"warm-up {run.warmup}; {format_rope(engine.model.config.rope_parameters)}; doc mask "
             f"{'on' if cfg.doc_mask else 'off'}; attention {engine.model.config._attn_implementation}"
             f"{' (auto)' if cfg.attn == 'auto' else ''}; {run.compute.name} ({run.compute.reason}), "
-            f"peak {meter.peak / 1e12:.2f} TFLOP/s")
+            f"MFU against {meter.peak_source}")
     state = _loop(run, engine, meter, source, step, position, console, stop_after)
     if state is None:  # stopped early (tests): the last checkpoint is the result
         return latest_checkpoint(run.out)
@@ -380,15 +379,18 @@ def _setup(cfg: TrainConfig, console) -> Run:
     rundir.check_writable(out)
     rank, world, device = distributed.setup()
     compute = precision.resolve(cfg.dtype, device)
-    tok_path = models.resolve("smollm2-135m") if cfg.from_scratch else models.resolve(cfg.base)
+    if cfg.from_scratch:
+        tok_path = models.locate(cfg.tokenizer or "smollm2-135m", "--tokenizer")
+    else:
+        tok_path = models.resolve(cfg.base)
     if not cfg.from_scratch:
         models.read_config(tok_path, "--base")  # a damaged config named before anything else reads it
-    tokenizer = models.read_tokenizer(tok_path, "--base")
+    tokenizer = models.read_tokenizer(tok_path, "--tokenizer" if cfg.from_scratch else "--base")
     data = shard_io.PackedShards(Path(cfg.data), cfg.seq_len)
     if data.vocab_hash != packing.vocab_hash(tokenizer):
         raise UserError(f"--data: the shards were tokenized with {data.manifest['tokenizer']['name']!r} "
                         f"(vocabulary {data.vocab_hash}), not the base's tokenizer ({packing.vocab_hash(tokenizer)}); "
-                        f"rebuild them with --tokenizer {cfg.base}")
+                        f"rebuild them with --tokenizer {cfg.base or cfg.tokenizer or 'smollm2-135m'}")
     per_step, accum, steps = _plan(cfg, world)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else max(1, min(20, steps // 20))
     say = console.print if rank == 0 else (lambda *a, **k: None)
@@ -474,21 +476,32 @@ class _Meter:
     def __init__(self, run: Run, engine):
         cfg = run.cfg
         self.run = run
-        self.per_seq_flops = flops.train_flops(engine.model.config, cfg.seq_len)
-        device = run.device.type if run.device.type == "cpu" else str(run.device)
-        self.peak = (cfg.peak_tflops * 1e12 if cfg.peak_tflops
-                     else flops.measure_peak(device, run.compute.torch_dtype)) * run.world
+        self.config = engine.model.config
+        self.per_seq_flops = flops.train_flops(self.config, cfg.seq_len)
+        # MFU against a named peak (per process, times the processes): declared, the GPU's data
+        # sheet, or a GEMM measured here; with --doc-mask only attention within documents counts.
+        peak, self.peak_source = flops.stated_peak(run.device, run.compute.torch_dtype, cfg.peak_tflops)
+        self.peak = peak * run.world
+        self.memory = PeakMemory(run.device)
         self.log = rundir.JsonlLog(run.out / METRICS)
         self.tracker = None
         if run.rank == 0:
             self.tracker = tracking.Tracker(run.out, name=run.out.name, config=run.hashed, job_type="train",
                                             wandb_project=cfg.wandb)
 
-    def record(self, step: int, loss: float, grad_norm: float, lr: float, seconds: float) -> None:
+    def step_flops(self, doc_lens: list[list[int]]) -> float:
+        """This process's model FLOPs for a micro-batch's rows."""
+        if not self.run.cfg.doc_mask:
+            return len(doc_lens) * self.per_seq_flops
+        return sum(flops.train_flops_docs(self.config, lens) for lens in doc_lens)
+
+    def record(self, step: int, loss: float, grad_norm: float, lr: float, seconds: float, counted: float) -> None:
+        """``counted``: this process's model FLOPs in the step (every process does the same work)."""
         run = self.run
         record = {"step": step, "tokens": run.tokens_at(step), "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": run.per_step * run.cfg.seq_len / seconds,
-                  "mfu": run.per_step * self.per_seq_flops / seconds / self.peak, "seconds": seconds}
+                  "mfu": counted * run.world / seconds / self.peak, "seconds": seconds,
+                  "peak_gib": round(self.memory.gib(), 3)}
         if run.rank == 0:
             self.log.append(record)
             self.tracker.scalars({f"train/{key}": record[key] for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu")},
@@ -514,10 +527,12 @@ def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: in
         task = progress.add_task("train", total=run.tokens_at(run.steps), completed=run.tokens_at(step), loss="-")
         while step < run.steps:
             started = time.perf_counter()
-            losses = []
+            meter.memory.reset()
+            losses, counted = [], 0.0
             for micro in range(run.accum):
                 batch = run.data.batch(position + micro * cfg.micro_batch * run.world, cfg.micro_batch, cfg.seed,
                                        run.rank, run.world)
+                counted += meter.step_flops(batch.doc_lens)
                 pos = shard_io.position_ids(batch.doc_lens) if cfg.doc_mask else None
                 losses.append(engine.backward(batch.input_ids, shard_io.labels(batch, cfg.doc_mask), pos))
             grad_norm = engine.step()
@@ -526,7 +541,7 @@ def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: in
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss} at step {step}; training stopped; last good checkpoint: "
                                f"{last_good or 'none (the base model is unchanged)'}")
-            meter.record(step, loss, grad_norm, engine.lr, time.perf_counter() - started)
+            meter.record(step, loss, grad_norm, engine.lr, time.perf_counter() - started, counted)
             progress.update(task, completed=run.tokens_at(step), loss=f"{loss:.4f}")
             state = {"step": step, "position": position, "tokens": run.tokens_at(step), "config_hash": run.digest}
             if cfg.save_every and step % cfg.save_every == 0 and step < run.steps:

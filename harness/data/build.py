@@ -103,7 +103,8 @@ def _build(src, tok, strat, keyed, config: dict, held_out: list, embedded: dict,
     return manifest
 
 
-def from_scratch_data(seq_len: int, tokens: int, seed: int, console: Console | None = None) -> Path:
+def from_scratch_data(seq_len: int, tokens: int, seed: int, console: Console | None = None,
+                      tokenizer: str = "smollm2-135m") -> Path:
     """Short-context pretraining data for a from-scratch base: cut_target at ``seq_len`` (cached)."""
     from harness.paths import cache_dir
 
@@ -111,10 +112,10 @@ def from_scratch_data(seq_len: int, tokens: int, seed: int, console: Console | N
     # Keyed by what decides the build (the strategy with its target mix): a changed default is a
     # new directory, never a refused one.
     key = {"strategy": mixture.resolve("cut_target", seq_len).to_dict(), "tokens": tokens, "seed": seed,
-           "format": FORMAT}
+           "format": FORMAT, **({"tokenizer": tokenizer} if tokenizer != "smollm2-135m" else {})}
     out = Path(cache_dir("data", f"tiny-cut_target-{seq_len}-{tokens}-seed{seed}-{rundir.config_hash(key)[:8]}"))
     build(source="embedded", strategy="cut_target", tokens=tokens, seq_len=seq_len,
-          tokenizer="smollm2-135m", seed=seed, out=out, console=console)
+          tokenizer=tokenizer, seed=seed, out=out, console=console)
     return out
 
 

@@ -1,0 +1,96 @@
+"""bench/gpu_check.py --smoke: every phase's plumbing on CPU at tiny shapes, run from the bundle
+(bench/gpu_bundle.py) in an interpreter that sees only what a GPU machine with torch and
+transformers has plus what the bundle brings."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import gpu_bundle  # noqa: E402
+
+sys.path.pop(0)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    """The bundle's files (the wheels are downloaded by hand: no network here)."""
+    out = tmp_path_factory.mktemp("bundle") / "b"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_bundle.py"), "--out", str(out), "--no-wheels"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def machine_site(dest: Path) -> Path:
+    """A site directory holding only what the GPU machine has and what the bundle's wheels install:
+    links to those distributions' files in this environment."""
+    import importlib.metadata
+
+    allowed = gpu_bundle.on_machine() | set(gpu_bundle.BUNDLED)
+    dest.mkdir()
+    for dist in importlib.metadata.distributions():
+        if gpu_bundle._norm(dist.metadata["Name"]) not in allowed:
+            continue
+        base = Path(dist.locate_file(""))
+        for top in {Path(str(f)).parts[0] for f in dist.files or []}:
+            if top in ("..", "__pycache__") or (dest / top).exists() or not (base / top).exists():
+                continue
+            (dest / top).symlink_to(base / top)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def smoke(bundle, tmp_path_factory):
+    """run.sh --smoke in an interpreter that sees the standard library, the machine's set and the
+    bundle, nothing else (python -S: no site-packages; PYTHONPATH: the links above)."""
+    root = tmp_path_factory.mktemp("gpu-check")
+    site = machine_site(root / "machine")
+    env = {**os.environ, "PYTHON": f"{sys.executable} -S", "PYTHONPATH": str(site), "OUT": str(root / "out")}
+    proc = subprocess.run(["sh", str(bundle / "run.sh"), "--smoke"], capture_output=True, text=True, timeout=900,
+                          env=env, cwd=root)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "out"
+
+
+def read(out: Path, phase: str) -> dict:
+    record = json.loads((out / f"{phase}.json").read_text())
+    assert record["ok"], record.get("traceback")
+    return record
+
+
+def test_every_phase_runs_with_only_the_bundle_and_records_its_figures(smoke):
+    out = smoke
+    env = read(out, "env")
+    assert env["attention"]["eval"] == "sdpa" and env["measured_peak_tflops"] > 0
+    ev = read(out, "eval")
+    assert len(ev["cells"]) == 9 and all(c["peak_gib"] > 0 and c["seconds"] > 0 for c in ev["cells"])
+    assert sum(c["reused_tokens"] for c in ev["cells"]) > 0          # the prefix tree shared the haystack
+    assert ev["exactness"]["identical_outputs"] == ev["exactness"]["cells"] == 3
+    assert ev["exactness"]["max_abs_logprob_diff"] < 1e-3
+    grid = ev["paper_grid"]
+    assert (grid["cells"], grid["lengths"], grid["depths"]) == (400, 40, 10) and grid["estimated_seconds"] > 0
+    train = read(out, "train")
+    assert [(r["seq_len"], r["doc_mask"]) for r in train["runs"]] == [(256, False), (256, True), (512, False), (512, True)]
+    for run in train["runs"]:
+        assert run["finite"] and run["steps"] == 2 and run["peak_gib"] > 0 and 0 < run["mfu_measured"] < 1
+    ds = read(out, "ds")
+    assert ds["steps"] == 2 and ds["changed_tensors"] > 0 and "model.safetensors" in ds["checkpoint_files"]
+    summary = (out / "summary.md").read_text()
+    assert "paper grid (400 cells)" in summary and "ZeRO-3" in summary
+
+
+def test_the_bundle_without_wheels_is_small_and_complete(bundle):
+    """Project, tokenizer, haystack, 32K shards, the check and its runner; no weights."""
+    manifest = json.loads((bundle / "MANIFEST.json").read_text())
+    assert manifest["bytes"] < 16 * 1024 ** 2
+    names = set(manifest["files"])
+    assert {"tokenizer/tokenizer.json", "haystack.txt", "gpu_check.py", "run.sh", "shards/manifest.json",
+            "project/harness/backends/kv_cache.py", "project/harness/tasks/needle.yaml",
+            "project/harness/trainer/ds_zero3.json"} <= names
+    assert not any(n.endswith((".safetensors", ".gguf", ".bin")) for n in names)   # no weights

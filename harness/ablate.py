@@ -21,6 +21,10 @@ its last checkpoint, an unfinished evaluation from its last cell.
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -69,6 +73,7 @@ class AblateConfig:
     base_tokens: int | None = None      # from-scratch base only
     base_seq_len: int | None = None
     evaluation: EvalRequest = field(default_factory=EvalRequest)
+    launcher: str | None = None         # training stages run as `LAUNCHER -m harness train ...` (e.g. torchrun)
 
     def __post_init__(self):
         from harness.data import mixture
@@ -83,11 +88,14 @@ class AblateConfig:
             raise UserError(f"--seeds: {self.seeds} must be between 1 and 100 (training runs per mixture)")
         check_seed(self.seed)
         check_seed(self.seed + self.seeds - 1, "--seed + --seeds - 1")
+        if self.launcher is not None:
+            launcher_argv(self.launcher)
 
     def hashed(self) -> dict:
         d = asdict(self)
         d.pop("out")
         d.pop("save_every")
+        d.pop("launcher")   # how the stages' processes start, not what they compute
         if d["seeds"] == 1:  # the key ablations made before --seeds existed hash without
             d.pop("seeds")
         return d
@@ -222,6 +230,11 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     from harness.evaluate import prepare
     from harness.reports import document
 
+    from harness import distributed
+
+    if distributed.launched()[1] > 1:
+        raise UserError("ablate: run it as one process (it writes the data, run directories and report); "
+                        "give --launcher 'torchrun --nproc_per_node N' to run its training stages on N GPUs")
     out = Path(cfg.out)
     rundir.check_writable(out)
     prep = prepare(cfg.evaluation)
@@ -277,7 +290,7 @@ def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str
                                     out=str(out / "train" / name), rope_theta=cfg.rope_theta, lr=cfg.lr,
                                     batch_tokens=cfg.batch_tokens, engine=cfg.engine, seed=seed,
                                     save_every=cfg.save_every, dtype=cfg.evaluation.dtype)
-            plan.append(Stage(f"train:{name}", cfg.tokens, partial(_train, tcfg, console), {"seed": seed}))
+            plan.append(Stage(f"train:{name}", cfg.tokens, partial(_train, tcfg, console, cfg.launcher), {"seed": seed}))
             trained.append((name, str(out / "train" / name / "final")))
     plan += [Stage(f"eval:{label}", None, partial(_evaluate, label, model, prep, out / "eval" / label, console))
              for label, model in trained]
@@ -331,15 +344,44 @@ def _train_tiny_base(cfg: AblateConfig, console: Console) -> Path:
     return _train(loop.TrainConfig(base="", from_scratch=TINY_BASE, data=str(data), seq_len=cfg.base_seq_len,
                                    tokens=cfg.base_tokens, out=str(Path(cfg.out) / "base"), lr=1e-3,
                                    batch_tokens=8 * cfg.base_seq_len, seed=cfg.seed, save_every=cfg.save_every,
-                                   dtype=cfg.evaluation.dtype), console)
+                                   dtype=cfg.evaluation.dtype), console, cfg.launcher)
 
 
-def _train(tcfg, console: Console) -> Path:
+def _train(tcfg, console: Console, launcher: str | None = None) -> Path:
     """One training stage: new, resumed from its last good checkpoint, started again when it had
-    none, or (finished) its final checkpoint as it is: the trainer decides each."""
+    none, or (finished) its final checkpoint as it is: the trainer decides each.
+
+    With a launcher (several GPUs: ``torchrun --nproc_per_node 8``, ``deepspeed --num_gpus 8``) the
+    stage is that launcher's processes running `harness train`; with DeepSpeed and no launcher it is
+    one child process. Either way the stage's engine and memory go when its processes exit
+    (DeepSpeed keeps references to an engine that an in-process stage could not free)."""
     from harness.trainer import loop
 
-    return loop.train(tcfg, resume=(Path(tcfg.out) / "train_config.json").is_file(), console=console)
+    resume = (Path(tcfg.out) / "train_config.json").is_file()
+    if launcher is None and tcfg.engine != "deepspeed":
+        return loop.train(tcfg, resume=resume, console=console)
+    cmd = [*launcher_argv(launcher), "train", *tcfg.argv(), *(["--resume"] if resume else [])]
+    console.print(f"[dim]$ {shlex.join(cmd)}[/]")
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise UserError(f"training stage {Path(tcfg.out).name}: `{shlex.join(cmd[:3])} ... train` exited with "
+                        f"{code} (its messages are above); fix that and rerun the ablation: it resumes")
+    return Path(tcfg.out) / "final"
+
+
+def launcher_argv(launcher: str | None) -> list[str]:
+    """The command before `train`: ``python -m harness``, or the launcher with the harness as its
+    module (torchrun ``-m harness``; the deepspeed launcher ``--module harness``)."""
+    if launcher is None:
+        return [sys.executable, "-m", "harness"]
+    try:
+        parts = shlex.split(launcher)
+    except ValueError as exc:
+        raise UserError(f"--launcher: {launcher!r} cannot be split into words ({exc})") from None
+    if not parts or shutil.which(parts[0]) is None:
+        raise UserError(f"--launcher: {parts[0] if parts else launcher!r} is not a program on PATH; give e.g. "
+                        f"'torchrun --nproc_per_node 8' or 'deepspeed --num_gpus 8'")
+    return [*parts, "--module" if Path(parts[0]).name == "deepspeed" else "-m", "harness"]
 
 
 def from_preset(preset: str | None, **flags) -> AblateConfig:
@@ -379,4 +421,4 @@ def from_preset(preset: str | None, **flags) -> AblateConfig:
         engine=p.get("engine", "torch"), save_every=p.get("save_every", 0),
         base_tokens=parse_budget(str(p["base_tokens"]), "--base-tokens") if tiny else None,
         base_seq_len=parse_length(str(p["base_seq_len"]), "--base-seq-len") if tiny else None,
-        evaluation=evaluation)
+        evaluation=evaluation, launcher=p.get("launcher"))

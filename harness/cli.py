@@ -328,11 +328,14 @@ def train(base, from_scratch, tokenizer, data_dir, seq_len, budget, rope_theta, 
         doc_mask=doc_mask, grad_ckpt=not no_grad_ckpt, compile=compile_, dtype=dtype, save_every=save_every, seed=seed,
         peak_tflops=peak_tflops, from_scratch=from_scratch, tokenizer=tokenizer, wandb=wandb, attn=attn)
     quiet_libraries()
-    if data_dir is None:
+    if data_dir is None:  # built once, by rank 0 under a launcher; the other ranks read it
+        from harness import distributed
         from harness.data import build
 
-        cfg = dataclasses.replace(cfg, data=str(build.from_scratch_data(length, tokens, seed, console,
-                                                                        tokenizer or "smollm2-135m")))
+        rank, world, _ = distributed.setup()
+        data = distributed.first(lambda: str(build.from_scratch_data(length, tokens, seed, console,
+                                                                     tokenizer or "smollm2-135m")), rank, world)
+        cfg = dataclasses.replace(cfg, data=data)
     final = loop.train(cfg, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(final))
@@ -366,11 +369,14 @@ def train(base, from_scratch, tokenizer, data_dir, seq_len, budget, rope_theta, 
 @click.option("--seeds", default=None, type=int, help="Train each mixture N times (seeds seed..seed+N-1; the base "
               "and the data stay one): the report pools them, their spread in every interval.")
 @click.option("--reference", default=None, help="The model the difference heatmaps subtract (default: base).")
+@click.option("--launcher", default=None, metavar="CMD",
+              help="Run each training stage as CMD's processes, e.g. 'torchrun --nproc_per_node 8' or "
+              "'deepspeed --num_gpus 8' (default: in this process; --engine deepspeed: one child process per stage).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Ablation directory (default: runs/ablate-<preset>). Rerunning resumes it.")
 def ablate(preset, base, mixtures, budget, seq_len, rope_theta, suites, lengths, depths, source, mix, lr, batch_tokens,
            engine, regression_limit, loss_bucket, loss_length, base_tokens, base_seq_len, save_every, seed, seeds,
-           reference, out) -> None:
+           reference, launcher, out) -> None:
     """Train one base on several mixtures with one budget, evaluate all of them, write one report."""
     from harness import ablate as ablation
 
@@ -378,7 +384,7 @@ def ablate(preset, base, mixtures, budget, seq_len, rope_theta, suites, lengths,
                                rope_theta=rope_theta, suites=suites, lengths=lengths, depths=depths, source=source, mix=mix,
                                lr=lr, batch_tokens=batch_tokens, engine=engine, regression_limit=regression_limit,
                                loss_bucket=loss_bucket, loss_length=loss_length, base_tokens=base_tokens, base_seq_len=base_seq_len,
-                               save_every=save_every, seed=seed, seeds=seeds,
+                               save_every=save_every, seed=seed, seeds=seeds, launcher=launcher,
                                out=str(out or Path("runs") / f"ablate-{preset}"))
     quiet_libraries()
     pdf = ablation.run(cfg, console=console, reference=reference)
@@ -471,10 +477,19 @@ def take_local_rank(argv: list[str]) -> tuple[list[str], str | None]:
     return rest, rank
 
 
+# Under a launcher (torchrun, deepspeed) these run on rank 0 alone: the other ranks have nothing
+# to do and exit at once (`run` shares a grid's cells across ranks, `train` trains on all of them,
+# `ablate` is refused: it launches its own training processes).
+RANK0_ONLY = ("data", "report", "compare")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv, local_rank = take_local_rank(list(sys.argv[1:] if argv is None else argv))
     if local_rank is not None:   # into LOCAL_RANK, as torchrun sets it and the trainer reads it
         os.environ.setdefault("LOCAL_RANK", local_rank)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in RANK0_ONLY and int(os.environ.get("RANK", "0")) > 0:
+        return
     debug = "--debug" in argv
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     try:

@@ -195,3 +195,20 @@ def test_local_rank_is_taken_wherever_the_launcher_puts_it(argv, rest, rank):
     from harness.cli import take_local_rank
 
     assert take_local_rank(argv) == (rest, rank)
+
+
+def test_rank0_only_commands_leave_the_other_ranks_idle(tmp_path, monkeypatch, capsys):
+    """Under a launcher, `data`, `report` and `compare` run on rank 0 alone: another rank returns at
+    once (here it would otherwise fail on a missing directory)."""
+    from harness.cli import main
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")   # main() sets it from --local_rank: undone after the test
+    main(["--local_rank=1", "report", str(tmp_path / "none")])
+    main(["data", "stats", str(tmp_path / "none")])
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(tmp_path / "none")])
+    assert exc.value.code == 2

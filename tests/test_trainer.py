@@ -91,6 +91,16 @@ def test_document_masking_matches_documents_run_separately(tiny_model_dir, attn)
         assert not torch.allclose(crossed[40:110], packed[0, 40:110], atol=1e-2)
     labels = shard_io.labels(batch, doc_mask=True)
     assert labels[0, 40] == -100 and labels[0, 110] == -100 and labels[0, 0] != -100
+    # The micro-batch as one row (what FlashAttention-2's varlen path needs): the same loss, exactly
+    # the same targets (a row's first token does not become the previous row's last target).
+    from harness.trainer.lm_head_loss import ChunkedLossModel
+
+    pos = shard_io.position_ids(batch.doc_lens)
+    flat = shard_io.one_row(batch.input_ids, labels, pos)
+    assert flat[0].shape == (1, 256) and flat[1][0, 128] == -100 and flat[2][0, 128] == 0
+    with torch.no_grad():
+        fused = ChunkedLossModel(model, chunk=64)
+        assert torch.allclose(fused(*flat), fused(batch.input_ids, labels, pos), atol=1e-5)
 
 
 def test_attention_is_chosen_never_silently():
@@ -232,3 +242,34 @@ def test_deepspeed_engine_without_a_launcher(tiny_model_dir, shards, tmp_path):
                           capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(_losses(out)) == 2 and "mpi4py" not in proc.stderr
+    # ZeRO-3 computes the fused chunked loss inside the LM head's call (its weight gathered there):
+    # the same losses as the torch engine's fused loss on the same batches (fp32; rounding apart).
+    torch_out = tmp_path / "torch1"
+    proc = subprocess.run([sys.executable, "-m", "harness", "train", "--base", str(tiny_model_dir), "--data", str(shards),
+                           "--seq-len", "128", "--tokens", str(128 * 4 * 2), "--batch-tokens", str(128 * 4),
+                           "--dtype", "fp32", "--no-grad-ckpt", "--out", str(torch_out)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _losses(out) == pytest.approx(_losses(torch_out), abs=2e-4)
+
+
+def test_ablation_stage_through_a_launcher_rebuilds_the_same_config(tiny_model_dir, shards, tmp_path):
+    """`harness ablate --launcher CMD`: a training stage runs as CMD's processes (here torchrun with two
+    CPU ranks), from flags that rebuild exactly the stage's config (its hash), and resumes as a stage."""
+    from rich.console import Console
+
+    from harness import ablate
+
+    cfg = loop.TrainConfig(base=str(tiny_model_dir), data=str(shards), seq_len=128, tokens=128 * 4 * 2,
+                           batch_tokens=128 * 4, lr=1e-3, grad_ckpt=False, dtype="fp32", rope_theta=2e4,
+                           doc_mask=True, out=str(tmp_path / "stage"))
+    launcher = f"{sys.executable} -m torch.distributed.run --nproc_per_node 2 --master_port 29541"
+    final = ablate._train(cfg, Console(quiet=True), launcher)
+    assert final == tmp_path / "stage" / "final" and (final / "config.json").is_file()
+    assert json.loads((tmp_path / "stage" / "train_config.json").read_text())["config"] == cfg.hashed()
+    assert len(_losses(tmp_path / "stage")) == 2
+    assert ablate._train(cfg, Console(quiet=True), launcher) == final     # finished: left as it is
+    with pytest.raises(UserError, match="--launcher: 'no-such-launcher' is not a program on PATH"):
+        ablate.launcher_argv("no-such-launcher --nproc_per_node 2")
+    if shutil.which("deepspeed"):   # its launcher takes the harness as --module
+        assert ablate.launcher_argv("deepspeed --num_gpus 8")[-2:] == ["--module", "harness"]

@@ -7,6 +7,10 @@ step's memory traffic. Here the forward pass walks ``chunk`` positions at a time
 their gradient for that chunk, folded at once into the gradients of the hidden states and of the
 LM-head weight. Only one chunk's logits ever exist; no matmul is recomputed (the same three
 matmuls as the unfused loss). The loss is the same mean over target tokens (``-100`` ignored).
+
+The loss runs inside the LM head's own call (:func:`fuse_head`: ``lm_head(hidden, targets,
+chunk)``), never by reading its weight from outside: DeepSpeed ZeRO-3 partitions parameters and
+gathers one only within its module's call, so the same code serves the torch engine and ZeRO-3.
 """
 
 from __future__ import annotations
@@ -48,12 +52,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_out.to(grad_hidden.dtype), (grad_weight * grad_out).to(ctx.weight_dtype), None, None
 
 
-def chunked_causal_lm_loss(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                           chunk: int = 1024) -> torch.Tensor:
-    """Mean next-token cross-entropy of ``hidden @ weight.T`` against ``labels`` shifted by one."""
-    h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-    y = labels[:, 1:].reshape(-1)
-    return _LinearCrossEntropy.apply(h, weight, y, chunk)
+def fuse_head(model: torch.nn.Module) -> None:
+    """Give ``model.lm_head`` a second form: ``lm_head(hidden, targets, chunk)`` returns the chunked
+    mean cross-entropy of ``hidden`` against ``targets`` (``-100`` ignored); ``lm_head(hidden)``
+    is the plain projection as before (generation, evaluation)."""
+    head = model.lm_head
+    if getattr(head, "fused_loss", False):
+        return
+    project = head.forward
+
+    def forward(hidden, targets=None, chunk: int = 1024):
+        if targets is None:
+            return project(hidden)
+        return _LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1), chunk)
+
+    head.forward = forward
+    head.fused_loss = True
+
+
+def causal_lm_loss(model: torch.nn.Module, input_ids, labels, position_ids=None, chunk: int = 1024) -> torch.Tensor:
+    """Mean next-token loss of a ``*ForCausalLM`` whose head :func:`fuse_head` fused: the decoder's
+    hidden states, then the head's call with the labels shifted by one."""
+    hidden = model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    return model.lm_head(hidden[:, :-1], labels[:, 1:], chunk)
 
 
 class ChunkedLossModel(torch.nn.Module):
@@ -61,8 +82,8 @@ class ChunkedLossModel(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, chunk: int = 1024):
         super().__init__()
+        fuse_head(model)
         self.model, self.chunk = model, chunk
 
     def forward(self, input_ids, labels, position_ids=None):
-        hidden = self.model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-        return chunked_causal_lm_loss(hidden, self.model.lm_head.weight, labels, self.chunk)
+        return causal_lm_loss(self.model, input_ids, labels, position_ids, self.chunk)

@@ -102,6 +102,28 @@ class TrainConfig:
             raise UserError("--rope-scaling frozen_dynamic: evaluation only (the paper's reset_rope); "
                             "train with --rope-theta or linear|dynamic|yarn")
 
+    def argv(self) -> list[str]:
+        """The `harness train` flags that make this config, for a launcher's processes (`harness
+        ablate --launcher`); the CLI rebuilds the same config from them (tested by its hash)."""
+        defaults = TrainConfig(base="x", data="", seq_len=self.seq_len, tokens=self.tokens, out="")
+        for name in ("weight_decay", "clip", "loss_chunk"):   # no flag: only their defaults travel
+            if getattr(self, name) != getattr(defaults, name):
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} has no `harness train` flag")
+        flags = ["--from-scratch", self.from_scratch] if self.from_scratch else ["--base", self.base]
+        flags += ["--data", self.data, "--seq-len", str(self.seq_len), "--tokens", str(self.tokens),
+                  "--lr", repr(self.lr), "--micro-batch", str(self.micro_batch), "--engine", self.engine,
+                  "--dtype", self.dtype, "--seed", str(self.seed), "--save-every", str(self.save_every),
+                  "--attn", self.attn, "--out", self.out]
+        optional = {"--tokenizer": self.tokenizer, "--rope-theta": self.rope_theta, "--batch-tokens": self.batch_tokens,
+                    "--warmup-steps": self.warmup_steps, "--deepspeed-config": self.deepspeed_config,
+                    "--peak-tflops": self.peak_tflops, "--wandb": self.wandb,
+                    "--rope-scaling": f"{self.rope_scaling[0]}:{self.rope_scaling[1]}" if self.rope_scaling else None}
+        flags += [item for flag, value in optional.items() if value is not None
+                  for item in (flag, repr(value) if isinstance(value, float) else str(value))]
+        flags += [flag for flag, on in (("--doc-mask", self.doc_mask), ("--no-grad-ckpt", not self.grad_ckpt),
+                                        ("--compile", self.compile)) if on]
+        return flags
+
     def hashed(self) -> dict:
         """What determines the run's numbers (the resume check compares this): not where the run
         directory is, so a moved one resumes."""
@@ -436,7 +458,7 @@ def _engine(run: Run, model):
     common = dict(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup=run.warmup, accum=run.accum, clip=cfg.clip,
                   dtype=run.compute.torch_dtype, device=run.device, world=run.world)
     if cfg.engine == "deepspeed":
-        return DeepSpeedEngine(model, micro_batch=cfg.micro_batch,
+        return DeepSpeedEngine(model, micro_batch=cfg.micro_batch, loss_chunk=cfg.loss_chunk,
                                config_path=Path(cfg.deepspeed_config) if cfg.deepspeed_config else None, **common)
     return TorchEngine(model, loss_chunk=cfg.loss_chunk, compile=cfg.compile, **common)
 
@@ -522,6 +544,9 @@ def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: in
     columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} tokens"),
                TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     last_good = latest_checkpoint(run.out)
+    # FlashAttention-2 in transformers masks per document from position_ids only in a batch of one:
+    # a micro-batch of several packed rows goes as one row (exact: shards.one_row).
+    one_row = cfg.doc_mask and cfg.micro_batch > 1 and engine.model.config._attn_implementation == "flash_attention_2"
     state = {"step": step, "position": position, "tokens": run.tokens_at(step), "config_hash": run.digest}
     with Progress(*columns, console=console, disable=run.rank != 0) as progress:
         task = progress.add_task("train", total=run.tokens_at(run.steps), completed=run.tokens_at(step), loss="-")
@@ -533,8 +558,11 @@ def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: in
                 batch = run.data.batch(position + micro * cfg.micro_batch * run.world, cfg.micro_batch, cfg.seed,
                                        run.rank, run.world)
                 counted += meter.step_flops(batch.doc_lens)
+                ids, labels = batch.input_ids, shard_io.labels(batch, cfg.doc_mask)
                 pos = shard_io.position_ids(batch.doc_lens) if cfg.doc_mask else None
-                losses.append(engine.backward(batch.input_ids, shard_io.labels(batch, cfg.doc_mask), pos))
+                if one_row:
+                    ids, labels, pos = shard_io.one_row(ids, labels, pos)
+                losses.append(engine.backward(ids, labels, pos))
             grad_norm = engine.step()
             loss = distributed.mean(sum(losses) / len(losses), run.world)
             step, position = step + 1, position + run.per_step

@@ -116,3 +116,14 @@ def labels(batch: Batch, doc_mask: bool) -> torch.Tensor:
             starts = np.cumsum([0, *lens[:-1]])
             out[row, starts[1:]] = -100
     return out
+
+
+def one_row(input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor):
+    """A micro-batch of packed rows as one row of B x T tokens, for a kernel that finds documents
+    from ``position_ids`` only in a batch of one (transformers' varlen FlashAttention-2 path; with
+    more rows it would attend across documents). Exact: every row starts a document (its positions
+    restart at 0), and a row's first token, never a target within its row, is kept from becoming
+    the target of the previous row's last token."""
+    labels = labels.clone()
+    labels[:, 0] = -100
+    return input_ids.reshape(1, -1), labels.reshape(1, -1), position_ids.reshape(1, -1)

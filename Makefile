@@ -84,10 +84,10 @@ test-vllm: $(VLLM_STAMP)
 	VLLM_CPU_KVCACHE_SPACE=2 HARNESS_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider \
 		tests/test_vllm_backend.py
 
-# The suite on the lowest supported transformers (5.17, the GPU machine's; huggingface-hub < 2) with
+# The suite on the GPU machine's versions: the lowest supported transformers (5.17; huggingface-hub < 2) and torch 2.11, with
 # CI's versions otherwise (constraints/lowest.txt). Not in `make test`: a second install and a second
 # full suite would double CI's time; run it before a release or after touching model or trainer code.
-# torch stays 2.13 (CPU): the 2.11 on PyPI is the CUDA build.
+# torch 2.11 (the GPU machine's): PyPI's CUDA build, a few GB, runs on CPU too.
 LOWEST_VENV ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.installed
 $(LOWEST_STAMP): pyproject.toml Makefile constraints/lowest.txt

@@ -73,6 +73,9 @@ BUNDLED = {
     "annotated_types": "wheel", "typing_inspection": "wheel", "msgpack": "binary", "einops": "wheel",
     "tensorboard": "wheel", "protobuf": "binary",   # the trainer's TensorBoard summaries
 }
+# Versions other than constraints/ci.txt's: pyarrow 26.0.1's cp312 wheel is 52.5 MiB and alone
+# would take the bundle past 64 MiB; 21.0.0 (40.8 MiB) reads the shards the same way.
+VERSIONS = {"pyarrow": "21.0.0"}
 
 
 def _pins() -> dict[str, str]:
@@ -108,7 +111,7 @@ def build_wheels(dest: Path, python_version: str) -> None:
     pins = _pins()
     dest.mkdir(parents=True)
     for name, kind in sorted(BUNDLED.items()):
-        spec = f"{name.replace('_', '-')}=={pins[name]}"
+        spec = f"{name.replace('_', '-')}=={VERSIONS.get(name) or pins[name]}"
         if kind == "sdist":  # pure Python once built (DeepSpeed without its ops)
             _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(dest), spec, env={"DS_BUILD_OPS": "0"})
         else:

@@ -293,7 +293,14 @@ def train_phase(ctx) -> dict:
                                        warmup_steps=1, doc_mask=doc_mask, dtype=plan["dtype"],
                                        out=f"{tmp}/{length}-{int(doc_mask)}")
                 started = time.perf_counter()
-                loop.train(cfg, console=_quiet(), stop_after=steps)
+                try:   # one configuration failing (say flex_attention under autocast) is a finding: the next runs
+                    loop.train(cfg, console=_quiet(), stop_after=steps)
+                except Exception as exc:
+                    runs.append({"seq_len": length, "doc_mask": doc_mask, "error": f"{type(exc).__name__}: {exc}"[:2000],
+                                 "finite": False})
+                    continue
+                finally:
+                    _free()
                 rows = _metrics(Path(cfg.out))
                 last = rows[-1]   # the first step compiles kernels (flex_attention) and warms the allocator
                 stated = last["mfu"]
@@ -309,9 +316,22 @@ def train_phase(ctx) -> dict:
                 runs.append(run)
                 _write(ctx["out"] / "train.partial.json", {"runs": runs})
     (ctx["out"] / "train.partial.json").unlink(missing_ok=True)
+    record = {"shape": plan["train_shape"], "attention": _train_attention(ctx), "runs": runs}
     if not all(r["finite"] for r in runs):
-        raise RuntimeError(f"a training loss was not finite: {[r['loss'] for r in runs]}")
-    return {"shape": plan["train_shape"], "attention": _train_attention(ctx), "runs": runs}
+        _write(ctx["out"] / "train.runs.json", record)   # the phase fails, its runs kept
+        raise RuntimeError(f"{sum(not r['finite'] for r in runs)} of {len(runs)} runs failed or diverged: "
+                           f"{[r.get('error') or r.get('loss') for r in runs if not r['finite']]}")
+    return record
+
+
+def _free() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _stated_peak(cfg, ctx) -> float:

@@ -226,11 +226,9 @@ class Stage:
 
 def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) -> Path:
     """Run (or resume) the whole ablation; returns the report's PDF path."""
-    from harness import models
+    from harness import distributed, models
     from harness.evaluate import prepare
     from harness.reports import document
-
-    from harness import distributed
 
     if distributed.launched()[1] > 1:
         raise UserError("ablate: run it as one process (it writes the data, run directories and report); "

@@ -156,11 +156,19 @@ def test_seeds_train_each_mixture_n_times_and_the_report_pools_them(tmp_path):
     (["--preset", "paper"], "--base: required with --preset paper"),
     (["--mixtures", "cut_4k,cut_4k"], "'cut_4k' is named twice"),
     (["--seeds", "0"], "--seeds: 0 must be between 1 and 100"),
+    (["--launcher", "no-such-launcher -n 2"], "--launcher: 'no-such-launcher' is not a program on PATH"),
 ])
 def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
     proc = harness_cli("ablate", *args, "--out", str(tmp_path / "x"))
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_ablate_under_a_launcher_is_refused_in_one_line(tmp_path):
+    """It is the one writer of its data, run directories and report: the launcher goes in --launcher."""
+    proc = harness_cli("ablate", "--out", str(tmp_path / "x"), env={**os.environ, "RANK": "0", "WORLD_SIZE": "2"})
+    assert proc.returncode == 2 and "ablate: run it as one process" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
 
 

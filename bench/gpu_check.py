@@ -207,10 +207,9 @@ def _parts(config, start: int, end: int, new: int) -> tuple[float, float]:
     """(dense, attention) forward FLOPs of a cell: its prefill from ``start`` and ``new`` decode steps."""
     from harness import flops
 
-    width = 4.0 * flops.attention_width(config)
     total = flops.forward_flops(config, start, end) + flops.decode_flops(config, end, new)
-    pairs = (end * (end + 1) - start * (start + 1)) / 2 + new * end + new * (new + 1) / 2
-    return total - width * pairs, width * pairs
+    attention = flops.attention_flops(config, start, end) + flops.attention_flops(config, end, end + new)
+    return total - attention, attention
 
 
 def _extrapolate(cells: list[dict], config, suite, hay, tokenizer, plan) -> dict:
@@ -303,16 +302,14 @@ def train_phase(ctx) -> dict:
                     _free()
                 rows = _metrics(Path(cfg.out))
                 last = rows[-1]   # the first step compiles kernels (flex_attention) and warms the allocator
-                stated = last["mfu"]
-                counted = stated * last["seconds"] * _stated_peak(cfg, ctx)
                 run = {"seq_len": length, "doc_mask": doc_mask, "steps": len(rows), "loss": [r["loss"] for r in rows],
-                       "tokens_per_s": round(last["tokens_per_s"], 1), "mfu_stated": round(stated, 4),
+                       "tokens_per_s": round(last["tokens_per_s"], 1), "mfu_stated": round(last["mfu"], 4),
                        "step_seconds": [round(r["seconds"], 3) for r in rows], "peak_gib": max(r["peak_gib"] for r in rows),
                        "wall_seconds": round(time.perf_counter() - started, 1),
                        "finite": all(math.isfinite(r["loss"]) for r in rows)}
                 for name, peak in peaks.items():
                     if peak:
-                        run[f"mfu_{name}"] = round(counted / last["seconds"] / peak, 4)
+                        run[f"mfu_{name}"] = round(last["flops"] / last["seconds"] / peak, 4)
                 runs.append(run)
                 _write(ctx["out"] / "train.partial.json", {"runs": runs})
     (ctx["out"] / "train.partial.json").unlink(missing_ok=True)
@@ -332,18 +329,6 @@ def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _stated_peak(cfg, ctx) -> float:
-    """The peak the trainer's MFU was stated against (flops.stated_peak, as the trainer calls it)."""
-    import torch
-
-    from harness import flops, precision
-
-    if "stated_peak" not in ctx:
-        device = torch.device(ctx["device"])
-        ctx["stated_peak"] = flops.stated_peak(device, precision.resolve(cfg.dtype, device).torch_dtype)
-    return ctx["stated_peak"][0]
 
 
 def _train_attention(ctx) -> dict:

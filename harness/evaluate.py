@@ -233,7 +233,7 @@ def _evaluate(model_spec, prep: Prepared, out: Path, console: Console, rank: int
                   # served or random: the tokenizer that made the prompts (a server's URL is not the model's identity)
                   **({"tokenizer": models.identity(req.tokenizer or model_spec, Path(info["path"]))} if served else {}),
                   **({"tokenizer": models.identity(req.tokenizer or shapes.DEFAULT_TOKENIZER, Path(info["path"]))}
-                     if isinstance(model_spec, str) and shapes.is_random(model_spec) else {})},
+                     if shapes.is_random(model_spec) else {})},
         "backend": req.backend + ("-fast" if req.fast and req.backend == "hf" else ""),
         "suites": {name: suite.config.to_dict() for name, suite in suites.items()},
     }

@@ -25,15 +25,20 @@ def attention_width(config: Any) -> int:
     return config.num_hidden_layers * heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
 
 
+def attention_flops(config: Any, start: int, end: int) -> float:
+    """Attention FLOPs (QK^T and AV) for positions [start, end), each attending causally to every
+    position up to itself (``start`` of them cached)."""
+    return 4.0 * attention_width(config) * (end * (end + 1) - start * (start + 1)) / 2
+
+
 def prefill_flops(config: Any, n: int) -> float:
     """Forward FLOPs to encode n tokens from scratch, causal."""
-    return 2.0 * dense_params(config) * n + 4.0 * attention_width(config) * n * (n + 1) / 2
+    return 2.0 * dense_params(config) * n + attention_flops(config, 0, n)
 
 
 def decode_flops(config: Any, context: int, steps: int) -> float:
     """Forward FLOPs for ``steps`` single-token steps after ``context`` cached tokens."""
-    pairs = steps * context + steps * (steps + 1) / 2
-    return 2.0 * dense_params(config) * steps + 4.0 * attention_width(config) * pairs
+    return 2.0 * dense_params(config) * steps + attention_flops(config, context, context + steps)
 
 
 def train_flops(config: Any, seq_len: int) -> float:
@@ -45,8 +50,7 @@ def train_flops_docs(config: Any, doc_lens: list[int]) -> float:
     """:func:`train_flops` for a packed row trained with per-document attention: attention is
     counted within each document only (the cross-document blocks a varlen or block-masked kernel
     skips are not work), dense layers over every token."""
-    pairs = sum(n * (n + 1) / 2 for n in doc_lens)
-    return 3.0 * (2.0 * dense_params(config) * sum(doc_lens) + 4.0 * attention_width(config) * pairs)
+    return 3.0 * (2.0 * dense_params(config) * sum(doc_lens) + sum(attention_flops(config, 0, n) for n in doc_lens))
 
 
 # Dense (no sparsity) tensor-core peaks per GPU from the vendors' data sheets, TFLOP/s, for bf16
@@ -142,5 +146,4 @@ def forward_flops(config: Any, start: int, end: int, logits: int = 1) -> float:
     """Forward FLOPs for positions [start, end) with ``start`` tokens already cached, computing
     vocabulary logits at ``logits`` positions only (the exact work of a prefill or a decode)."""
     head = config.hidden_size * config.vocab_size
-    pairs = (end * (end + 1) - start * (start + 1)) / 2
-    return 2.0 * (dense_params(config) - head) * (end - start) + 2.0 * head * logits + 4.0 * attention_width(config) * pairs
+    return 2.0 * (dense_params(config) - head) * (end - start) + 2.0 * head * logits + attention_flops(config, start, end)

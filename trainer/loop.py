@@ -105,9 +105,8 @@ class TrainConfig:
     def argv(self) -> list[str]:
         """The `harness train` flags that make this config, for a launcher's processes (`harness
         ablate --launcher`); the CLI rebuilds the same config from them (tested by its hash)."""
-        defaults = TrainConfig(base="x", data="", seq_len=self.seq_len, tokens=self.tokens, out="")
         for name in ("weight_decay", "clip", "loss_chunk"):   # no flag: only their defaults travel
-            if getattr(self, name) != getattr(defaults, name):
+            if getattr(self, name) != self.__dataclass_fields__[name].default:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} has no `harness train` flag")
         flags = ["--from-scratch", self.from_scratch] if self.from_scratch else ["--base", self.base]
         flags += ["--data", self.data, "--seq-len", str(self.seq_len), "--tokens", str(self.tokens),
@@ -522,7 +521,7 @@ class _Meter:
         run = self.run
         record = {"step": step, "tokens": run.tokens_at(step), "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": run.per_step * run.cfg.seq_len / seconds,
-                  "mfu": counted * run.world / seconds / self.peak, "seconds": seconds,
+                  "mfu": counted * run.world / seconds / self.peak, "flops": counted * run.world, "seconds": seconds,
                   "peak_gib": round(self.memory.gib(), 3)}
         if run.rank == 0:
             self.log.append(record)

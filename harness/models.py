@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from harness import precision, rundir, shapes
+from harness import flex_cpu, precision, rundir, shapes
 from harness.errors import UserError
 from harness.paths import cache_dir
 from harness.values import check_positive, parse_length
@@ -318,6 +318,8 @@ def attn_implementation(device: torch.device, requested: str = "auto", doc_mask:
     if cuda and doc_mask and requested in ("sdpa", "eager"):
         raise UserError(f"--attn {requested} with --doc-mask on CUDA: transformers would build a dense T x T "
                         f"mask per layer (16 GiB at 128K); use flex_attention (block masks) or flash_attention_2")
+    if requested == "flex_attention":
+        flex_cpu.register()   # on CPU: whole-block lengths (a short sequence is wrong on AVX2 otherwise)
     return requested
 
 

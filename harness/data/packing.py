@@ -25,7 +25,7 @@ from filelock import FileLock
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness import rundir
+from harness import paths, rundir
 from harness.errors import UserError
 from harness.paths import cache_dir
 from harness.data.mixture import Plan
@@ -101,27 +101,29 @@ def _tokenize(batch: pa.Table, tokenizer: Any, eos: int) -> pa.Table:
 
 def tokenize_corpus(source, tok, *, key: dict, exclude: list[str] = (), read_tokens: int | None = None,
                     num_proc: int | None = None):
-    """The corpus as a ``datasets.Dataset`` {id, domain, input_ids, n_tokens}, cached by ``key``."""
+    """The corpus as a ``datasets.Dataset`` {id, domain, input_ids, n_tokens}, cached by ``key`` (the
+    caller's: source content, tokenizer, exclusions, reading cap) and the code that reads and encodes."""
     import datasets
 
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = cache_dir("tokenized") / digest
+    key = {**key, "code": paths.code_hash(_generate, _tokenize)}
+    path = paths.keyed_dir("tokenized", "", key)
+    digest = path.name
     rundir.recover(path)
     if (path / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(path))
     # One process tokenizes a corpus; another that asks for the same one waits and reuses it.
-    with FileLock(str(cache_dir("tokenized") / f".{digest}.lock")):
+    with FileLock(str(path.parent / f".{digest}.lock")):
         if not (path / "dataset_info.json").is_file():
-            _tokenize_into(path, source, tok, digest, exclude, read_tokens, num_proc)
+            _tokenize_into(path, source, tok, key, exclude, read_tokens, num_proc)
     return datasets.load_from_disk(str(path))
 
 
-def _tokenize_into(path: Path, source, tok, digest: str, exclude, read_tokens, num_proc) -> None:
+def _tokenize_into(path: Path, source, tok, key: dict, exclude, read_tokens, num_proc) -> None:
     """Tokenize ``source`` and publish the dataset at ``path`` (whole, or not at all)."""
     import datasets
 
     ensure_documents(source, exclude)
-    work = cache_dir("tokenized", ".work", digest)
+    work = cache_dir("tokenized", ".work", path.name)
     text_features = datasets.Features({"id": datasets.Value("string"), "domain": datasets.Value("string"),
                                        "text": datasets.Value("string")})
     # gen_kwargs values that are lists are split into shards by datasets (one generator call per
@@ -153,6 +155,7 @@ def _tokenize_into(path: Path, source, tok, digest: str, exclude, read_tokens, n
             os.environ["TOKENIZERS_PARALLELISM"] = parallel
     with rundir.publishing(path) as tmp:
         tokenized.save_to_disk(str(tmp))
+        paths.write_key(tmp, key)
     shutil.rmtree(work, ignore_errors=True)
 
 

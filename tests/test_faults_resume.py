@@ -115,3 +115,45 @@ def test_a_run_recorded_with_its_path_in_the_key_still_resumes(tiny_model_dir, s
     config = {**record["config"], "out": str(out)}
     rundir.write_json(out / "train_config.json", {**record, "config": config, "config_hash": rundir.config_hash(config)})
     assert loop.train(cfg, resume=True) == out / "final"
+
+
+DS_RESUME = """
+import io, json, sys
+from pathlib import Path
+from rich.console import Console
+from harness.trainer import loop
+
+base, data, out, small = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
+cfg = loop.TrainConfig(base=base, data=data, out=str(out), engine="deepspeed", save_every=2, **small)
+loop.train(cfg, stop_after=5)  # checkpoints at steps 2 and 4, step 5 logged
+losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+damaged = next((out / "checkpoints" / "step-000004" / "deepspeed" / "state").glob("*optim_states.pt"))
+damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 3])
+console = Console(file=io.StringIO(), width=1000)
+final = loop.train(cfg, resume=True, console=console)
+print(json.dumps({"final": str(final), "said": console.file.getvalue(), "losses": losses, "damaged": str(damaged)}))
+"""
+
+
+def test_a_damaged_deepspeed_checkpoint_is_named_and_the_one_before_used(tiny_model_dir, shards, tmp_path):
+    """ZeRO-3 on one CPU process (in its own interpreter: DeepSpeed sets up a process group): the
+    newest checkpoint's ZeRO optimizer partition truncated. DeepSpeed's own error names no file; the
+    engine names it, and the run continues from the checkpoint before with the same losses."""
+    pytest.importorskip("deepspeed")
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ds"
+    small = {**SMALL, "tokens": 128 * 4 * 6}  # 6 steps
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    proc = subprocess.run([sys.executable, "-c", DS_RESUME, str(tiny_model_dir), str(shards), str(out), json.dumps(small)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    said = got["said"]
+    assert f"{got['damaged']} cannot be loaded" in said and "trying the checkpoint before it" in said
+    assert "from step-000002" in said and got["final"] == str(out / "final")
+    assert _steps(out) == list(range(1, 7))  # 3..5 redone once each
+    redone = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert redone[:5] == pytest.approx(got["losses"], abs=1e-5)  # as if never interrupted

@@ -190,7 +190,34 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(str(path / "deepspeed"), tag="state")  # collective: every rank writes
 
     def load(self, path: Path) -> None:
-        self.engine.load_checkpoint(str(path / "deepspeed"), tag="state")
+        """DeepSpeed's own state, read by DeepSpeed. A damaged or missing file is a UserError naming
+        it (the loop then tries the checkpoint before): DeepSpeed raises torch's bare reader error
+        for a damaged file and only warns, loading nothing, for a missing directory."""
+        import pickle
+
+        where = path / "deepspeed"
+        if not sorted((where / "state").glob("*.pt")):
+            raise UserError(f"--resume: {where / 'state'} holds no DeepSpeed state (*.pt)")
+        reader = getattr(self.engine, "checkpoint_engine", None)
+        reading = [where / "state"]
+        if reader is not None:  # note each file as DeepSpeed opens it, to name the damaged one
+            read = reader.load
+
+            def load(file, *args, **kwargs):
+                reading[0] = Path(file)
+                return read(file, *args, **kwargs)
+
+            reader.load = load
+        try:
+            loaded, _ = self.engine.load_checkpoint(str(where), tag="state")
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as exc:
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise UserError(f"--resume: {reading[0]} cannot be loaded ({why})") from None
+        finally:
+            if reader is not None:
+                del reader.load
+        if loaded is None:
+            raise UserError(f"--resume: {where} holds no DeepSpeed checkpoint that loads (tag 'state')")
 
     def full_state_dict(self, rank: int) -> dict | None:
         if self.config.get("zero_optimization", {}).get("stage", 0) == 3:

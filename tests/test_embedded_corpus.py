@@ -137,14 +137,14 @@ def test_a_second_build_is_served_from_the_cache(corpus):
 
 
 def test_the_cached_corpus_is_named_by_its_whole_key(corpus):
-    """Pins, interpreter, apt, tokenizer and the extraction code: any changed is another directory."""
+    """Pins, tokenizer and the extraction code: any changed is another directory."""
     from harness import paths, rundir
 
     root, _, _ = corpus
     key = embedded.cache_key()
     assert json.loads((root / paths.KEY_FILE).read_text()) == key
     assert root == paths.keyed_dir("corpus", "embedded", key) and root.name.endswith(rundir.config_hash(key))
-    for field in ("debian", "python", "apt", "code"):
+    for field in ("pypi", "debian", "tokenizer", "code"):
         assert paths.keyed_dir("corpus", "embedded", {**key, field: "other"}) != root
 
 

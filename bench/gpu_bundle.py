@@ -41,13 +41,13 @@ SHARD_LENGTH, SHARD_TOKENS = 32768, 8 * 32768
 MACHINE_ROOTS = ("torch", "transformers", "triton", "pip", "setuptools")
 
 
-def on_machine() -> set[str]:
-    """The machine's distributions (normalized names): :data:`MACHINE_ROOTS` and their dependencies."""
+def on_machine(roots=MACHINE_ROOTS) -> set[str]:
+    """The machine's distributions (normalized names): ``roots`` and their dependencies."""
     import importlib.metadata
 
     from packaging.requirements import Requirement
 
-    seen, todo = set(), [_norm(r) for r in MACHINE_ROOTS]
+    seen, todo = set(), [_norm(r) for r in roots]
     while todo:
         name = todo.pop()
         if name in seen:

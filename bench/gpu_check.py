@@ -20,6 +20,11 @@ a phase that fails records its error and the next one runs):
 - train: a random TinyLlama-1.1B shape at 16K and 32K, with and without per-document masking,
          3 steps each (torch engine, gradient checkpointing, chunked loss): tokens/s, MFU against
          the data-sheet peak and the measured one (masked work not counted), peak GiB.
+- flex:  flex_attention against sdpa on short and odd lengths (40 tokens, under one 128-token block;
+         1000 and 4097, a last partial block), whole prompts, packed documents (per-document
+         positions) and greedy decoding through the HF backend: finite, max |d logit|, same tokens.
+         On CPU the harness pads flex_attention to whole blocks (harness/flex_cpu.py: AVX2's kernel
+         is wrong below one block); CUDA's Triton kernel masks a partial block itself: this checks it.
 - ds:    one process of DeepSpeed ZeRO-3 (SmolLM2-135M shape, 16K, doc mask), 2 steps, the final
          checkpoint reloaded with from_pretrained and checked.
 On one H200 the whole check is planned for at most 8 minutes. ``summary.md`` lists the figures
@@ -41,10 +46,11 @@ from pathlib import Path
 
 FULL = dict(eval_shape="llama2-7b", lengths=[32768, 65536, 131072], depths=[0, 50, 100], new_tokens=8,
             train_shape="tinyllama-1.1b", train_lengths=[16384, 32768], train_steps=3,
-            ds_shape="smollm2-135m", ds_length=16384, ds_steps=2, dtype="bf16")
+            ds_shape="smollm2-135m", ds_length=16384, ds_steps=2, dtype="bf16",
+            flex_shape="smollm2-135m", flex_lengths=[40, 1000, 4097])
 SMOKE = dict(eval_shape="tiny", lengths=[256, 512, 1024], depths=[0, 50, 100], new_tokens=4,
              train_shape="tiny", train_lengths=[256, 512], train_steps=2,
-             ds_shape="tiny", ds_length=256, ds_steps=2, dtype="auto")
+             ds_shape="tiny", ds_length=256, ds_steps=2, dtype="auto", flex_shape="tiny", flex_lengths=[40])
 PAPER_GRID = dict(preset="paper")   # tasks/needle.yaml: lengths 1000:128000:40, depths 0:100:10
 GIB = 1024 ** 3
 
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", default="smollm2-135m", help="a tokenizer directory (the bundle's) or smollm2-135m")
     ap.add_argument("--haystack", default="kjv", help="kjv, or a text file (the bundle's)")
     ap.add_argument("--data", default=None, help="packed shards at >= the longest training length (default: built)")
-    ap.add_argument("--phases", default="env,eval,train,ds")
+    ap.add_argument("--phases", default="env,eval,train,flex,ds")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = {"args": args, "plan": plan, "device": device, "out": out}
-    phases = {"env": env_phase, "eval": eval_phase, "train": train_phase, "ds": ds_phase}
+    phases = {"env": env_phase, "eval": eval_phase, "train": train_phase, "flex": flex_phase, "ds": ds_phase}
     failed = 0
     for name in args.phases.split(","):
         started = time.perf_counter()
@@ -340,6 +346,43 @@ def _train_attention(ctx) -> dict:
     return {"doc_mask": models.attn_implementation(device, "auto", True), "plain": models.attn_implementation(device)}
 
 
+# -- flex --------------------------------------------------------------------------------------
+
+def flex_phase(ctx) -> dict:
+    """flex_attention against sdpa where a block is short or partial: whole prompts, two packed
+    documents, and greedy decoding (one-token queries over an odd-length cache)."""
+    import torch
+
+    from harness import models
+    from harness.backends.hf import HFBackend
+    from harness.data import shards as shard_io
+
+    plan, args = ctx["plan"], ctx["args"]
+    loaded = {attn: models.load(f"random:{plan['flex_shape']}", dtype=plan["dtype"], device=ctx["device"],
+                                tokenizer=args.tokenizer, attn=attn) for attn in ("sdpa", "flex_attention")}
+    loaded["flex_attention"].model.load_state_dict(loaded["sdpa"].model.state_dict())   # the same weights
+    config, device = loaded["sdpa"].config, loaded["sdpa"].model.device
+    dtype = loaded["sdpa"].model.dtype
+    rows = []
+    for n in plan["flex_lengths"]:
+        ids = torch.randint(100, config.vocab_size - 100, (1, n), device=device)
+        halves = [n // 3, n - n // 3]
+        pos = shard_io.position_ids(shard_io.Batch(ids.cpu(), [halves]).doc_lens).to(device)
+        out = {}
+        with torch.inference_mode():
+            for attn, m in loaded.items():
+                out[attn] = (m.model(input_ids=ids, use_cache=False).logits.float(),
+                             m.model(input_ids=ids, position_ids=pos, use_cache=False).logits.float())
+        gens = {attn: HFBackend(m).generate(ids[0].tolist(), 8, stop_at_eos=False).token_ids for attn, m in loaded.items()}
+        f, s = out["flex_attention"], out["sdpa"]
+        rows.append({"length": n, "finite": bool(torch.isfinite(f[0]).all() and torch.isfinite(f[1]).all()),
+                     "max_abs_logit_diff": round(float((f[0] - s[0]).abs().max()), 5),
+                     "packed_max_abs_logit_diff": round(float((f[1] - s[1]).abs().max()), 5),
+                     "same_greedy_tokens": gens["flex_attention"] == gens["sdpa"]})
+        print(f"   flex {n}: {rows[-1]}", flush=True)
+    return {"shape": plan["flex_shape"], "dtype": str(dtype).removeprefix("torch."), "lengths": rows}
+
+
 # -- ds ----------------------------------------------------------------------------------------
 
 def ds_phase(ctx) -> dict:
@@ -409,7 +452,13 @@ def summary(ctx) -> str:
     if ds.get("ok"):
         lines.append(f"- ds ZeRO-3 {ds['shape']} {ds['seq_len']}: {ds['steps']} steps, losses "
                      f"{[round(x, 3) for x in ds['loss']]}, reloaded {ds['changed_tensors']}/{ds['tensors']} tensors changed")
-    for name in ("env", "eval", "train", "ds"):
+    fx = ctx.get("flex", {})
+    if fx.get("ok"):
+        for r in fx["lengths"]:
+            lines.append(f"- flex vs sdpa {fx['shape']} {fx['dtype']} at {r['length']}: finite {r['finite']}, max |d logit| "
+                         f"{r['max_abs_logit_diff']} (packed {r['packed_max_abs_logit_diff']}), same greedy tokens "
+                         f"{r['same_greedy_tokens']}")
+    for name in ("env", "eval", "train", "flex", "ds"):
         if name in ctx and not ctx[name]["ok"]:
             lines.append(f"- {name} FAILED: {ctx[name]['error']}")
     return "\n".join(lines) + "\n"

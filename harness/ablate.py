@@ -51,6 +51,14 @@ PRESETS: dict[str, dict] = {
                   seq_len="80k", rope_theta=5e5, suites="needle,bookqa,regression,loss", eval_preset="paper",
                   regression_limit=None, loss_bucket=None, base_tokens=None, base_seq_len=None, lr=2e-5,
                   engine="deepspeed"),
+    # The paper's finding in miniature, sized for 8 minutes on one H200 (README: the mini finding):
+    # the embedded SmolLM2-135M (8K positions) extended to 16K on three mixtures, two seeds each;
+    # RoPE base 1e5 -> 1e6 (the README says why); needle 4K-16K x 5 depths x 3 haystack draws and
+    # per-domain loss in 4K buckets to 16K, on each model.
+    "mini": dict(base="smollm2-135m", mixtures="per_source,cut_4k,global", tokens="1500k", seq_len="16k",
+                 rope_theta=1e6, suites="needle,loss", eval_preset="mini", samples=3, fast=True,
+                 loss_bucket="4k", loss_length="16k", lr=1e-4, batch_tokens="32k", seeds=2, micro_batch=2,
+                 grad_ckpt=False, plan_device="h200", base_tokens=None, base_seq_len=None, regression_limit=None),
 }
 
 
@@ -74,6 +82,9 @@ class AblateConfig:
     base_seq_len: int | None = None
     evaluation: EvalRequest = field(default_factory=EvalRequest)
     launcher: str | None = None         # training stages run as `LAUNCHER -m harness train ...` (e.g. torchrun)
+    micro_batch: int = 1                # sequences per forward in training (TrainConfig.micro_batch)
+    grad_ckpt: bool = True              # activation checkpointing in training
+    plan_device: str | None = None      # the plan's estimates: None = this machine, or a named GPU (estimate.NAMED)
 
     def __post_init__(self):
         from harness.data import mixture
@@ -96,6 +107,10 @@ class AblateConfig:
         d.pop("out")
         d.pop("save_every")
         d.pop("launcher")   # how the stages' processes start, not what they compute
+        d.pop("plan_device")
+        for name in ("micro_batch", "grad_ckpt"):   # ablations made before these existed hash without
+            if d[name] == self.__dataclass_fields__[name].default:
+                d.pop(name)
         if d["seeds"] == 1:  # the key ablations made before --seeds existed hash without
             d.pop("seeds")
         return d
@@ -230,8 +245,9 @@ class Stage:
     extra: dict = field(default_factory=dict)
 
 
-def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) -> Path:
-    """Run (or resume) the whole ablation; returns the report's PDF path."""
+def run(cfg: AblateConfig, *, console: Console, reference: str | None = None, plan_only: bool = False) -> Path | None:
+    """Run (or resume) the whole ablation; returns the report's PDF path. ``plan_only``: print the
+    plan with its estimate and stop, writing nothing."""
     from harness import distributed, models
     from harness.evaluate import prepare
     from harness.reports import document
@@ -245,6 +261,9 @@ def run(cfg: AblateConfig, *, console: Console, reference: str | None = None) ->
     tokenizer_name = "smollm2-135m" if cfg.base == TINY_BASE else cfg.base
     tokenizer = models.read_tokenizer(models.resolve(tokenizer_name), "--base")
     mixtures = resolve_mixtures(cfg.mixtures, cfg.seq_len, tokenizer)
+    if plan_only:
+        _print_plan(cfg, tokenizer, mixtures, prep, console)
+        return None
     recorded = _recorded_data(out, cfg)
     prepared = {}  # label -> its build's inputs, opened once: their config names the cache directory
     for m in mixtures:  # a resumed ablation keeps the builds it made, whatever the cache names now
@@ -300,7 +319,8 @@ def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str
             tcfg = loop.TrainConfig(base=base_path, data=m.data, seq_len=cfg.seq_len, tokens=cfg.tokens,
                                     out=str(out / "train" / name), rope_theta=cfg.rope_theta, lr=cfg.lr,
                                     batch_tokens=cfg.batch_tokens, engine=cfg.engine, seed=seed,
-                                    save_every=cfg.save_every, dtype=cfg.evaluation.dtype)
+                                    save_every=cfg.save_every, dtype=cfg.evaluation.dtype,
+                                    micro_batch=cfg.micro_batch, grad_ckpt=cfg.grad_ckpt)
             plan.append(Stage(f"train:{name}", cfg.tokens, partial(_train, tcfg, console, cfg.launcher), {"seed": seed}))
             trained.append((name, str(out / "train" / name / "final")))
     plan += [Stage(f"eval:{label}", None, partial(_evaluate, label, model, prep, out / "eval" / label, console))
@@ -328,6 +348,9 @@ def _print_plan(cfg: AblateConfig, tokenizer, mixtures: list[Mixture], prep, con
         base_config = models.read_config(models.resolve(cfg.base), "--base")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     compute = precision.resolve(cfg.evaluation.dtype, device)  # training's autocast follows the same rule
+    if cfg.plan_device:
+        _print_named_plan(cfg, base_config, mixtures, prep, console)
+        return
     peak = flops.measure_peak(device, compute.torch_dtype)
     console.print(f"[bold]ablate[/]: base {cfg.base}; mixtures {', '.join(m.label for m in mixtures)}; "
                   f"{cfg.tokens:,} tokens each at {format_length(cfg.seq_len)}"
@@ -344,6 +367,61 @@ def _print_plan(cfg: AblateConfig, tokenizer, mixtures: list[Mixture], prep, con
     console.print(f"  estimate: ~{total / 60:,.0f} min at the measured {compute.name} peak {peak / 1e12:.2f} TFLOP/s "
                   f"({compute.reason}), plus data "
                   f"builds, BookQA/regression/loss evaluation and model loads; finished stages are skipped")
+
+
+def stage_estimates(cfg: AblateConfig, base_config, mixtures: list[Mixture], prep) -> list[tuple[str, float]]:
+    """(stage, estimated seconds) on ``cfg.plan_device``, from the rates measured there
+    (harness.estimate.NAMED): every stage the run will log, plus conversion, starts and the report."""
+    from harness import estimate, flops, models
+
+    rates = estimate.NAMED[cfg.plan_device]
+    rows = []
+    if cfg.base in models.EMBEDDED:
+        rows.append(("convert (GGUF -> HF, once)", rates["convert_s"]))
+    rows.append(("start, plan", rates["process_s"]))
+    for k, m in enumerate(mixtures):
+        rows.append((f"data:{m.label}", rates["build_s"] + (rates["tokenize_s"] if k == 0 else 0.0)))
+    per_run = cfg.tokens / cfg.seq_len * flops.train_flops(base_config, cfg.seq_len) / rates["train_flop_per_s"]
+    for m in mixtures:
+        for name, _ in cfg.replicas(m.label):
+            rows.append((f"train:{name}", rates["load_s"] + rates["save_s"] + per_run))
+    per_eval = rates["load_s"]
+    if prep.of("needle") is not None:
+        from harness.tasks import needle
+
+        ncfg = prep.of("needle")[0]
+        cells = [needle.Cell("needle", f"{n}/{d}/{k}", n, d, k)
+                 for k in range(ncfg.samples) for n in ncfg.lengths for d in ncfg.depths]
+        reserved = ncfg.reference_buffer if ncfg.protocol == "reference" else 0
+        prefill = sum(flops.forward_flops(base_config, start, end) for start, end in needle.tree_spans(cells, reserved))
+        # Decoding: one step per new token, in batches of equal-length prompts (fast mode; 64K tokens of
+        # prompts per batch), one prompt at a time otherwise.
+        per_length = len(ncfg.depths) * ncfg.samples
+        batch = (lambda n: max(1, min(per_length, 65536 // n))) if cfg.evaluation.fast else (lambda n: 1)
+        steps = sum(-(-per_length // batch(n)) for n in ncfg.lengths) * ncfg.max_new_tokens
+        per_eval += prefill / rates["prefill_flop_per_s"] + steps * rates["decode_step_s"]
+    if prep.of("loss") is not None:
+        per_eval += rates["loss_s"]
+    rows += [(f"eval:{label}", per_eval) for label in
+             ["base"] + [name for m in mixtures for name, _ in cfg.replicas(m.label)]]
+    rows.append(("report", rates["report_s"]))
+    return rows
+
+
+def _print_named_plan(cfg: AblateConfig, base_config, mixtures: list[Mixture], prep, console: Console) -> None:
+    from harness import estimate
+
+    rates = estimate.NAMED[cfg.plan_device]
+    console.print(f"[bold]ablate[/]: base {cfg.base}; mixtures {', '.join(m.label for m in mixtures)}; "
+                  f"{cfg.tokens:,} tokens each at {format_length(cfg.seq_len)}"
+                  f"{f', RoPE base {cfg.rope_theta:g}' if cfg.rope_theta else ''}; seeds {cfg.seed}..{cfg.seed + cfg.seeds - 1}; "
+                  f"suites {', '.join(prep.suites)}")
+    console.print(f"plan on {rates['name']} (estimated from {rates['source']}):")
+    total = 0.0
+    for name, seconds in stage_estimates(cfg, base_config, mixtures, prep):
+        total += seconds
+        console.print(f"  {name:<28} ~{seconds / 60:5.2f} min")
+    console.print(f"  {'total':<28} ~{total / 60:5.2f} min (estimated)")
 
 
 def _train_tiny_base(cfg: AblateConfig, console: Console) -> Path:
@@ -417,10 +495,11 @@ def from_preset(preset: str | None, **flags) -> AblateConfig:
     # The preset's suite options count for the suites evaluated (tiny's regression limit is moot without it).
     named = {s.strip() for s in str(p["suites"]).split(",")}
     options = {"regression": dict(regression_limit=p.get("regression_limit")),
-               "loss": dict(loss_bucket=p.get("loss_bucket"), loss_length=p.get("loss_length"))}
+               "loss": dict(loss_bucket=p.get("loss_bucket"), loss_length=p.get("loss_length")),
+               **({"needle": dict(samples=p["samples"])} if p.get("samples") else {})}
     evaluation = EvalRequest(suites=p["suites"], preset=p.get("eval_preset"), lengths=p.get("lengths"),
                              depths=p.get("depths"), seed=p.get("seed", 0), dtype=p.get("dtype", "auto"),
-                             device=p.get("device"),
+                             device=p.get("device"), fast=bool(p.get("fast", False)),
                              options={name: tasks.options(name, **values) for name, values in options.items()
                                       if name in named})
     return AblateConfig(
@@ -432,4 +511,5 @@ def from_preset(preset: str | None, **flags) -> AblateConfig:
         engine=p.get("engine", "torch"), save_every=p.get("save_every", 0),
         base_tokens=parse_budget(str(p["base_tokens"]), "--base-tokens") if tiny else None,
         base_seq_len=parse_length(str(p["base_seq_len"]), "--base-seq-len") if tiny else None,
-        evaluation=evaluation, launcher=p.get("launcher"))
+        evaluation=evaluation, launcher=p.get("launcher"), micro_batch=p.get("micro_batch", 1),
+        grad_ckpt=p.get("grad_ckpt", True), plan_device=p.get("plan_device"))

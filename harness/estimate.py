@@ -27,6 +27,21 @@ from harness.paths import cache_dir
 FIRST_EFFICIENCY = 0.21
 KEEP = 0.5   # weight of the newest run in the remembered rate (an exponential average)
 
+# Planning rates for a named GPU before one is lent (`harness ablate --plan`; the mini preset plans
+# for one H200). Measured on one H200 on 2026-12-04 (bench/gpu_check.py; ../shared/research): the
+# trainer reached 26-28% of the 989 TFLOP/s bf16 spec on a 1.1B shape at 16-32K, the HF backend's
+# chunked prefill 302-364 TFLOP/s on a 7B shape. A 135M model's narrow matmuls (576 wide) run
+# further below the peak, so it is planned at about half those rates; its decode step is
+# launch-bound (30 layers, eager), planned at 15 ms. The fixed costs (process start, model load and
+# save, GGUF conversion on the CPU, tokenizing the embedded corpus, a mixture build, the loss suite,
+# the report) are this CPU's figures, rounded up. Every stage's real time lands in stages.jsonl.
+NAMED = {
+    "h200": {"name": "one H200", "source": "the 2026-12-04 H200 check's rates, halved for a 135M model",
+             "train_flop_per_s": 0.135 * 989e12, "prefill_flop_per_s": 0.5 * 330e12, "decode_step_s": 0.015,
+             "process_s": 10.0, "load_s": 4.0, "save_s": 2.0, "convert_s": 25.0, "tokenize_s": 20.0,
+             "build_s": 6.0, "loss_s": 3.0, "report_s": 15.0},
+}
+
 
 def cell_flops(suite, todo: list, config, shares_prefixes: bool) -> list[float]:
     """Forward FLOPs per cell: its prefill (from the cached tokens the backend reuses, when it does)

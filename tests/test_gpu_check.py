@@ -27,12 +27,12 @@ def bundle(tmp_path_factory) -> Path:
     return out
 
 
-def machine_site(dest: Path) -> Path:
-    """A site directory holding only what the GPU machine has and what the bundle's wheels install:
-    links to those distributions' files in this environment."""
+def machine_site(dest: Path, allowed: set[str] | None = None) -> Path:
+    """A site directory holding only what the GPU machine has and what the bundle's wheels install
+    (``allowed``, normalized names; default: this bundle's): links to those distributions' files here."""
     import importlib.metadata
 
-    allowed = gpu_bundle.on_machine() | set(gpu_bundle.BUNDLED)
+    allowed = allowed if allowed is not None else gpu_bundle.on_machine() | set(gpu_bundle.BUNDLED)
     dest.mkdir()
     for dist in importlib.metadata.distributions():
         if gpu_bundle._norm(dist.metadata["Name"]) not in allowed:
@@ -79,6 +79,9 @@ def test_every_phase_runs_with_only_the_bundle_and_records_its_figures(smoke):
     assert [(r["seq_len"], r["doc_mask"]) for r in train["runs"]] == [(256, False), (256, True), (512, False), (512, True)]
     for run in train["runs"]:
         assert run["finite"] and run["steps"] == 2 and run["peak_gib"] > 0 and 0 < run["mfu_measured"] < 1
+    flex = read(out, "flex")   # a 40-token prompt: under one block (CPU pads it: harness/flex_cpu.py)
+    assert [r["length"] for r in flex["lengths"]] == [40]
+    assert all(r["finite"] and r["same_greedy_tokens"] and r["max_abs_logit_diff"] < 0.1 for r in flex["lengths"])
     ds = read(out, "ds")
     assert ds["steps"] == 2 and ds["changed_tensors"] > 0 and "model.safetensors" in ds["checkpoint_files"]
     summary = (out / "summary.md").read_text()

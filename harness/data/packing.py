@@ -102,8 +102,12 @@ def _tokenize(batch: pa.Table, tokenizer: Any, eos: int) -> pa.Table:
 def tokenize_corpus(source, tok, *, key: dict, exclude: list[str] = (), read_tokens: int | None = None,
                     num_proc: int | None = None):
     """The corpus as a ``datasets.Dataset`` {id, domain, input_ids, n_tokens}, cached by ``key`` (the
-    caller's: source content, tokenizer, exclusions, reading cap) and the code that reads and encodes."""
-    import datasets
+    caller's: source content, tokenizer, exclusions, reading cap) and the code that reads and encodes.
+    Without ``datasets`` (the mini bundle's GPU machine has none) the same table is made in memory."""
+    try:
+        import datasets
+    except ImportError:
+        return _tokenize_in_memory(source, tok, exclude, read_tokens)
 
     key = {**key, "code": paths.code_hash(_generate, _tokenize)}
     path = paths.keyed_dir("tokenized", "", key)
@@ -159,9 +163,25 @@ def _tokenize_into(path: Path, source, tok, key: dict, exclude, read_tokens, num
     shutil.rmtree(work, ignore_errors=True)
 
 
+def _tokenize_in_memory(source, tok, exclude, read_tokens, batch_size: int = 1000) -> pa.Table:
+    """:func:`tokenize_corpus`'s table without ``datasets``, and not cached: batches of documents
+    through the same :func:`_tokenize` (so the same ids). The embedded corpus takes seconds on 16 cores."""
+    ensure_documents(source, exclude)
+    parts, batch = [], []
+    for doc in _generate(source, tuple(exclude), read_tokens):
+        batch.append(doc)
+        if len(batch) == batch_size:
+            parts.append(_tokenize(pa.Table.from_pylist(batch), tok, tok.eos_token_id))
+            batch = []
+    if batch:
+        parts.append(_tokenize(pa.Table.from_pylist(batch), tok, tok.eos_token_id))
+    return pa.concat_tables(parts)
+
+
 def flat_tokens(ds) -> tuple[np.ndarray, np.ndarray]:
-    """All token ids as one array and each document's start offset (zero-copy where possible)."""
-    column = ds.data.column("input_ids").combine_chunks()
+    """All token ids as one array and each document's start offset (zero-copy where possible);
+    ``ds``: a ``datasets.Dataset`` or a pyarrow Table."""
+    column = getattr(ds, "data", ds).column("input_ids").combine_chunks()
     offsets = np.asarray(column.offsets.to_numpy(), dtype=np.int64)
     values = column.values.to_numpy()
     return values, offsets

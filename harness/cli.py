@@ -151,16 +151,21 @@ def run(model_spec, suite, out, palette, **flags) -> None:
     figures = _draw(out, results, manifest, None, palette=palette)
     for path in figures:
         console.print(f"figure: {path}")
-    console.print(_summary_table(results, manifest))
+    from harness.store import RunStore
+
+    console.print(_summary_table(results, manifest, RunStore(out).oom()))
     if figures:
         click.echo(str(figures[0]))
 
 
-def _summary_table(results: list[dict], manifest: dict):
-    """One table over every suite in the run: what a researcher reads first."""
+def _summary_table(results: list[dict], manifest: dict, oom_cells: list[dict] = ()):
+    """One table over every suite in the run: what a researcher reads first; the lengths whose cells
+    did not fit in memory (``oom_cells``) under each suite's rows: missing from its numbers."""
     from rich.table import Table
 
     from harness import tasks
+    from harness.store import oom_lengths
+    from harness.values import format_length
 
     t = Table(title="results", caption="± : half-width of the 95% interval (README: Uncertainty)")
     for col in ("suite", "slice", "metric", "value", "n"):
@@ -168,6 +173,10 @@ def _summary_table(results: list[dict], manifest: dict):
     for name in tasks.SUITES:
         for row in tasks.get(name).summary(results, manifest):
             t.add_row(row.suite, row.slice, row.metric, row.text(), "" if row.n is None else str(row.n))
+        missing = [r for r in oom_cells if r["suite"] == name]
+        if missing:
+            t.add_row(name, "did not fit", "out of memory: lengths (cells missing)",
+                      ", ".join(format_length(n) for n in oom_lengths(missing)[name]), str(len(missing)))
     return t
 
 
@@ -207,7 +216,7 @@ def report(run_dirs, out, reference, metric, palette) -> None:
     RUN_DIR is a `harness run` directory or a `harness ablate` directory (all of its models).
     """
     from harness.rundir import check_writable
-    from harness.store import RunStore
+    from harness.store import OOM_RETRY, RunStore, oom_lengths, oom_summary
 
     if out is not None and out.suffix.lower() == ".pdf":
         from harness.reports import document
@@ -233,6 +242,9 @@ def report(run_dirs, out, reference, metric, palette) -> None:
         paths = _draw(run_dir, list(store.results()), manifest, target, metric=metric, palette=palette)
         if not paths:
             console.print(f"{run_dir}: no results to draw yet")
+        missing = store.oom()
+        for suite in oom_lengths(missing):   # not drawn, not scored: said
+            console.print(f"{run_dir}: {oom_summary(missing, suite)}; {OOM_RETRY}", highlight=False)
         for path in paths:
             click.echo(str(path))
 

@@ -259,7 +259,7 @@ def _evaluate(model_spec, prep: Prepared, out: Path, console: Console, rank: int
             run_suite(suite, backend, store, console, loaded, rank, world)
         results, manifest = list(store.results()), store.read_manifest()
         if tracker is not None:
-            lm_eval_format.write(out, results, manifest)   # the run in lm-eval's results shape
+            lm_eval_format.write(out, results, manifest, store.oom())   # the run in lm-eval's results shape
             tracker.summary(summary_rows(results, manifest), step=req.step)
     finally:
         if tracker is not None:

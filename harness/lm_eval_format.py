@@ -5,6 +5,7 @@ output and the leaderboard parsers glob for), rebuilt from the store after each 
 
     results     {task: {"alias": task, "METRIC,none": value, "METRIC_stderr,none": stderr | "N/A"}}
     configs, versions, n-shot, higher_is_better, n-samples, config, model_name, date, git_hash
+    out_of_memory   {suite: [lengths]}: cells that did not fit (harness.oom), missing from the numbers
 
 The numbers are the suites' own summary rows (the terminal table's), nothing recomputed:
 - needle (``harness_needle``, or ``harness_needle_<variant>``) and bookqa (``harness_bookqa``): one
@@ -58,8 +59,9 @@ def _place(row, variant: str | None) -> tuple[str, str]:
     return task, _length_key(row.slice) or _name(row.slice)
 
 
-def build(results: list[dict], manifest: dict) -> dict:
-    """The lm-eval-shaped document of one run (its results and manifest as stored)."""
+def build(results: list[dict], manifest: dict, oom_cells: list[dict] = ()) -> dict:
+    """The lm-eval-shaped document of one run (its results and manifest as stored; ``oom_cells``:
+    the cells that did not fit in memory, named by length)."""
     from harness import tasks
     from harness.tasks.base import variant_of
 
@@ -97,6 +99,10 @@ def build(results: list[dict], manifest: dict) -> dict:
     out["date"] = manifest.get("created")
     out["git_hash"] = manifest.get("git_revision")
     out["config_hash"] = manifest.get("config_hash")
+    if oom_cells:
+        from harness.store import oom_lengths
+
+        out["out_of_memory"] = oom_lengths(list(oom_cells))
     return out
 
 
@@ -109,8 +115,8 @@ def _version(results: list[dict], suite: str, task: str):
     return 1.0
 
 
-def write(run_dir: Path, results: list[dict], manifest: dict) -> Path:
+def write(run_dir: Path, results: list[dict], manifest: dict, oom_cells: list[dict] = ()) -> Path:
     """(Re)write the run's lm-eval-shaped results, atomically."""
     path = Path(run_dir) / FILE
-    rundir.write_json(path, build(results, manifest))
+    rundir.write_json(path, build(results, manifest, oom_cells))
     return path

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeE
 from rich.text import Text
 
 from harness import distributed, estimate
-from harness.store import RunStore
+from harness.store import OOM_RETRY, RunStore, is_oom, oom_summary
 from harness.tasks.base import Suite
 
 
@@ -76,9 +76,11 @@ def _run_share(suite: Suite, backend, store: RunStore, console: Console, loaded,
     with Progress(*columns, console=console, transient=False, disable=not live) as progress:
         task = progress.add_task(suite.name, total=max(total, 1.0), last="-", cells=f"0/{len(todo)}")
         cost = {c.key: f for c, f in zip(todo, costs)}
-        finished = 0.0
+        finished, missed = 0.0, []
         for i, (cell, result) in enumerate(suite.run(todo, backend), 1):  # in the backend's order
             append(result)
+            if is_oom(result):
+                missed.append(result)
             finished += cost[cell.key]
             progress.update(task, advance=cost[cell.key], cells=f"{i}/{len(todo)}", last=_score(result))
             if not live:
@@ -88,9 +90,12 @@ def _run_share(suite: Suite, backend, store: RunStore, console: Console, loaded,
                               f"{elapsed:,.0f} s elapsed, ETA {estimate.minutes(left)})", highlight=False)
     seconds = time.perf_counter() - started
     if total > 0 and local:
-        estimate.remember(key, total, seconds)
+        if not missed:   # cells that ran out of memory did not do their FLOPs: no rate to learn
+            estimate.remember(key, total, seconds)
         console.print(f"{suite.name}: {len(todo)} cells in {estimate.minutes(seconds)} (estimated "
                       f"{estimate.minutes(planned)})")
+    if missed:
+        console.print(f"[yellow]{oom_summary(missed, suite.name)}; {OOM_RETRY}[/]", highlight=False)
     return len(todo)
 
 
@@ -118,6 +123,8 @@ class _Eta(ProgressColumn):
 
 
 def _score(result: dict) -> str:
+    if is_oom(result):
+        return "out of memory"
     score = result.get("score")
     return "n/a" if score is None else f"{score:.2f}"
 

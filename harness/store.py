@@ -17,6 +17,32 @@ from harness.rundir import JsonlLog, KeyedDir, read_json
 
 MANIFEST = "manifest.json"
 RESULTS = "results.jsonl"
+OOM = "oom"   # the status of a cell that did not fit in memory (harness.oom): no score, missing data
+OOM_RETRY = "to try them again (a larger GPU), delete their lines from results.jsonl and rerun"
+
+
+def is_oom(record: dict) -> bool:
+    return record.get("status") == OOM
+
+
+def oom_lengths(records: list[dict]) -> dict[str, list[int]]:
+    """suite -> the lengths whose cells did not fit in memory (sorted), from oom records."""
+    out: dict[str, set[int]] = {}
+    for r in records:
+        out.setdefault(r["suite"], set()).add(r.get("length"))
+    return {suite: sorted(n for n in found if n is not None) for suite, found in out.items()}
+
+
+def oom_summary(records: list[dict], suite: str) -> str:
+    """One sentence on ``suite``'s cells that did not fit in memory ("" when none did)."""
+    from harness.values import format_length
+
+    mine = [r for r in records if r.get("suite") == suite]
+    if not mine:
+        return ""
+    at = ", ".join(format_length(n) for n in oom_lengths(mine).get(suite, []))
+    return (f"{suite}: {len(mine)} cell{'s' if len(mine) > 1 else ''} did not fit in memory (out of memory) at "
+            f"length {at}: stored as status oom, missing from every score")
 
 
 class RunStore:
@@ -55,10 +81,13 @@ class RunStore:
         return read_json(self.manifest_path, "run")
 
     # -- results --------------------------------------------------------------------------------
-    def results(self) -> Iterator[dict]:
+    def results(self, oom: bool = False) -> Iterator[dict]:
         """Every complete result line, in the order written (a torn last line is skipped). A line
         off the schema (no suite, key or numeric score; a suite the run never had) is one error
-        naming the file and line: an edited or foreign file, never silently reported."""
+        naming the file and line: an edited or foreign file, never silently reported.
+
+        Cells that did not fit in memory (status oom) have no score: they are left out (every
+        report and summary reads scores) unless ``oom``."""
         suites = None
         for number, record in enumerate(self.log.records(), 1):
             if suites is None:
@@ -67,10 +96,16 @@ class RunStore:
             if problem:
                 raise UserError(f"{self.results_path}: result {number} {problem}; the file was edited or damaged: "
                                 f"delete that line (a run then redoes the cell) or restore the file")
-            yield record
+            if oom or not is_oom(record):
+                yield record
+
+    def oom(self) -> list[dict]:
+        """The cells that did not fit in memory: missing data, which summaries name."""
+        return [r for r in self.results(oom=True) if is_oom(r)]
 
     def done(self, suite: str) -> set[str]:
-        return {r["key"] for r in self.results() if r.get("suite") == suite}
+        """Keys of finished cells, those that did not fit included (a rerun does not try them again)."""
+        return {r["key"] for r in self.results(oom=True) if r.get("suite") == suite}
 
     def append(self, result: dict) -> None:
         self.log.append(result)
@@ -86,7 +121,7 @@ class RunStore:
         logs = sorted(self.path.glob("results.rank*.jsonl"))
         if not logs:
             return 0
-        have = {(r["suite"], r["key"]) for r in self.results()}
+        have = {(r["suite"], r["key"]) for r in self.results(oom=True)}
         added = 0
         for path in logs:
             for record in JsonlLog(path).records():
@@ -104,6 +139,8 @@ def _off_schema(record: dict, suites: set[str]) -> str | None:
         return "has no suite or key"
     if suites and record["suite"] not in suites:
         return f"is from suite {record['suite']!r}, which this run does not hold ({', '.join(sorted(suites))})"
+    if "status" in record:
+        return None if is_oom(record) else f"has status {record['status']!r}; the harness writes only {OOM!r}"
     score = record.get("score")
     if isinstance(score, bool) or not isinstance(score, (int, float)):
         return f"has score {score!r}, not a number"

@@ -36,6 +36,7 @@ class Run:
     manifest: dict
     results: list[dict]
     parts: list["Run"] = field(default_factory=list)   # a pooled model's seeds (harness ablate --seeds)
+    oom: list[dict] = field(default_factory=list)      # cells that did not fit in memory: missing, not scored
 
     @classmethod
     def pooled(cls, name: str, parts: list["Run"]) -> "Run":
@@ -44,7 +45,7 @@ class Run:
         if len(parts) == 1:
             return cls(name, parts[0].path, parts[0].manifest, parts[0].results)
         results = [{**r, "replicate": i} for i, part in enumerate(parts) for r in part.results]
-        return cls(name, parts[0].path, parts[0].manifest, results, parts)
+        return cls(name, parts[0].path, parts[0].manifest, results, parts, [r for p in parts for r in p.oom])
 
     @property
     def label(self) -> str:
@@ -95,7 +96,8 @@ class Collection:
 
     def warnings(self) -> list[str]:
         """What makes the runs less comparable than the table looks: grids, haystacks, prompts or
-        protocols that differ between runs, and runs that have not finished their grid."""
+        protocols that differ between runs, runs that have not finished their grid, and cells that
+        did not fit in memory (missing from a run's numbers)."""
         from harness import tasks
 
         out = []
@@ -109,8 +111,11 @@ class Collection:
             for run in self.runs:
                 expected = tasks.get(suite).expected_cells(configs.get(run.label, {})) if suite in run.suites else None
                 got = sum(1 for r in run.results if r.get("suite") == suite)
-                if expected and got < expected * len(run.replicates()):
+                missed = sum(1 for r in run.oom if r.get("suite") == suite)
+                if expected and got + missed < expected * len(run.replicates()):
                     out.append(f"{run.label}: {suite} has {got} of {expected * len(run.replicates())} cells (unfinished)")
+                if missed:
+                    out.append(f"{run.label}: {store.oom_summary(run.oom, suite)}")
         return out
 
 
@@ -125,7 +130,7 @@ def _setting(config: dict, dotted: str):
 
 def _run(path: Path, name: str) -> Run:
     store = RunStore(path)
-    return Run(name, path, store.read_manifest(), list(store.results()))
+    return Run(name, path, store.read_manifest(), list(store.results()), oom=store.oom())
 
 
 def collect(paths: list[Path]) -> Collection:
@@ -149,6 +154,9 @@ def collect(paths: list[Path]) -> Collection:
             col.stages += list(store.stages(path).records())
         elif (path / "manifest.json").is_file():
             run = _run(path, path.resolve().name)
+            if not run.results and run.oom:
+                raise UserError(f"{str(path)!r} holds no scores: "
+                                f"{'; '.join(store.oom_summary(run.oom, s) for s in store.oom_lengths(run.oom))}; leave it out")
             if not run.results:
                 raise UserError(f"{str(path)!r} holds no results yet: finish it (rerun its command) or leave it out")
             col.runs.append(run)

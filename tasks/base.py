@@ -182,6 +182,16 @@ class Suite:
         raise NotImplementedError
 
     def run(self, todo: list, backend) -> Iterator[tuple[Any, dict]]:
-        """(cell, result) as each finishes; cell by cell unless a suite batches."""
+        """(cell, result) as each finishes; cell by cell unless a suite batches. A cell that runs
+        out of GPU memory is stored as oom (no score: missing data) and the next one runs."""
+        from harness import oom
+        from harness.store import is_oom
+
         for cell in todo:
-            yield cell, self.evaluate(cell, backend)
+            try:
+                result = self.evaluate(cell, backend)
+            except oom.Error as exc:
+                result = oom.record(cell, exc)
+            if is_oom(result):
+                oom.free()   # outside the except: the traceback's frames, and their tensors, are gone
+            yield cell, result

@@ -579,6 +579,8 @@ class NeedleSuite(base.Suite):
         }
         if gen.peak_gib is not None:
             result["peak_gib"] = round(gen.peak_gib, 3)
+        if gen.prefill_chunk is not None:   # it fitted only with a smaller chunk (harness.oom)
+            result["prefill_chunk"] = gen.prefill_chunk
         if self.config.variant:
             result.update(variant=self.config.variant_name, **sample.to_dict())
         if self.config.samples > 1:
@@ -591,8 +593,19 @@ class NeedleSuite(base.Suite):
 
     def run(self, todo: list[Cell], backend):
         """Every prompt goes to the backend at once, which shares their common prefixes (a grid's
-        cells at one length share the haystack up to the shallower needle)."""
-        pending = [self.request(cell) for cell in todo]
-        for index, gen in backend.generate_many([req for req, *_ in pending]):
-            _, sample, prompt = pending[index]
-            yield todo[index], self.result(todo[index], sample, prompt, gen)
+        cells at one length share the haystack up to the shallower needle). A prompt that does not
+        fit in memory is stored as oom and the others go to the backend again (harness.oom)."""
+        from harness import oom   # torch: not for a report that only reads the store
+
+        pending = dict(enumerate(self.request(cell) for cell in todo))
+        while pending:
+            order, failed = list(pending), []
+            try:
+                for index, gen in backend.generate_many([pending[i][0] for i in order]):
+                    _, sample, prompt = pending.pop(order[index])
+                    yield todo[order[index]], self.result(todo[order[index]], sample, prompt, gen)
+            except oom.CellOutOfMemory as exc:
+                failed = [(order[index], oom.record(todo[order[index]], exc)) for index in exc.indices]
+            for i, record in failed:
+                del pending[i]
+                yield todo[i], record

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import distributed, flops, models, precision, rundir, shapes, tracking
+from harness import distributed, flops, models, oom, precision, rundir, shapes, tracking
 from harness.errors import UserError
 from harness.data import shards as shard_io
 from harness.memory import PeakMemory
@@ -46,6 +46,13 @@ def check_engine(name: str) -> None:
 
 class Diverged(UserError):
     """The loss became NaN or inf: the run stops and keeps its last good checkpoint."""
+
+    exit_code = 1
+
+
+class StepOutOfMemory(UserError):
+    """A step did not fit in the GPU's memory: the machine, not the input (exit 1). The run stops
+    with one line saying what to change, and keeps its last checkpoint for ``--resume``."""
 
     exit_code = 1
 
@@ -533,6 +540,23 @@ class _Meter:
             self.tracker.close()
 
 
+def _out_of_memory(run: Run, step: int, peak: float, last_good: Path | None):
+    """End the run on a step that did not fit: one line with the step, its size, the peak and what
+    to change; the last checkpoint stays the one --resume continues from."""
+    cfg = run.cfg
+    oom.free()
+    fixes = ([f"a lower --micro-batch (now {cfg.micro_batch}; gradient accumulation keeps the batch size)"]
+             if cfg.micro_batch > 1 else [])
+    fixes += ["activation checkpointing (drop --no-grad-ckpt)"] if not cfg.grad_ckpt else []
+    fixes += [f"a lower --seq-len (now {cfg.seq_len:,})"]
+    kept = (f"the last checkpoint ({last_good.name}) is kept: rerun with --resume to continue from it" if last_good
+            else f"no checkpoint was saved yet{'' if cfg.save_every else ' (--save-every N keeps one every N steps)'}: "
+                 f"rerun to start again")
+    raise StepOutOfMemory(f"out of memory in training step {step} of {run.steps} (sequence length {cfg.seq_len:,}, "
+                          f"micro-batch {cfg.micro_batch}, peak {peak:.2f} GiB on {run.device}); to fit, try "
+                          f"{', or '.join(fixes)}; {kept}")
+
+
 def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: int, console,
           stop_after: int | None) -> dict | None:
     """Optimizer steps from ``step`` to the plan's last; returns the final trainer state (None:
@@ -552,17 +576,24 @@ def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: in
         while step < run.steps:
             started = time.perf_counter()
             meter.memory.reset()
-            losses, counted = [], 0.0
-            for micro in range(run.accum):
-                batch = run.data.batch(position + micro * cfg.micro_batch * run.world, cfg.micro_batch, cfg.seed,
-                                       run.rank, run.world)
-                counted += meter.step_flops(batch.doc_lens)
-                ids, labels = batch.input_ids, shard_io.labels(batch, cfg.doc_mask)
-                pos = shard_io.position_ids(batch.doc_lens) if cfg.doc_mask else None
-                if one_row:
-                    ids, labels, pos = shard_io.one_row(ids, labels, pos)
-                losses.append(engine.backward(ids, labels, pos))
-            grad_norm = engine.step()
+            losses, counted, fitted = [], 0.0, False
+            try:
+                for micro in range(run.accum):
+                    batch = run.data.batch(position + micro * cfg.micro_batch * run.world, cfg.micro_batch, cfg.seed,
+                                           run.rank, run.world)
+                    counted += meter.step_flops(batch.doc_lens)
+                    ids, labels = batch.input_ids, shard_io.labels(batch, cfg.doc_mask)
+                    pos = shard_io.position_ids(batch.doc_lens) if cfg.doc_mask else None
+                    if one_row:
+                        ids, labels, pos = shard_io.one_row(ids, labels, pos)
+                    oom.inject("step", step + 1)
+                    losses.append(engine.backward(ids, labels, pos))
+                grad_norm = engine.step()
+                fitted = True
+            except oom.Error:
+                pass   # said below, outside this block: its traceback holds the step's activations
+            if not fitted:
+                _out_of_memory(run, step + 1, meter.memory.gib(), last_good)
             loss = distributed.mean(sum(losses) / len(losses), run.world)
             step, position = step + 1, position + run.per_step
             if not math.isfinite(loss):

@@ -23,6 +23,7 @@ class Generation:
     reused_tokens: int = 0                      # prompt tokens whose KV came from a shared prefix
     token_ids: tuple[int, ...] = ()             # the generated tokens (hf), after the stop rules
     peak_gib: float | None = None               # peak memory while computing it (hf: harness.memory)
+    prefill_chunk: int | None = None            # hf: the smaller chunk of a retry after running out of memory
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
+from harness import oom
 from harness.backends import Generation, ModelBackend, Request, attention
 from harness.backends.kv_cache import PreallocatedCache, check_config
 from harness.memory import PeakMemory
 from harness.models import LoadedModel
+
+MIN_PREFILL_CHUNK = 512   # a retry after running out of memory halves the chunk, down to this
 
 
 class HFBackend(ModelBackend):
@@ -52,12 +55,14 @@ class HFBackend(ModelBackend):
         self.shares_prefixes = not self._dynamic
         check_config(self.model.config)
         self.peak = PeakMemory(self.model.device)
+        self._serving = 0   # tokens of the prompt being computed (where HARNESS_OOM_AT looks)
         self._attn = None
         if fast and self.model.device.type == "cpu" and self.model.config._attn_implementation == "sdpa":
             self._attn = attention.register()
 
     def _forward(self, *, cache, **kwargs):
         """The model's forward with our KV cache (transformers < 5.24 names the argument past_key_values)."""
+        oom.inject("eval", self._serving, kwargs["input_ids"].shape[1])
         return self.model(**{self._cache_arg: cache}, **kwargs)
 
     @contextmanager
@@ -95,9 +100,14 @@ class HFBackend(ModelBackend):
         The cache is allocated once for the longest request (kv_cache.py): prefill chunks and decode
         steps write in place, and cropping to a common prefix moves a length. Each prompt's peak
         memory (memory.py) is recorded in its Generation.
+
+        A prompt that runs out of memory is tried once more on a cache of its own (the tree's is
+        dropped) with a smaller prefill chunk; if that fails too, the cache and the waiting
+        snapshots are dropped and :class:`harness.oom.CellOutOfMemory` names the request (the
+        caller goes on with the others in a new call). Prompts that fit get the same outputs.
         """
-        device = self.model.device
-        cache = PreallocatedCache(self.model.config, _capacity(requests))
+        capacity = _capacity(requests)
+        cache = PreallocatedCache(self.model.config, capacity)
         held: list[int] = []  # the tokens whose keys and values the cache holds, in order
         order = sorted(range(len(requests)), key=lambda i: requests[i].ids)
         left = Counter(_group(requests[i]) for i in order if requests[i].max_new_tokens)
@@ -106,33 +116,35 @@ class HFBackend(ModelBackend):
             req = requests[index]
             start = time.perf_counter()
             self.peak.reset()
-            ids = list(req.ids)
-            keep = 0 if self._dynamic else min(_common_prefix(held, ids), len(ids) - 1)
-            _crop(cache, held, keep)
-            chunk = len(ids) if self._dynamic else self.prefill_chunk
-            if self._dynamic:
-                self._reset_rope()
-            suffix = torch.tensor([ids[keep:]], dtype=torch.long, device=device)
-            for s in range(0, suffix.shape[1], chunk):
-                out = self._forward(input_ids=suffix[:, s:s + chunk], cache=cache, use_cache=True, logits_to_keep=1)
-            held.extend(ids[keep:])
-            branch = _Branch(index, req, out.logits[0, -1], keep, start)
-            if req.target:
-                branch.target_lp = self._score_target(branch, list(req.target), cache, held)
-            branch.peak_gib = self.peak.gib()
-            if not req.max_new_tokens:
-                yield index, self._finish(branch, [], time.perf_counter() - start)
+            alone = True   # decoded at once, in the tree's own cache
+            if req.max_new_tokens:
+                group = _group(req)
+                left[group] -= 1
+                cap = 0 if self._dynamic else self.decode_batch_tokens // len(req.ids)
+                alone = cap < 2 or (left[group] == 0 and not waiting.get(group))
+            if capacity < _capacity([req]):  # only after a retry sized the cache for one prompt
+                cache, held, capacity = None, [], _capacity([req])
+                cache = PreallocatedCache(self.model.config, capacity)
+            branch, new = self._serve(index, req, cache, held, start, self.prefill_chunk, alone)
+            if branch is None:
+                cache, held = None, []   # what the failed attempt left, dropped before anything else
+                oom.free()
+                chunk = self._retry_chunk(len(req.ids))
+                if chunk is not None or capacity > _capacity([req]):
+                    capacity = _capacity([req])
+                    cache = PreallocatedCache(self.model.config, capacity)
+                    branch, new = self._serve(index, req, cache, held, start, chunk or self.prefill_chunk, alone)
+                if branch is None:
+                    cache = None
+                    waiting.clear()
+                    oom.free()
+                    raise oom.CellOutOfMemory(f"out of memory on a prompt of {len(req.ids):,} tokens (prefill chunk "
+                                              f"{self.prefill_chunk}{f', then {chunk}' if chunk else ''})",
+                                              [index], self.peak.gib())
+                branch.chunk = chunk
+            if new is not None:
+                yield index, self._finish(branch, new, time.perf_counter() - start)
                 continue
-            group = _group(req)
-            left[group] -= 1
-            cap = 0 if self._dynamic else self.decode_batch_tokens // len(ids)
-            if cap < 2 or (left[group] == 0 and not waiting.get(group)):
-                new, fed = self._decode([branch], cache)  # alone: in the tree's own cache
-                held.extend(fed)
-                branch.peak_gib = self.peak.gib()
-                yield index, self._finish(branch, new[0], time.perf_counter() - start)
-                continue
-            branch.kv = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
             branch.seconds = time.perf_counter() - start
             waiting.setdefault(group, []).append(branch)
             if len(waiting[group]) >= cap or left[group] == 0:
@@ -141,6 +153,47 @@ class HFBackend(ModelBackend):
                 yield from self._decode_batch(waiting.pop(max(waiting, key=lambda g: len(waiting[g]) * g[0])))
         for group in list(waiting):
             yield from self._decode_batch(waiting.pop(group))
+
+    def _serve(self, index: int, req: Request, cache, held: list[int], start: float, chunk: int,
+               alone: bool) -> tuple["_Branch | None", list[int] | None]:
+        """One prompt in the tree's cache: prefilled from the longest prefix the cache holds, in
+        chunks of ``chunk`` tokens; its target scored; decoded when ``alone``. Returns the branch and
+        its new tokens (None: it waits for a batch, its KV snapshotted); (None, None) when it ran out
+        of memory, the cache then unusable (the traceback, and the activations it holds, end here)."""
+        self._serving = len(req.ids)
+        try:
+            ids = list(req.ids)
+            keep = 0 if self._dynamic else min(_common_prefix(held, ids), len(ids) - 1)
+            _crop(cache, held, keep)
+            if self._dynamic:
+                chunk = len(ids)
+                self._reset_rope()
+            suffix = torch.tensor([ids[keep:]], dtype=torch.long, device=self.model.device)
+            for s in range(0, suffix.shape[1], chunk):
+                out = self._forward(input_ids=suffix[:, s:s + chunk], cache=cache, use_cache=True, logits_to_keep=1)
+            held.extend(ids[keep:])
+            branch = _Branch(index, req, out.logits[0, -1], keep, start)
+            if req.target:
+                branch.target_lp = self._score_target(branch, list(req.target), cache, held)
+            branch.peak_gib = self.peak.gib()
+            if not req.max_new_tokens:
+                return branch, []
+            if not alone:
+                branch.kv = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+                return branch, None
+            new, fed = self._decode([branch], cache)
+            held.extend(fed)
+            branch.peak_gib = self.peak.gib()
+            return branch, new[0]
+        except oom.Error:
+            return None, None
+
+    def _retry_chunk(self, tokens: int) -> int | None:
+        """The prefill chunk of a retry after running out of memory: half the backend's, down to
+        MIN_PREFILL_CHUNK; None when it would not split a prompt of ``tokens`` any finer (dynamic
+        RoPE prefills a prompt whole)."""
+        smaller = max(self.prefill_chunk // 2, min(MIN_PREFILL_CHUNK, self.prefill_chunk))
+        return smaller if not self._dynamic and tokens > smaller else None
 
     def _score_target(self, branch: "_Branch", target: list[int], cache, held: list[int]) -> list[float]:
         """log p of each target token after the prompt, teacher-forced; the cache goes back to the
@@ -167,11 +220,22 @@ class HFBackend(ModelBackend):
         start = time.perf_counter()
         self.peak.reset()
         req = branches[0].req
-        cache = PreallocatedCache.from_rows(self.model.config, [b.kv for b in branches], len(req.ids) + req.max_new_tokens)
-        for b in branches:
-            b.kv = None
-        new, _ = self._decode(branches, cache)
-        del cache
+        self._serving = len(req.ids)
+        new = None
+        try:
+            cache = PreallocatedCache.from_rows(self.model.config, [b.kv for b in branches], len(req.ids) + req.max_new_tokens)
+            for b in branches:
+                b.kv = None
+            new, _ = self._decode(branches, cache)
+        except oom.Error:
+            pass
+        cache = None
+        if new is None:  # the snapshots are gone (or go now): every prompt of the batch is reported
+            for b in branches:
+                b.kv = None
+            oom.free()
+            raise oom.CellOutOfMemory(f"out of memory decoding {len(branches)} prompts of {len(req.ids):,} tokens "
+                                      f"together (--fast)", [b.index for b in branches], self.peak.gib())
         share = (time.perf_counter() - start) / len(branches)
         peak = self.peak.gib()
         for b, tokens in zip(branches, new):
@@ -206,7 +270,8 @@ class HFBackend(ModelBackend):
     def _finish(self, branch: "_Branch", tokens: list[int], seconds: float) -> Generation:
         text = self.tok.decode(tokens, skip_special_tokens=True).strip()
         return Generation(text=text, new_tokens=len(tokens), seconds=seconds, target_logprobs=branch.target_lp,
-                          reused_tokens=branch.keep, token_ids=tuple(tokens), peak_gib=branch.peak_gib)
+                          reused_tokens=branch.keep, token_ids=tuple(tokens), peak_gib=branch.peak_gib,
+                          prefill_chunk=branch.chunk)
 
     def token_nll(self, ids: list[int], chunk: int = 2048) -> torch.Tensor:
         with self._attention(), torch.inference_mode():
@@ -221,6 +286,7 @@ class HFBackend(ModelBackend):
         if self._dynamic:
             self._reset_rope()
             chunk = len(ids)
+        self._serving = len(ids)
         device = self.model.device
         seq = torch.tensor([ids], dtype=torch.long, device=device)
         cache = PreallocatedCache(self.model.config, len(ids))
@@ -247,6 +313,7 @@ class _Branch:
     kv: list | None = None       # per-layer (keys, values) snapshot while waiting for a batch
     seconds: float = 0.0
     peak_gib: float = 0.0        # peak memory while it was computed (memory.PeakMemory)
+    chunk: int | None = None     # the smaller prefill chunk of a retry after running out of memory
 
 
 def _group(req: Request) -> tuple[int, int, bool, bool]:

@@ -121,7 +121,34 @@ def verdicts(work: Path) -> str:
         interval = f" [{c.low:+.3f}, {c.high:+.3f}]" if c.low is not None else ""
         out.append(f"| {c.column} | {c.run} | {c.reference} | {c.diff:+.3f}{interval} | {c.n} | "
                    f"{c.p_adjusted:.3g} | {c.verdict} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out + [""] + per_domain_loss(col)) + "\n"
+
+
+def per_domain_loss(col) -> list[str]:
+    """The paper's Table 5 shape: each domain's loss in the first bucket (<= 4K) and the last (the
+    target length), each model's change against the base (seeds pooled; token-weighted means)."""
+    from harness.tasks import loss
+
+    tables = {r.name: loss.summary(r.results) for r in col.runs}
+    base = tables.get("base") or {}
+    if not base:
+        return []
+    buckets = list(next(iter(base.values())))
+    first, last = buckets[0], buckets[-1]
+    out = [f"## Loss by domain: {first} and {last} (nats/token; change against the base)", "",
+           "| domain | base " + first + " | base " + last + " | " +
+           " | ".join(f"{r.name} {b}" for r in col.runs if r.name != "base" for b in (first, last)) + " |",
+           "|---|---|---|" + "---|" * (2 * (len(col.runs) - 1))]
+    for domain, by_bucket in base.items():
+        cells = [f"{by_bucket[first]['loss']:.3f}", f"{by_bucket[last]['loss']:.3f}"]
+        for r in col.runs:
+            if r.name == "base":
+                continue
+            mine = tables[r.name].get(domain, {})
+            cells += [f"{mine[b]['loss'] - by_bucket[b]['loss']:+.3f}" if b in mine and b in by_bucket else "-"
+                      for b in (first, last)]
+        out.append(f"| {domain} | " + " | ".join(cells) + " |")
+    return out
 
 
 def main() -> int:

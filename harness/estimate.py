@@ -28,18 +28,18 @@ FIRST_EFFICIENCY = 0.21
 KEEP = 0.5   # weight of the newest run in the remembered rate (an exponential average)
 
 # Planning rates for a named GPU before one is lent (`harness ablate --plan`; the mini preset plans
-# for one H200). Measured on one H200 on 2026-12-04 (bench/gpu_check.py; ../shared/research): the
-# trainer reached 26-28% of the 989 TFLOP/s bf16 spec on a 1.1B shape at 16-32K, the HF backend's
-# chunked prefill 302-364 TFLOP/s on a 7B shape. A 135M model's narrow matmuls (576 wide) run
-# further below the peak, so it is planned at about half those rates; its decode step is
-# launch-bound (30 layers, eager), planned at 15 ms. The fixed costs (process start, model load and
-# save, GGUF conversion on the CPU, tokenizing the embedded corpus, a mixture build, the loss suite,
-# the report) are this CPU's figures, rounded up. Every stage's real time lands in stages.jsonl.
+# for one H200), measured on one H200 on 2026-12-04 by `harness ablate --preset mini` itself
+# (docs/mini-finding-2026-12-04: SmolLM2-135M, bf16): training at 16K ran at 87K tokens/s (22% of the
+# 989 TFLOP/s spec, counted FLOPs), 3 s of load and save per run; a needle grid's decoding took about
+# 70 ms per batched step (60 cells, 10 batches of 50 steps: 27-45 s a model), the loss suite 8 s, the first
+# evaluation 60 s more (the base decodes every cell to 50 tokens past its window; the device warms up);
+# the GGUF conversion 44 s on the machine's CPU; installing the bundle and starting a process 10 s
+# each; a mixture build 5 s; the report 15 s. Every stage's real time lands in stages.jsonl.
 NAMED = {
-    "h200": {"name": "one H200", "source": "the 2026-12-04 H200 check's rates, halved for a 135M model",
-             "train_flop_per_s": 0.135 * 989e12, "prefill_flop_per_s": 0.5 * 330e12, "decode_step_s": 0.015,
-             "process_s": 10.0, "load_s": 4.0, "save_s": 2.0, "convert_s": 25.0, "tokenize_s": 20.0,
-             "build_s": 6.0, "loss_s": 3.0, "report_s": 15.0},
+    "h200": {"name": "one H200", "source": "the rates measured by the 2026-12-04 mini run on one H200",
+             "train_flop_per_s": 0.22 * 989e12, "prefill_flop_per_s": 165e12, "decode_step_s": 0.07,
+             "install_s": 10.0, "process_s": 10.0, "load_s": 1.5, "save_s": 1.5, "convert_s": 44.0,
+             "tokenize_s": 0.0, "build_s": 5.0, "loss_s": 8.0, "first_eval_s": 60.0, "report_s": 15.0},
 }
 
 

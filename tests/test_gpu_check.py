@@ -72,7 +72,9 @@ def test_every_phase_runs_with_only_the_bundle_and_records_its_figures(smoke):
     assert len(ev["cells"]) == 9 and all(c["peak_gib"] > 0 and c["seconds"] > 0 for c in ev["cells"])
     assert sum(c["reused_tokens"] for c in ev["cells"]) > 0          # the prefix tree shared the haystack
     assert ev["exactness"]["identical_outputs"] == ev["exactness"]["cells"] == 3
-    assert ev["exactness"]["max_abs_logprob_diff"] < 1e-3
+    # fp32: the tree's arithmetic is the per-prompt one to rounding; bf16 rounds at 2^-8 (0.004 seen on an
+    # AMX CPU, whose oneDNN kernels group the sums differently from AVX512-BF16 ones).
+    assert ev["exactness"]["max_abs_logprob_diff"] < (1e-3 if ev["dtype"] == "float32" else 2e-2)
     grid = ev["paper_grid"]
     assert (grid["cells"], grid["lengths"], grid["depths"]) == (400, 40, 10) and grid["estimated_seconds"] > 0
     train = read(out, "train")

@@ -18,10 +18,13 @@ import pytest
 
 from tests.conftest import harness_cli
 
-ARGS = ["--base", "tiny", "--base-tokens", "4k", "--base-seq-len", "128", "--mixtures", "per_source,cut_4k",
-        "--tokens", "8k", "--seq-len", "256", "--rope-theta", "1e5", "--suites", "needle,loss",
-        "--lengths", "128,256", "--depths", "0,100", "--loss-bucket", "256", "--loss-length", "512",
-        "--batch-tokens", "2k"]
+# 8k tokens per mixture is the least at which per_source's build holds a document over 4K (the
+# first test's contrast with cut_4k); the base (2k tokens: one step) and the loss suite (256 tokens of
+# each held-out document, two buckets) are as small as the assertions allow.
+COMMON = ["--seq-len", "256", "--rope-theta", "1e5", "--suites", "needle,loss", "--lengths", "128,256",
+          "--depths", "0,100", "--loss-bucket", "128", "--loss-length", "256", "--batch-tokens", "2k"]
+ARGS = ["--base", "tiny", "--base-tokens", "2k", "--base-seq-len", "128", "--mixtures", "per_source,cut_4k",
+        "--tokens", "8k", *COMMON]
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +123,24 @@ def test_report_from_stored_runs_alone_with_a_missing_suite(ablation, tmp_path):
     assert "Suites missing" in pdf.with_suffix(".html").read_text()
 
 
-def test_seeds_train_each_mixture_n_times_and_the_report_pools_them(tmp_path):
+def test_seeds_train_each_mixture_n_times_and_the_report_pools_them(tiny_model_dir, tmp_path):
+    """--seeds 2 on one mixture, on what --seeds does not repeat made the cheapest way (the module
+    ablation covers building a from-scratch base and a mixture inside `ablate`): the shared tiny random
+    Llama as the base, per_source built beforehand as a directory, 2k tokens (one step) per seed."""
+    from rich.console import Console
+
+    from harness.data import build
+
+    mixture = tmp_path / "per_source"   # a build directory's mixture label is its name
+    build.build(source="embedded", strategy="per_source", tokens=2000, seq_len=256, tokenizer="smollm2-135m",
+                seed=0, out=mixture, console=Console(quiet=True))
     out = tmp_path / "seeds"
-    args = [a if a != "per_source,cut_4k" else "per_source" for a in ARGS]
-    proc = harness_cli("ablate", *args, "--seeds", "2", "--out", str(out), timeout=900)
+    proc = harness_cli("ablate", "--base", str(tiny_model_dir), "--mixtures", str(mixture), "--tokens", "2k",
+                       *COMMON, "--seeds", "2", "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "seeds 0..1" in proc.stderr and "train x 2" in proc.stderr
     stages = [json.loads(line)["stage"] for line in (out / "stages.jsonl").read_text().splitlines()]
-    assert stages == ["base", "data:per_source", "train:per_source-s0", "train:per_source-s1",
+    assert stages == ["data:per_source", "train:per_source-s0", "train:per_source-s1",
                       "eval:base", "eval:per_source-s0", "eval:per_source-s1"]
     seeds = [json.loads((out / "train" / f"per_source-s{k}" / "train_config.json").read_text())["config"]["seed"]
              for k in range(2)]

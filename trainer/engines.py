@@ -147,6 +147,10 @@ class DeepSpeedEngine:
         except ImportError:
             raise UserError("--engine deepspeed: DeepSpeed is not installed; "
                             "pip install 'longctx-harness[gpu]' (or DS_BUILD_OPS=0 pip install deepspeed==0.19.8)") from None
+        if device.type == "cpu":
+            # Plain gloo collectives: DeepSpeed would otherwise JIT-compile its shared-memory allreduce
+            # on first use (about 50 s on 2 cores), which a CPU run of a few processes does not need.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         config = load_ds_config(config_path)
         config["train_micro_batch_size_per_gpu"] = micro_batch
         config["gradient_accumulation_steps"] = accum

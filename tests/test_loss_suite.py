@@ -62,3 +62,17 @@ def test_needle_and_loss_in_one_run_directory(tiny_model_dir, tmp_path):
     assert max(r["length"] for r in rows if r["suite"] == "loss") == 1024
     assert (out / "needle_heatmap.png").is_file() and (out / "loss_by_length.png").is_file()
     assert re.search(r"loss .* book 0-512 .* nats/token", proc.stderr)
+
+
+def test_first_tokens_of_a_prefix_equal_the_whole_documents(tokenizer):
+    """The loss suite tokenizes a prefix of each held-out document: the kept tokens are the whole
+    text's, on every held-out document and at several lengths."""
+    from harness.data import embedded
+    from harness.tasks import loss
+
+    corpus = embedded.build()
+    held = embedded.read_documents(corpus, json.loads((corpus / "manifest.json").read_text())["held_out"])
+    for doc in held.values():
+        whole = tokenizer(doc["text"], add_special_tokens=False)["input_ids"]
+        for n in (1, 37, 512, 4096, 16384):
+            assert loss.first_tokens(tokenizer, doc["text"], n) == whole[:n]

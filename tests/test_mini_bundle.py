@@ -55,7 +55,7 @@ def test_part2_without_part1_exits_3_in_one_line(bundle, tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "stage" / "site").exists()
 
 
-def test_both_parts_run_every_stage_and_write_the_verdicts(bundle, tmp_path, smollm2_dir):
+def test_both_parts_run_every_stage_and_write_the_verdicts(bundle, tmp_path, smollm2_dir, tiny_model_dir):
     stage = tmp_path / "stage"
     env = _machine_env(tmp_path, stage)
     proc = subprocess.run(["sh", str(bundle / "part1" / "stage.sh")], capture_output=True, text=True, env=env)
@@ -69,15 +69,16 @@ def test_both_parts_run_every_stage_and_write_the_verdicts(bundle, tmp_path, smo
     models.mkdir(parents=True)
     (models / smollm2_dir.name).symlink_to(smollm2_dir)
     assert smollm2_dir.parent == cache_dir("models")
-    proc = subprocess.run(["sh", str(bundle / "part2" / "run.sh"), "--smoke"], capture_output=True, text=True,
-                          env=env, timeout=1500)
+    # The base: the suite's tiny random Llama (a from-scratch one would add a 2M-token data build).
+    proc = subprocess.run(["sh", str(bundle / "part2" / "run.sh"), "--smoke", "--base", str(tiny_model_dir)],
+                          capture_output=True, text=True, env=env, timeout=1500)
     out = tmp_path / "out"
     log = (out / "log.txt").read_text() if (out / "log.txt").is_file() else ""
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:] + log[-3000:]
     figures = json.loads((out / "figures.json").read_text())
     assert figures["status"] == "finished" and figures["convert"]["path"].endswith(smollm2_dir.name)
     names = [s["stage"] for s in figures["stages"]]
-    assert names == ["base", "data:per_source", "train:per_source", "data:cut_4k", "train:cut_4k",
+    assert names == ["data:per_source", "train:per_source", "data:cut_4k", "train:cut_4k",
                      "eval:base", "eval:per_source", "eval:cut_4k"]
     train = next(s for s in figures["stages"] if s["stage"] == "train:per_source")
     assert train["steps"] > 0 and train["tokens_per_s"] > 0

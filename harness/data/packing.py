@@ -106,8 +106,12 @@ def tokenize_corpus(source, tok, *, key: dict, exclude: list[str] = (), read_tok
     Without ``datasets`` (the mini bundle's GPU machine has none) the same table is made in memory."""
     try:
         import datasets
-    except ImportError:
-        return _tokenize_in_memory(source, tok, exclude, read_tokens)
+    except ImportError:   # kept for this process: an ablation builds every mixture from one corpus
+        memo = json.dumps({**key, "code": paths.code_hash(_generate, _tokenize)}, sort_keys=True, default=str)
+        if memo not in _IN_MEMORY:
+            _IN_MEMORY.clear()
+            _IN_MEMORY[memo] = _tokenize_in_memory(source, tok, exclude, read_tokens)
+        return _IN_MEMORY[memo]
 
     key = {**key, "code": paths.code_hash(_generate, _tokenize)}
     path = paths.keyed_dir("tokenized", "", key)
@@ -161,6 +165,9 @@ def _tokenize_into(path: Path, source, tok, key: dict, exclude, read_tokens, num
         tokenized.save_to_disk(str(tmp))
         paths.write_key(tmp, key)
     shutil.rmtree(work, ignore_errors=True)
+
+
+_IN_MEMORY: dict[str, pa.Table] = {}   # the last corpus tokenized without ``datasets``, by its key
 
 
 def _tokenize_in_memory(source, tok, exclude, read_tokens, batch_size: int = 1000) -> pa.Table:

@@ -68,7 +68,7 @@ def test_report_redraws_from_the_store_alone(tiny_run, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--suite", "bogus"], "known: needle"),
-    (["--preset", "huge"], "known: paper, quick, tiny"),
+    (["--preset", "huge"], "known: paper, quick, mini, tiny"),
     (["--lengths", "-1k"], "--lengths"),
     (["--lengths", "0"], "--lengths"),
     (["--lengths", "ten"], "--lengths"),

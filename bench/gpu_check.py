@@ -373,7 +373,8 @@ def flex_phase(ctx) -> dict:
             for attn, m in loaded.items():
                 out[attn] = (m.model(input_ids=ids, use_cache=False).logits.float(),
                              m.model(input_ids=ids, position_ids=pos, use_cache=False).logits.float())
-        gens = {attn: HFBackend(m).generate(ids[0].tolist(), 8, stop_at_eos=False).token_ids for attn, m in loaded.items()}
+        gens = {attn: HFBackend(m).generate(ids[0].tolist(), plan["new_tokens"], stop_at_eos=False).token_ids
+                for attn, m in loaded.items()}
         f, s = out["flex_attention"], out["sdpa"]
         rows.append({"length": n, "finite": bool(torch.isfinite(f[0]).all() and torch.isfinite(f[1]).all()),
                      "max_abs_logit_diff": round(float((f[0] - s[0]).abs().max()), 5),

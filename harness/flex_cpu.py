@@ -22,7 +22,7 @@ import torch
 
 BLOCK = 128          # torch's _DEFAULT_SPARSE_BLOCK_SIZE: what transformers' block masks use
 _registered = False
-_last: tuple = (None, None, None)   # (the transformers mask, its padded twin, the padded lengths)
+_last: tuple = (None, None)   # (the transformers mask, its padded twin)
 
 
 def _round_up(n: int) -> int:
@@ -54,7 +54,6 @@ def _forward(module, query, key, value, attention_mask, **kwargs):
     from torch.nn.attention.flex_attention import BlockMask
     from transformers.integrations.flex_attention import flex_attention_forward
 
-    q_len, kv_len = query.shape[-2], key.shape[-2]
     if query.device.type != "cpu" or not isinstance(attention_mask, BlockMask):
         return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
     # Static shapes only: once a second length is seen dynamo would compile the kernel for symbolic
@@ -71,7 +70,7 @@ def _padded(module, query, key, value, attention_mask, **kwargs):
         return flex_attention_forward(module, query, key, value, attention_mask, **kwargs)
     global _last
     if _last[0] is not attention_mask:   # one mask per forward, shared by every layer: build its twin once
-        _last = (attention_mask, padded_mask(attention_mask, q_len, kv_len), (q_len, kv_len))
+        _last = (attention_mask, padded_mask(attention_mask, q_len, kv_len))
     pad = lambda t, n: torch.nn.functional.pad(t, (0, 0, 0, n - t.shape[-2]))   # noqa: E731
     pq, pk = _round_up(q_len), _round_up(kv_len)
     out, weights = flex_attention_forward(module, pad(query, pq), pad(key, pk), pad(value, pk), _last[1], **kwargs)

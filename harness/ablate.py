@@ -52,7 +52,7 @@ PRESETS: dict[str, dict] = {
                   regression_limit=None, loss_bucket=None, base_tokens=None, base_seq_len=None, lr=2e-5,
                   engine="deepspeed"),
     # The paper's finding in miniature, sized for 8 minutes on one H200 by the rates measured there
-    # (README: the mini finding): the embedded SmolLM2-135M (8K positions) extended to 16K on three
+    # (docs/mini-finding.md): the embedded SmolLM2-135M (8K positions) extended to 16K on three
     # mixtures, 3M tokens each (one seed: two took 10.2 minutes on 2026-12-04); RoPE base 1e5 -> 1e6;
     # needle 4K-16K x 5 depths x 3 haystack draws and per-domain loss in 4K buckets to 16K, on each model.
     "mini": dict(base="smollm2-135m", mixtures="per_source,cut_4k,global", tokens="3M", seq_len="16k",

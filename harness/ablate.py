@@ -222,17 +222,23 @@ def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tup
     n_trained = n_mixtures * cfg.seeds
     rows.append((f"train x {n_trained}", cfg.tokens * n_trained, per_train * n_trained))
     if prep.of("needle") is not None:
-        from harness.tasks import needle
-
-        ncfg = prep.of("needle")[0]
-        cells = [needle.Cell("needle", f"{n}/{d}/{k}", n, d, k)
-                 for k in range(ncfg.samples) for n in ncfg.lengths for d in ncfg.depths]
+        ncfg, cells, spans = _needle_grid(prep)
         tokens = sum(c.length for c in cells)
-        reserved = ncfg.reference_buffer if ncfg.protocol == "reference" else 0
         cost = sum(flops.forward_flops(base_config, start, end) + flops.decode_flops(base_config, end, ncfg.max_new_tokens)
-                   for start, end in needle.tree_spans(cells, reserved))  # as the hf backend's prefix tree computes them
+                   for start, end in spans)
         rows.append((f"needle x {n_trained + 1} models", tokens * (n_trained + 1), cost * (n_trained + 1)))
     return rows
+
+
+def _needle_grid(prep) -> tuple:
+    """(needle config, its cells, their prefill spans as the hf backend's prefix tree computes them)."""
+    from harness.tasks import needle
+
+    ncfg = prep.of("needle")[0]
+    cells = [needle.Cell("needle", f"{n}/{d}/{k}", n, d, k)
+             for k in range(ncfg.samples) for n in ncfg.lengths for d in ncfg.depths]
+    reserved = ncfg.reference_buffer if ncfg.protocol == "reference" else 0
+    return ncfg, cells, needle.tree_spans(cells, reserved)
 
 
 @dataclass
@@ -346,11 +352,11 @@ def _print_plan(cfg: AblateConfig, tokenizer, mixtures: list[Mixture], prep, con
         base_config = shapes.config(TINY_BASE, tokenizer, cfg.base_seq_len)
     else:
         base_config = models.read_config(models.resolve(cfg.base), "--base")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    compute = precision.resolve(cfg.evaluation.dtype, device)  # training's autocast follows the same rule
     if cfg.plan_device:
         _print_named_plan(cfg, base_config, mixtures, prep, console)
         return
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    compute = precision.resolve(cfg.evaluation.dtype, device)  # training's autocast follows the same rule
     peak = flops.measure_peak(device, compute.torch_dtype)
     console.print(f"[bold]ablate[/]: base {cfg.base}; mixtures {', '.join(m.label for m in mixtures)}; "
                   f"{cfg.tokens:,} tokens each at {format_length(cfg.seq_len)}"
@@ -387,13 +393,8 @@ def stage_estimates(cfg: AblateConfig, base_config, mixtures: list[Mixture], pre
             rows.append((f"train:{name}", rates["load_s"] + rates["save_s"] + per_run))
     per_eval = rates["load_s"]
     if prep.of("needle") is not None:
-        from harness.tasks import needle
-
-        ncfg = prep.of("needle")[0]
-        cells = [needle.Cell("needle", f"{n}/{d}/{k}", n, d, k)
-                 for k in range(ncfg.samples) for n in ncfg.lengths for d in ncfg.depths]
-        reserved = ncfg.reference_buffer if ncfg.protocol == "reference" else 0
-        prefill = sum(flops.forward_flops(base_config, start, end) for start, end in needle.tree_spans(cells, reserved))
+        ncfg, _, spans = _needle_grid(prep)
+        prefill = sum(flops.forward_flops(base_config, start, end) for start, end in spans)
         # Decoding: one step per new token, in batches of equal-length prompts (fast mode; 64K tokens of
         # prompts per batch), one prompt at a time otherwise.
         per_length = len(ncfg.depths) * ncfg.samples

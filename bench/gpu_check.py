@@ -47,10 +47,14 @@ from pathlib import Path
 FULL = dict(eval_shape="llama2-7b", lengths=[32768, 65536, 131072], depths=[0, 50, 100], new_tokens=8,
             train_shape="tinyllama-1.1b", train_lengths=[16384, 32768], train_steps=3,
             ds_shape="smollm2-135m", ds_length=16384, ds_steps=2, dtype="bf16",
-            flex_shape="smollm2-135m", flex_lengths=[40, 1000, 4097])
+            flex_shape="smollm2-135m", flex_lengths=[40, 1000, 4097], flex_new_tokens=8, peak_seconds=1.0)
+# The smoke is the plumbing at the least work that still runs every path once: one training length (with and
+# without the document mask), two flex tokens (the prompt's and one decode step over a 41-token cache; each
+# step's offset compiles another flex kernel on CPU), a short GEMM measurement.
 SMOKE = dict(eval_shape="tiny", lengths=[256, 512, 1024], depths=[0, 50, 100], new_tokens=4,
-             train_shape="tiny", train_lengths=[256, 512], train_steps=2,
-             ds_shape="tiny", ds_length=256, ds_steps=2, dtype="auto", flex_shape="tiny", flex_lengths=[40])
+             train_shape="tiny", train_lengths=[256], train_steps=2,
+             ds_shape="tiny", ds_length=256, ds_steps=2, dtype="auto", flex_shape="tiny", flex_lengths=[40],
+             flex_new_tokens=2, peak_seconds=0.25)
 PAPER_GRID = dict(preset="paper")   # tasks/needle.yaml: lengths 1000:128000:40, depths 0:100:10
 GIB = 1024 ** 3
 
@@ -140,7 +144,8 @@ def env_phase(ctx) -> dict:
                       gpu_memory_gib=round(props.total_memory / GIB, 1))
         spec = flops.spec_peak(record["gpu"], dtype)
         record["spec_peak_tflops"] = spec / 1e12 if spec else None
-    measured = flops.measure_peak("cpu" if device.type == "cpu" else str(device), dtype, seconds=1.0)
+    measured = flops.measure_peak("cpu" if device.type == "cpu" else str(device), dtype,
+                                  seconds=ctx["plan"]["peak_seconds"])
     record["measured_peak_tflops"] = round(measured / 1e12, 3)
     ctx["peaks"] = {"measured": measured, "spec": (record.get("spec_peak_tflops") or 0) * 1e12 or None}
     return record
@@ -373,13 +378,14 @@ def flex_phase(ctx) -> dict:
             for attn, m in loaded.items():
                 out[attn] = (m.model(input_ids=ids, use_cache=False).logits.float(),
                              m.model(input_ids=ids, position_ids=pos, use_cache=False).logits.float())
-        gens = {attn: HFBackend(m).generate(ids[0].tolist(), plan["new_tokens"], stop_at_eos=False).token_ids
+        gens = {attn: HFBackend(m).generate(ids[0].tolist(), plan["flex_new_tokens"], stop_at_eos=False).token_ids
                 for attn, m in loaded.items()}
         f, s = out["flex_attention"], out["sdpa"]
         rows.append({"length": n, "finite": bool(torch.isfinite(f[0]).all() and torch.isfinite(f[1]).all()),
                      "max_abs_logit_diff": round(float((f[0] - s[0]).abs().max()), 5),
                      "packed_max_abs_logit_diff": round(float((f[1] - s[1]).abs().max()), 5),
-                     "same_greedy_tokens": gens["flex_attention"] == gens["sdpa"]})
+                     "same_greedy_tokens": gens["flex_attention"] == gens["sdpa"],
+                     "greedy_tokens": len(gens["flex_attention"])})
         print(f"   flex {n}: {rows[-1]}", flush=True)
     return {"shape": plan["flex_shape"], "dtype": str(dtype).removeprefix("torch."), "lengths": rows}
 

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Iterator
 
 from harness import rundir
+from harness.data.domains import DOMAINS
 from harness.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DOMAINS = ("commoncrawl", "c4", "github", "book", "arxiv", "wikipedia", "stackexchange")
 REDPAJAMA = {
     "RedPajamaCommonCrawl": "commoncrawl", "RedPajamaC4": "c4", "RedPajamaGithub": "github",
     "RedPajamaBook": "book", "RedPajamaArXiv": "arxiv", "RedPajamaWikipedia": "wikipedia",

@@ -58,7 +58,7 @@ from harness import paths, pypi, rundir
 from harness.rundir import atomic_path, write_text
 from harness.errors import UserError
 from harness.rundir import check_writable
-from harness.data.corpus import DOMAINS
+from harness.data.domains import DOMAINS
 from harness.data.debian import Apt, Deb, Unavailable, sha256_file
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 
 from harness.errors import UserError
-from harness.data.corpus import DOMAINS
+from harness.data.domains import DOMAINS
 
 log = logging.getLogger(__name__)
 

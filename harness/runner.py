@@ -68,6 +68,22 @@ def _run_share(suite: Suite, backend, store: RunStore, console: Console, loaded,
     planned = total / rate if local else 0.0
     console.print(f"{head}; {estimate.flop_text(total)} (prefix tree counted): about {estimate.minutes(planned)} "
                   f"({source})" if total > 0 and local else head)
+    seconds, missed = _evaluate(suite, backend, todo, costs, planned, append, console)
+    if total > 0 and local:
+        if not missed:   # cells that ran out of memory did not do their FLOPs: no rate to learn
+            estimate.remember(key, total, seconds)
+        console.print(f"{suite.name}: {len(todo)} cells in {estimate.minutes(seconds)} (estimated "
+                      f"{estimate.minutes(planned)})")
+    if missed:
+        console.print(f"[yellow]{oom_summary(missed, suite.name)}; {OOM_RETRY}[/]", highlight=False)
+    return len(todo)
+
+
+def _evaluate(suite: Suite, backend, todo: list, costs: list[float], planned: float, append,
+              console: Console) -> tuple[float, list[dict]]:
+    """Run ``todo`` through the suite on the backend, appending each result as it comes, with
+    progress weighted by ``costs``. Returns the seconds taken and the results that ran out of memory."""
+    total = sum(costs)
     # A live bar only draws on a terminal; a log (CI, a batch job, `> run.log`) gets one line per cell.
     live = console.is_terminal
     columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), TextColumn("{task.fields[cells]}"),
@@ -88,15 +104,7 @@ def _run_share(suite: Suite, backend, store: RunStore, console: Console, loaded,
                 left = remaining(planned, elapsed, finished, total)
                 console.print(f"  [{i}/{len(todo)}] {cell.key} → {_score(result)}  ({_seconds(result)}"
                               f"{elapsed:,.0f} s elapsed, ETA {estimate.minutes(left)})", highlight=False)
-    seconds = time.perf_counter() - started
-    if total > 0 and local:
-        if not missed:   # cells that ran out of memory did not do their FLOPs: no rate to learn
-            estimate.remember(key, total, seconds)
-        console.print(f"{suite.name}: {len(todo)} cells in {estimate.minutes(seconds)} (estimated "
-                      f"{estimate.minutes(planned)})")
-    if missed:
-        console.print(f"[yellow]{oom_summary(missed, suite.name)}; {OOM_RETRY}[/]", highlight=False)
-    return len(todo)
+    return time.perf_counter() - started, missed
 
 
 def remaining(planned: float, elapsed: float, done: float, total: float) -> float:

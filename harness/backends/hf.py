@@ -127,21 +127,8 @@ class HFBackend(ModelBackend):
                 cache = PreallocatedCache(self.model.config, capacity)
             branch, new = self._serve(index, req, cache, held, start, self.prefill_chunk, alone)
             if branch is None:
-                cache, held = None, []   # what the failed attempt left, dropped before anything else
-                oom.free()
-                chunk = self._retry_chunk(len(req.ids))
-                if chunk is not None or capacity > _capacity([req]):
-                    capacity = _capacity([req])
-                    cache = PreallocatedCache(self.model.config, capacity)
-                    branch, new = self._serve(index, req, cache, held, start, chunk or self.prefill_chunk, alone)
-                if branch is None:
-                    cache = None
-                    waiting.clear()
-                    oom.free()
-                    raise oom.CellOutOfMemory(f"out of memory on a prompt of {len(req.ids):,} tokens (prefill chunk "
-                                              f"{self.prefill_chunk}{f', then {chunk}' if chunk else ''})",
-                                              [index], self.peak.gib())
-                branch.chunk = chunk
+                cache = held = None   # what the failed attempt left, dropped before anything else
+                branch, new, cache, held, capacity = self._retry(index, req, start, alone, capacity, waiting)
             if new is not None:
                 yield index, self._finish(branch, new, time.perf_counter() - start)
                 continue
@@ -153,6 +140,29 @@ class HFBackend(ModelBackend):
                 yield from self._decode_batch(waiting.pop(max(waiting, key=lambda g: len(waiting[g]) * g[0])))
         for group in list(waiting):
             yield from self._decode_batch(waiting.pop(group))
+
+    def _retry(self, index: int, req: Request, start: float, alone: bool, capacity: int,
+               waiting: dict) -> tuple["_Branch", list[int] | None, PreallocatedCache, list[int], int]:
+        """A prompt that ran out of memory (the caller has dropped the tree's cache), tried once more
+        on a cache of its own with a smaller prefill chunk. Returns its branch and new tokens, the
+        cache, the tokens it holds and its capacity. If that fails too, the waiting snapshots are
+        dropped and :class:`harness.oom.CellOutOfMemory` names the request."""
+        oom.free()
+        cache, held, branch, new = None, [], None, None
+        chunk = self._retry_chunk(len(req.ids))
+        if chunk is not None or capacity > _capacity([req]):
+            capacity = _capacity([req])
+            cache = PreallocatedCache(self.model.config, capacity)
+            branch, new = self._serve(index, req, cache, held, start, chunk or self.prefill_chunk, alone)
+        if branch is None:
+            cache = None
+            waiting.clear()
+            oom.free()
+            raise oom.CellOutOfMemory(f"out of memory on a prompt of {len(req.ids):,} tokens (prefill chunk "
+                                      f"{self.prefill_chunk}{f', then {chunk}' if chunk else ''})",
+                                      [index], self.peak.gib())
+        branch.chunk = chunk
+        return branch, new, cache, held, capacity
 
     def _serve(self, index: int, req: Request, cache, held: list[int], start: float, chunk: int,
                alone: bool) -> tuple["_Branch | None", list[int] | None]:

@@ -1,8 +1,9 @@
 """`harness ablate` end to end at tiny shapes, and `harness report` over stored runs alone.
 
-The ablation is real: a tiny Llama pretrained from scratch on the embedded corpus, two mixtures
-built and trained from it, every model evaluated, the report written. Small budgets keep it to
-about a minute on two cores (fp32 or native bf16).
+The ablation is real: two mixtures built from the embedded corpus and trained from the suite's tiny
+random Llama (its 2 layers of width 64 train about 4x cheaper than the from-scratch ``tiny`` shape:
+the shared module ablation is the file's biggest cost), every model evaluated, the report written.
+Pretraining a base from scratch inside `ablate` is tested once, by the seeds test (one step).
 """
 
 from __future__ import annotations
@@ -19,34 +20,38 @@ import pytest
 from tests.conftest import harness_cli
 
 # 8k tokens per mixture is the least at which per_source's build holds a document over 4K (the
-# first test's contrast with cut_4k); the base (2k tokens: one step) and the loss suite (256 tokens of
-# each held-out document, two buckets) are as small as the assertions allow.
+# first test's contrast with cut_4k); the loss suite (256 tokens of each held-out document, two
+# buckets) is as small as the assertions allow.
 COMMON = ["--seq-len", "256", "--rope-theta", "1e5", "--suites", "needle,loss", "--lengths", "128,256",
           "--depths", "0,100", "--loss-bucket", "128", "--loss-length", "256", "--batch-tokens", "2k"]
-ARGS = ["--base", "tiny", "--base-tokens", "2k", "--base-seq-len", "128", "--mixtures", "per_source,cut_4k",
-        "--tokens", "8k", *COMMON]
+MIXTURES = ["--mixtures", "per_source,cut_4k", "--tokens", "8k", *COMMON]
 
 
 @pytest.fixture(scope="module")
-def ablation(tmp_path_factory):
+def ablate_args(tiny_model_dir) -> list[str]:
+    return ["--base", str(tiny_model_dir), *MIXTURES]
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory, ablate_args):
     out = tmp_path_factory.mktemp("ablate") / "a"
-    proc = harness_cli("ablate", *ARGS, "--out", str(out), timeout=900)
+    proc = harness_cli("ablate", *ablate_args, "--out", str(out), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
 
 
-def test_ablation_trains_each_mixture_and_evaluates_every_model(ablation):
+def test_ablation_trains_each_mixture_and_evaluates_every_model(ablation, tiny_model_dir):
     out, proc = ablation
     record = json.loads((out / "ablate.json").read_text())
     assert record["plan"]["models"] == ["base", "per_source", "cut_4k"]
     assert "estimate" in proc.stderr and "TFLOP" in proc.stderr  # the plan is printed first
     stages = [json.loads(line)["stage"] for line in (out / "stages.jsonl").read_text().splitlines()]
-    assert stages == ["base", "data:per_source", "train:per_source", "data:cut_4k", "train:cut_4k",
+    assert stages == ["data:per_source", "train:per_source", "data:cut_4k", "train:cut_4k",
                       "eval:base", "eval:per_source", "eval:cut_4k"]
     # Same base, same budget, same seed; the extended models carry the raised RoPE base.
     for label in ("per_source", "cut_4k"):
         cfg = json.loads((out / "train" / label / "train_config.json").read_text())["config"]
-        assert cfg["base"] == str(out / "base" / "final") and cfg["tokens"] == 8000 and cfg["seed"] == 0
+        assert cfg["base"] == str(tiny_model_dir) and cfg["tokens"] == 8000 and cfg["seed"] == 0
         assert cfg["rope_theta"] == 1e5
         manifest = json.loads((out / "eval" / label / "manifest.json").read_text())
         assert manifest["model"]["rope_parameters"]["rope_theta"] == 1e5
@@ -75,7 +80,7 @@ def test_report_pages_and_figures(ablation):
     assert pages[2]["images"] == 2   # each trained model minus the base
 
 
-def test_rerun_is_a_no_op_and_a_lost_stage_is_redone_alone(ablation):
+def test_rerun_is_a_no_op_and_a_lost_stage_is_redone_alone(ablation, ablate_args):
     out, _ = ablation
     before = {p: p.stat().st_mtime_ns for p in out.rglob("results.jsonl")}
     record = json.loads((out / "ablate.json").read_text())
@@ -85,7 +90,7 @@ def test_rerun_is_a_no_op_and_a_lost_stage_is_redone_alone(ablation):
     results = out / "eval" / "cut_4k" / "results.jsonl"
     lines = results.read_text().splitlines()
     results.write_text("\n".join(lines[:-1]) + "\n")
-    proc = harness_cli("ablate", *ARGS, "--out", str(out))
+    proc = harness_cli("ablate", *ablate_args, "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming the ablation" in proc.stderr
     assert "final checkpoint" not in proc.stderr      # nothing retrained
@@ -123,10 +128,11 @@ def test_report_from_stored_runs_alone_with_a_missing_suite(ablation, tmp_path):
     assert "Suites missing" in pdf.with_suffix(".html").read_text()
 
 
-def test_seeds_train_each_mixture_n_times_and_the_report_pools_them(tiny_model_dir, tmp_path):
-    """--seeds 2 on one mixture, on what --seeds does not repeat made the cheapest way (the module
-    ablation covers building a from-scratch base and a mixture inside `ablate`): the shared tiny random
-    Llama as the base, per_source built beforehand as a directory, 2k tokens (one step) per seed."""
+def test_seeds_train_each_mixture_n_times_and_the_report_pools_them(tmp_path):
+    """--seeds 2 on one mixture, and a base pretrained from scratch inside `ablate` (the ``tiny`` shape,
+    2k tokens at 128: two steps), what --seeds does not repeat made the cheapest way (the module
+    ablation covers building mixtures inside `ablate`): per_source built beforehand as a directory,
+    2k tokens (one step) per seed."""
     from rich.console import Console
 
     from harness.data import build
@@ -135,16 +141,23 @@ def test_seeds_train_each_mixture_n_times_and_the_report_pools_them(tiny_model_d
     build.build(source="embedded", strategy="per_source", tokens=2000, seq_len=256, tokenizer="smollm2-135m",
                 seed=0, out=mixture, console=Console(quiet=True))
     out = tmp_path / "seeds"
-    proc = harness_cli("ablate", "--base", str(tiny_model_dir), "--mixtures", str(mixture), "--tokens", "2k",
-                       *COMMON, "--seeds", "2", "--out", str(out), timeout=900)
+    proc = harness_cli("ablate", "--base", "tiny", "--base-tokens", "2k", "--base-seq-len", "128",
+                       "--mixtures", str(mixture), "--tokens", "2k", *COMMON, "--seeds", "2", "--out", str(out),
+                       timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "seeds 0..1" in proc.stderr and "train x 2" in proc.stderr
     stages = [json.loads(line)["stage"] for line in (out / "stages.jsonl").read_text().splitlines()]
-    assert stages == ["data:per_source", "train:per_source-s0", "train:per_source-s1",
+    assert stages == ["base", "data:per_source", "train:per_source-s0", "train:per_source-s1",
                       "eval:base", "eval:per_source-s0", "eval:per_source-s1"]
-    seeds = [json.loads((out / "train" / f"per_source-s{k}" / "train_config.json").read_text())["config"]["seed"]
-             for k in range(2)]
-    assert seeds == [0, 1]
+    # The base was pretrained here (from scratch, short context), and each seed continues from it.
+    base_cfg = json.loads((out / "base" / "train_config.json").read_text())["config"]
+    assert base_cfg["from_scratch"] == "tiny" and base_cfg["seq_len"] == 128 and base_cfg["tokens"] == 2000
+    assert json.loads((out / "eval" / "base" / "manifest.json").read_text())["model"]["rope_parameters"][
+        "rope_theta"] == 10000.0
+    configs = [json.loads((out / "train" / f"per_source-s{k}" / "train_config.json").read_text())["config"]
+               for k in range(2)]
+    assert [c["seed"] for c in configs] == [0, 1]
+    assert all(c["base"] == str(out / "base" / "final") and c["rope_theta"] == 1e5 for c in configs)
     from safetensors.numpy import load_file
 
     a, b = (load_file(out / "train" / f"per_source-s{k}" / "final" / "model.safetensors") for k in range(2))
@@ -185,7 +198,7 @@ def test_ablate_under_a_launcher_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_mixture_built_with_another_tokenizer_is_refused(ablation, tmp_path):
+def test_mixture_built_with_another_tokenizer_is_refused(ablation, ablate_args, tmp_path):
     out, _ = ablation
     built = Path(json.loads((out / "ablate.json").read_text())["plan"]["mixtures"][0]["data"])
     other = tmp_path / "other-tokenizer-build"
@@ -193,7 +206,7 @@ def test_mixture_built_with_another_tokenizer_is_refused(ablation, tmp_path):
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["tokenizer"].update(name="gpt2", vocab_hash="0123456789ab")
     (other / "manifest.json").write_text(json.dumps(manifest))
-    args = list(ARGS)
+    args = list(ablate_args)
     args[args.index("--mixtures") + 1] = f"cut_4k,{other}"
     proc = harness_cli("ablate", *args, "--out", str(tmp_path / "y"))
     assert proc.returncode == 2, proc.stderr

@@ -86,7 +86,7 @@ def test_both_parts_run_every_stage_and_write_the_verdicts(bundle, tmp_path, smo
     assert (out / "report.pdf").stat().st_size > 10_000
     summary = (out / "summary.md").read_text()
     assert "| per_source | base |" in summary and "| cut_4k | per_source |" in summary
-    assert "## Loss by domain: 0-256 and 256-512" in summary and "| book |" in summary
+    assert "## Loss by domain: 0-128 and 128-256" in summary and "| book |" in summary
     assert "plan on one H200" in log and "total" in log   # the plan comes first
     assert sorted(p.name for p in out.iterdir()) == ["figures.json", "log.txt", "report.pdf", "summary.md"]
 

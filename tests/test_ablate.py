@@ -130,7 +130,7 @@ def test_report_from_stored_runs_alone_with_a_missing_suite(ablation, tmp_path):
 
 def test_seeds_train_each_mixture_n_times_and_the_report_pools_them(tmp_path):
     """--seeds 2 on one mixture, and a base pretrained from scratch inside `ablate` (the ``tiny`` shape,
-    2k tokens at 128: two steps), what --seeds does not repeat made the cheapest way (the module
+    2k tokens at 128: one step of 8 sequences), what --seeds does not repeat made the cheapest way (the module
     ablation covers building mixtures inside `ablate`): per_source built beforehand as a directory,
     2k tokens (one step) per seed."""
     from rich.console import Console

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -45,29 +44,6 @@ def cli(debug: bool) -> None:
     Lengths are tokens with k = 1024 (32k = 32768); lists are comma-separated; ranges are
     min:max:n.
     """
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
-
-
-def default_run_dir(model_spec: str, prep) -> Path:
-    """runs/<model>-<suites>-<hash of every flag>: the same command resumes its directory, another
-    config gets its own (never a refusal after the model has loaded)."""
-    from dataclasses import asdict
-
-    from harness.rundir import config_hash
-
-    request = prep.request
-    variant = request.options["needle"].variant if "needle" in request.options else None
-    # Where a served model is, how many requests go at once and where the numbers are logged do not
-    # change its results; flags added later count only when given (the same command keeps its directory).
-    later = {"tokenizer": None, "attn": "auto"}
-    flags = {k: v for k, v in asdict(request).items()
-             if k not in ("base_url", "max_concurrent", "wandb", "step") and not (k in later and v == later[k])}
-    key = config_hash({"model": model_spec, **flags})[:8]
-    return Path("runs") / _slug(f"{Path(model_spec).name}{f'-{variant}' if variant else ''}-"
-                                f"{'+'.join(prep.suites)}-{key}")
 
 
 def _suite_options(command):
@@ -133,6 +109,8 @@ def run(model_spec, suite, out, palette, **flags) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
     from harness import tasks
     from harness.evaluate import EvalRequest, evaluate, prepare
+    from harness.reports.figures import draw
+    from harness.runner import default_run_dir
     from harness.tasks.base import option_flags
 
     options = {}
@@ -148,7 +126,7 @@ def run(model_spec, suite, out, palette, **flags) -> None:
     results, manifest = evaluate(model_spec, prep, out, console)
     if int(os.environ.get("RANK", "0")) != 0:   # data-parallel: rank 0 draws and reports
         return
-    figures = _draw(out, results, manifest, None, palette=palette)
+    figures = draw(out, results, manifest, None, palette=palette)
     for path in figures:
         console.print(f"figure: {path}")
     from harness.store import RunStore
@@ -180,27 +158,6 @@ def _summary_table(results: list[dict], manifest: dict, oom_cells: list[dict] = 
     return t
 
 
-def _draw(run_dir: Path, results: list[dict], manifest: dict, out: Path | None, metric: str | None = None,
-          palette: str | None = None) -> list[Path]:
-    """Every figure the stored results support, in registry order (PNG first of each pair);
-    ``metric``: heatmaps of that stored score instead, for the suites that stored it."""
-    from harness import tasks
-    from harness.reports import heatmap, loss_curves
-
-    heatmapped = [n for n in tasks.SUITES if "heatmap" in tasks.get(n).figures]
-    if metric is not None:
-        stored = {n: heatmap.metrics(results, n) for n in heatmapped}
-        heatmapped = [n for n in heatmapped if metric in stored[n]]
-        if not heatmapped:
-            known = sorted({m for ms in stored.values() for m in ms})
-            raise UserError(f"--metric: no heatmap suite in {run_dir} stored {metric!r} for every cell; "
-                            f"stored: {', '.join(known) or 'none'}")
-    writers = {"heatmap": lambda name: heatmap.write(run_dir, results, manifest, out, name, metric=metric,
-                                                     palette_name=palette) if name in heatmapped else [],
-               "loss_curves": lambda name: [] if metric else loss_curves.write(run_dir, results, manifest, out)}
-    return [path for name in tasks.SUITES for kind in tasks.get(name).figures for path in writers[kind](name)]
-
-
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", default=None, type=click.Path(path_type=Path),
@@ -215,8 +172,10 @@ def report(run_dirs, out, reference, metric, palette) -> None:
 
     RUN_DIR is a `harness run` directory or a `harness ablate` directory (all of its models).
     """
+    from harness.reports.figures import draw
     from harness.rundir import check_writable
     from harness.store import OOM_RETRY, RunStore, oom_lengths, oom_summary
+    from harness.values import slug
 
     if out is not None and out.suffix.lower() == ".pdf":
         from harness.reports import document
@@ -236,10 +195,10 @@ def report(run_dirs, out, reference, metric, palette) -> None:
     for run_dir in run_dirs:
         store = RunStore(run_dir)
         manifest = store.read_manifest()
-        target = out / _slug(run_dir.resolve().name) if out and len(run_dirs) > 1 else out
+        target = out / slug(run_dir.resolve().name) if out and len(run_dirs) > 1 else out
         if target:
             check_writable(target)
-        paths = _draw(run_dir, list(store.results()), manifest, target, metric=metric, palette=palette)
+        paths = draw(run_dir, list(store.results()), manifest, target, metric=metric, palette=palette)
         if not paths:
             console.print(f"{run_dir}: no results to draw yet")
         missing = store.oom()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
@@ -140,3 +141,23 @@ def _score(result: dict) -> str:
 def _seconds(result: dict) -> str:
     seconds = result.get("seconds")
     return "" if seconds is None else f"{seconds:,.1f} s; "
+
+
+def default_run_dir(model_spec: str, prep) -> Path:
+    """runs/<model>-<suites>-<hash of every flag>: the same command resumes its directory, another
+    config gets its own (never a refusal after the model has loaded)."""
+    from dataclasses import asdict
+
+    from harness.rundir import config_hash
+    from harness.values import slug
+
+    request = prep.request
+    variant = request.options["needle"].variant if "needle" in request.options else None
+    # Where a served model is, how many requests go at once and where the numbers are logged do not
+    # change its results; flags added later count only when given (the same command keeps its directory).
+    later = {"tokenizer": None, "attn": "auto"}
+    flags = {k: v for k, v in asdict(request).items()
+             if k not in ("base_url", "max_concurrent", "wandb", "step") and not (k in later and v == later[k])}
+    key = config_hash({"model": model_spec, **flags})[:8]
+    return Path("runs") / slug(f"{Path(model_spec).name}{f'-{variant}' if variant else ''}-"
+                               f"{'+'.join(prep.suites)}-{key}")

@@ -156,3 +156,8 @@ def format_rope(rope: dict | None) -> str:
     if rope.get("original_max_position_embeddings") and rope.get("rope_type", "default") != "default":
         text += f" from {rope['original_max_position_embeddings']}"
     return text
+
+
+def slug(text: str) -> str:
+    """``text`` as one safe file-name component (run directories, per-run figure folders)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"

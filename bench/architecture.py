@@ -50,7 +50,8 @@ PACKAGE_FLOORS = {"harness.models": "models", "harness.data": "data", "harness.b
 # ... and the modules directly in harness/, one by one: a new one must be placed here.
 MODULE_FLOORS = {
     "base": ("errors", "values", "paths", "rundir", "pypi", "precision", "flops", "memory", "shapes",
-             "flex_cpu", "distributed", "tracking", "provenance", "uncertainty", "store", "oom", "estimate"),
+             "flex_cpu", "distributed", "tracking", "provenance", "uncertainty", "store", "oom", "estimate",
+             "config"),
     "run": ("runner", "evaluate", "lm_eval_format"),
     "entry": ("cli", "api", "ablate", "__main__"),
 }

@@ -33,8 +33,10 @@ from typing import Callable
 
 from rich.console import Console
 
-from harness import rundir, shapes, store
+from harness import config, rundir, shapes, store
 from harness.errors import UserError
+from harness.backends.options import HFOptions
+from harness.config import setting
 from harness.evaluate import EvalRequest
 from harness.values import check_seed, format_length
 
@@ -62,6 +64,54 @@ PRESETS: dict[str, dict] = {
 }
 
 
+@dataclass(frozen=True)
+class AblateFlags:
+    """`harness ablate`'s options, declared once: the command's flags and :func:`from_preset`'s
+    keywords. Each overrides its preset's value; None: the preset's. The ones without a flag are set
+    by presets (and Python callers) only."""
+
+    base: str | None = setting(None, "The base every mixture continues from.",
+                               metavar="PATH|ORG/NAME|smollm2-135m|tiny")
+    mixtures: str | None = setting(None, "Comma-separated: per_source, global, cut_4k, cut_target, upsample_abg, "
+                                   "mixture YAML files or `harness data build` directories.")
+    tokens: str | None = setting(None, "Training tokens per mixture: 100k, 5M, 5B (k/M/B = 10^3/10^6/10^9).")
+    seq_len: str | None = setting(None, "Training length in tokens, e.g. 1k, 80k (k = 1024).")
+    rope_theta: float | None = setting(None, "RoPE base for the extended models, e.g. 5e5.", kind=float)
+    suites: str | None = setting(None, "Comma-separated: needle, bookqa, regression, loss (default: all).")
+    lengths: str | None = setting(None, "Needle/BookQA lengths (default: the preset's grid).")
+    depths: str | None = setting(None, "Needle depths (default: the preset's grid).")
+    samples: int | None = setting(None, "Needle: haystack draws per cell (mini: 3).", kind=int)
+    source: str | None = setting(None, "Corpus: embedded (default) | slimpajama:DIR | jsonl:PATH | hf:DIR.")
+    mix: str | None = setting(None, "Target domain mix of the built-in strategies: slimpajama (default, the "
+                              "reference code's) or llama (the paper text's).")
+    lr: float | None = setting(None, "Learning rate (tiny: 1e-3; paper: 2e-5).", kind=float)
+    batch_tokens: str | None = setting(None, "Tokens per optimizer step (default: the trainer's).")
+    engine: str | None = setting(None, "torch or deepspeed (paper preset: deepspeed).")
+    regression_limit: int | None = setting(None, "Regression: at most this many documents per task.", kind=int)
+    loss_bucket: str | None = setting(None, "Loss suite: tokens per position bucket (tiny: 256).")
+    loss_length: str | None = setting(None, "Loss suite: tokens per document (default: each model's max positions).")
+    base_tokens: str | None = setting(None, "--base tiny: the from-scratch pretraining budget (default 300k).")
+    base_seq_len: str | None = setting(None, "--base tiny: its pretraining length (default 256).")
+    save_every: int | None = setting(None, "Checkpoint every N training steps (resume points).", kind=int)
+    seed: int | None = setting(None, "One seed for data, training and evaluation (default 0).", kind=int)
+    seeds: int | None = setting(None, "Train each mixture N times (seeds seed..seed+N-1; the base and the data stay "
+                                "one): the report pools them, their spread in every interval.", kind=int)
+    launcher: str | None = setting(None, "Run each training stage as CMD's processes, e.g. 'torchrun "
+                                   "--nproc_per_node 8' or 'deepspeed --num_gpus 8' (default: in this process; "
+                                   "--engine deepspeed: one child process per stage).", metavar="CMD")
+    out: str | None = setting(None, "Ablation directory (default: runs/ablate-<preset>). Rerunning resumes it.",
+                              metavar="DIRECTORY")
+    # Presets' own settings (no flag): the evaluation grid preset, hf's batched decoding, training's
+    # micro-batch and activation checkpointing, the device the plan estimates for.
+    eval_preset: str | None = setting(None, "The suites' grid preset.", flag=None)
+    fast: bool | None = setting(None, "hf: batched decoding over cached prefixes.", flag=None, kind=bool)
+    micro_batch: int | None = setting(None, "Training sequences per forward.", flag=None, kind=int)
+    grad_ckpt: bool | None = setting(None, "Training's activation checkpointing.", flag=None, kind=bool)
+    plan_device: str | None = setting(None, "The plan's estimates for a named GPU (estimate.NAMED).", flag=None)
+    dtype: str | None = setting(None, "Evaluation and training dtype (default auto).", flag=None)
+    device: str | None = setting(None, "Evaluation device.", flag=None)
+
+
 @dataclass
 class AblateConfig:
     base: str
@@ -87,12 +137,10 @@ class AblateConfig:
     plan_device: str | None = None      # the plan's estimates: None = this machine, or a named GPU (estimate.NAMED)
 
     def __post_init__(self):
-        from harness.data import mixture
-        from harness.trainer import loop
+        from harness.data import corpus, mixture
+        from harness.trainer.config import check_engine
 
-        from harness.data import corpus
-
-        loop.check_engine(self.engine)  # every training stage's TrainConfig checks the rest
+        check_engine(self.engine)  # every training stage's TrainConfig checks the rest
         mixture.check_mix(self.mix)
         corpus.check_source(self.source)
         if not 1 <= self.seeds <= 100:
@@ -104,6 +152,7 @@ class AblateConfig:
 
     def hashed(self) -> dict:
         d = asdict(self)
+        d["evaluation"] = self.evaluation.flat()   # keyed as when backends' options were the request's fields
         d.pop("out")
         d.pop("save_every")
         d.pop("launcher")   # how the stages' processes start, not what they compute
@@ -398,7 +447,7 @@ def stage_estimates(cfg: AblateConfig, base_config, mixtures: list[Mixture], pre
         # Decoding: one step per new token, in batches of equal-length prompts (fast mode; 64K tokens of
         # prompts per batch), one prompt at a time otherwise.
         per_length = len(ncfg.depths) * ncfg.samples
-        batch = (lambda n: max(1, min(per_length, 65536 // n))) if cfg.evaluation.fast else (lambda n: 1)
+        batch = (lambda n: max(1, min(per_length, 65536 // n))) if cfg.evaluation.for_backend("hf").fast else (lambda n: 1)
         steps = sum(-(-per_length // batch(n)) for n in ncfg.lengths) * ncfg.max_new_tokens
         per_eval += prefill / rates["prefill_flop_per_s"] + steps * rates["decode_step_s"]
     if prep.of("loss") is not None:
@@ -474,16 +523,19 @@ def launcher_argv(launcher: str | None) -> list[str]:
     return [*parts, "--module" if Path(parts[0]).name == "deepspeed" else "-m", "harness"]
 
 
-def from_preset(preset: str | None, **flags) -> AblateConfig:
-    """CLI flags (None = not given) over the preset's values."""
+def from_preset(preset: str | None = None, **flags) -> AblateConfig:
+    """:class:`AblateFlags` by name (None = not given) over the preset's values; an unknown name is a
+    TypeError."""
     from harness.values import parse_budget, parse_length
 
+    config.check_keywords(flags, AblateFlags, where="from_preset")
     name = preset or "tiny"
     if name not in PRESETS:
         raise UserError(f"--preset: unknown {name!r} for ablate; known: {', '.join(PRESETS)}")
     p = dict(PRESETS[name])
     given = {k: v for k, v in flags.items() if v is not None}
     p.update(given)
+    p["out"] = p.get("out") or str(Path("runs") / f"ablate-{name}")
     if not p.get("base"):
         raise UserError(f"--base: required with --preset {name} (the paper extends LLaMA-2 7B); "
                         f"give a model directory or smollm2-135m")
@@ -500,7 +552,7 @@ def from_preset(preset: str | None, **flags) -> AblateConfig:
                **({"needle": dict(samples=p["samples"])} if p.get("samples") else {})}
     evaluation = EvalRequest(suites=p["suites"], preset=p.get("eval_preset"), lengths=p.get("lengths"),
                              depths=p.get("depths"), seed=p.get("seed", 0), dtype=p.get("dtype", "auto"),
-                             device=p.get("device"), fast=bool(p.get("fast", False)),
+                             device=p.get("device"), backend_options={"hf": HFOptions(fast=bool(p.get("fast", False)))},
                              options={name: tasks.options(name, **values) for name, values in options.items()
                                       if name in named})
     return AblateConfig(

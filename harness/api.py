@@ -16,8 +16,9 @@ a normal run directory (resumable, reportable). Quiet unless ``verbose=True``.
 
 from __future__ import annotations
 
+import inspect
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness import shapes
@@ -58,45 +59,33 @@ class Results:
                        f"{sorted({r['slice'] for r in self.rows if r['suite'] == suite})}")
 
 
-def run(model, *, tokenizer=None, suites: str = "needle", preset: str | None = None, lengths: str | None = None,
-        depths: str | None = None, seed: int = 0, backend: str = "hf", dtype: str = "auto", device: str | None = None,
-        rope_theta: float | None = None, rope_scaling: str | None = None, fast: bool = False, attn: str = "auto",
-        base_url: str | None = None, max_concurrent: int = 8, out: str | Path | None = None,
-        wandb: str | None = None, step: int = 0, verbose: bool = False, **suite_options) -> Results:
+def run(model, *, tokenizer=None, out: str | Path | None = None, verbose: bool = False, **flags) -> Results:
     """Evaluate ``model`` on ``suites``; returns :class:`Results`.
 
     ``model``: a model source (a directory, a hub id, ``"smollm2-135m"``; with ``backend="openai"``
     the served model's name and ``base_url``), or a transformers model object with its ``tokenizer``
     (evaluated as it is: its dtype, device and RoPE; its train/eval mode is restored afterwards).
-    ``suite_options``: any suite's options by their field names (``scorer="both"``,
-    ``protocol="exact"``, ``regression_limit=20``, ...; ``harness run --help`` lists them as flags).
-    ``wandb``: a W&B project the summary is logged to at ``step`` (a training loop's step), as
-    TensorBoard scalars are in the run directory.
-    Mistakes raise :class:`harness.errors.UserError` with the CLI's one-line message.
+    ``flags``: `harness run`'s flags by their field names, declared once (harness.evaluate.EvalRequest,
+    each backend's and each suite's Options): ``suites="needle"``, ``lengths="1k,2k"``,
+    ``scorer="both"``, ``fast=True``, ...; ``harness run --help`` lists them. ``wandb``: a W&B project
+    the summary is logged to at ``step`` (a training loop's), as TensorBoard scalars are in the run
+    directory. An unknown keyword is a TypeError; mistakes raise :class:`harness.errors.UserError` with
+    the CLI's one-line message.
     """
     from rich.console import Console
 
     from harness import evaluate as evaluation
-    from harness import models, tasks
+    from harness import models
 
-    options = _options(suite_options, tasks)
+    request = evaluation.request_from_flags(**flags)
     in_memory = not isinstance(model, (str, Path))
     if in_memory:
-        if backend != "hf":
-            raise UserError(f"backend: a model object runs on the hf backend, not {backend!r}")
-        for name, value in (("rope_theta", rope_theta), ("rope_scaling", rope_scaling), ("device", device)):
-            if value is not None:
-                raise UserError(f"{name}: a model object is evaluated as it is; set it on the model itself")
-        if dtype != "auto" or attn != "auto":
-            raise UserError("dtype/attn: a model object is evaluated in its own dtype and attention; change the model itself")
-    elif tokenizer is not None and backend != "openai" and not shapes.is_random(str(model)):
+        _check_in_memory(request)
+    elif tokenizer is not None and request.backend != "openai" and not shapes.is_random(str(model)):
         raise UserError("tokenizer: only with a model object, backend='openai' or a random:SHAPE model; a model "
                         "source brings its own")
-    request = evaluation.EvalRequest(
-        suites=suites, preset=preset, lengths=lengths, depths=depths, seed=seed, options=options, backend=backend,
-        fast=fast, rope_theta=rope_theta, rope_scaling=rope_scaling, dtype=dtype, device=device, base_url=base_url,
-        tokenizer=tokenizer if not in_memory else None, max_concurrent=max_concurrent, wandb=wandb, step=step,
-        attn=attn)
+    if tokenizer is not None and not in_memory:
+        request = replace(request, tokenizer=tokenizer)
     prep = evaluation.prepare(request)
     console = Console(stderr=True, quiet=not verbose)
     evaluation.quiet_libraries()
@@ -114,24 +103,32 @@ def run(model, *, tokenizer=None, suites: str = "needle", preset: str | None = N
             model.train()
 
 
-def _options(given: dict, tasks) -> dict:
-    """Suite options by field name -> {suite: its Options}; an unknown name is a TypeError, as for any call."""
-    from harness.tasks.base import option_flags
+def _signature() -> inspect.Signature:
+    """run()'s signature as help() and editors show it: the model, then every flag with its default."""
+    from harness import config
+    from harness.evaluate import request_flag_types
 
-    per_suite, owner = {}, {}
-    for name in tasks.SUITES:
-        for f in option_flags(tasks.get(name).Options):
-            owner[f.field] = name
-    for key in given:
-        if key not in owner:
-            raise TypeError(f"run() got an unexpected keyword argument {key!r}; suite options: {', '.join(sorted(owner))}")
-    for name in tasks.SUITES:
-        mine = {k: v for k, v in given.items() if owner[k] == name}
-        per_suite[name] = tasks.options(name, **mine)
-    return per_suite
+    P = inspect.Parameter
+    return config.signature(*request_flag_types(),
+                            leading=(P("model", P.POSITIONAL_OR_KEYWORD), P("tokenizer", P.KEYWORD_ONLY, default=None)),
+                            trailing=(P("out", P.KEYWORD_ONLY, default=None), P("verbose", P.KEYWORD_ONLY, default=False)))
+
+
+def _check_in_memory(request) -> None:
+    """A model object is evaluated as it is: on the hf backend, with nothing set that loading would set."""
+    if request.backend != "hf":
+        raise UserError(f"backend: a model object runs on the hf backend, not {request.backend!r}")
+    for name in ("rope_theta", "rope_scaling", "device"):
+        if getattr(request, name) is not None:
+            raise UserError(f"{name}: a model object is evaluated as it is; set it on the model itself")
+    if request.dtype != "auto" or request.for_backend("hf").attn != "auto":
+        raise UserError("dtype/attn: a model object is evaluated in its own dtype and attention; change the model itself")
 
 
 def _collect(results: list[dict], manifest: dict, out: Path | None) -> Results:
     from harness.evaluate import summary_rows
 
     return Results(rows=summary_rows(results, manifest), cells=results, manifest=manifest, out=out)
+
+
+run.__signature__ = _signature()

@@ -22,8 +22,10 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from harness import config
 from harness.errors import UserError
 from harness.evaluate import quiet_libraries
+from harness.trainer.config import TrainConfig
 
 def _console(stderr: bool) -> Console:
     out = Console(stderr=stderr)
@@ -46,19 +48,12 @@ def cli(debug: bool) -> None:
     """
 
 
-def _suite_options(command):
-    """Every registered suite's own flags (declared once, in its Options), on ``harness run``."""
-    from harness import tasks
-    from harness.tasks.base import option_flags
+def _request_options(command):
+    """`harness run`'s flags from their one declaration each: EvalRequest's, every backend's and every
+    suite's Options (the Python API takes the same, harness.api)."""
+    from harness.evaluate import request_flag_types
 
-    for name in reversed(list(tasks.SUITES)):
-        for f in reversed(option_flags(tasks.get(name).Options)):
-            if f.kind is bool:
-                command = click.option(f.flag, f.field, is_flag=True, help=f.help)(command)
-            else:
-                command = click.option(f.flag, f.field, type=f.kind, default=f.default, help=f.help,
-                                       show_default=f.default is not None)(command)
-    return command
+    return config.click_options(*request_flag_types())(command)
 
 
 @cli.command()
@@ -67,60 +62,21 @@ def _suite_options(command):
               "HF_HUB_OFFLINE=1; org/name@revision pins one), smollm2-135m (the embedded default), or "
               "random:SHAPE (random weights of a published shape, e.g. random:llama2-7b: speed and memory "
               "checks; harness.shapes).")
-@click.option("--suite", default="needle", show_default=True, help="Comma-separated suites: needle, bookqa, regression, loss.")
-@click.option("--preset", default=None, help="Grid preset from the suite's YAML: quick (default), paper, tiny.")
-@click.option("--lengths", default=None, help="Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
-@click.option("--depths", default=None, help="Needle depths in percent: 0,50,100 or 0:100:10.")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed of every random choice: BookQA's offline questions, needle variants' keys and values.")
-@click.option("--backend", default="hf", show_default=True,
-              help="hf (transformers), vllm (offline LLM, prefix caching) or openai (a served model: "
-              "--model is its served name, with --base-url and --tokenizer).")
-@click.option("--fast", is_flag=True, help="hf: split-causal attention over cached prefixes (CPU) and batched decoding "
-              "of equal-length cells; faster, outputs equal the exact ones only up to bf16 rounding.")
-@click.option("--tensor-parallel", default=1, show_default=True, type=int, help="vllm: GPUs per model.")
-@click.option("--base-url", default=None, metavar="URL",
-              help="openai: the server's root, e.g. http://localhost:8000 (`vllm serve`); OPENAI_API_KEY is sent "
-              "when set.")
-@click.option("--tokenizer", default=None, metavar="PATH|ORG/NAME|smollm2-135m",
-              help="openai: the served model's tokenizer (default: --model); prompts go as its token ids, so "
-              "lengths are exact. --model random:SHAPE: its tokenizer (default smollm2-135m).")
-@click.option("--max-concurrent", default=8, show_default=True, type=int, help="openai: requests in flight at most.")
-@click.option("--wandb", default=None, metavar="PROJECT", help="Log the summary to this W&B project (WANDB_MODE=offline "
-              "writes it under the run directory); TensorBoard event files are always written (DIR/tensorboard).")
-@_suite_options
-@click.option("--rope-theta", type=float, default=None, help="Override the RoPE base at eval time, e.g. 5e5.")
-@click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR",
-              help="linear|dynamic|yarn with a factor > 1, e.g. linear:4; or frozen_dynamic:FACTOR@LENGTH, dynamic "
-              "NTK frozen at LENGTH as the paper evaluated its checkpoint (e.g. frozen_dynamic:10@81920).")
-@click.option("--dtype", default="auto", show_default=True,
-              help="auto (bf16 where the device computes it natively: CUDA, CPUs with AVX512-BF16/AMX; else fp32), "
-              "bf16, fp32 or fp16. HARNESS_DTYPE sets what auto picks.")
-@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
-@click.option("--attn", default="auto", show_default=True,
-              help="hf: attention kernel: auto (flash_attention_2 on CUDA with flash-attn, else sdpa), sdpa, "
-              "flash_attention_2, flex_attention or eager.")
+@_request_options
 @click.option("--palette", default=None, help="Heatmap colours: cividis (default: colour-blind safe, prints in grey) "
               "or paper (the paper's red-yellow-green).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>-<suites>-<config hash>). Rerunning the same command "
               "resumes it.")
-def run(model_spec, suite, out, palette, **flags) -> None:
+def run(model_spec, out, palette, **flags) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
-    from harness import tasks
-    from harness.evaluate import EvalRequest, evaluate, prepare
+    from harness.evaluate import evaluate, prepare, request_from_flags
+    from harness.reports import heatmap
     from harness.reports.figures import draw
     from harness.runner import default_run_dir
-    from harness.tasks.base import option_flags
-
-    options = {}
-    for name in tasks.SUITES:
-        own = {f.field: flags.pop(f.field) for f in option_flags(tasks.get(name).Options)}
-        options[name] = tasks.options(name, **own)
-    from harness.reports import heatmap
 
     heatmap.palette(palette)  # an unknown name fails before the model loads
-    prep = prepare(EvalRequest(suites=suite, options=options, **flags))
+    prep = prepare(request_from_flags(**flags))
     out = out or default_run_dir(model_spec, prep)
     quiet_libraries()
     results, manifest = evaluate(model_spec, prep, out, console)
@@ -241,125 +197,47 @@ def compare(run_dirs, reference, as_json) -> None:
 
 
 @cli.command()
-@click.option("--base", default=None, metavar="PATH|ORG/NAME|smollm2-135m", help="The model to continue pretraining.")
-@click.option("--from-scratch", "from_scratch", default=None, metavar="SHAPE",
-              help="Pretrain a Llama of this shape from random weights instead of loading --base: tiny (CPU), "
-              "1b, 7b, 13b, 8b, smollm2-135m (harness.shapes).")
-@click.option("--tokenizer", default=None, metavar="PATH|ORG/NAME|smollm2-135m",
-              help="--from-scratch: the tokenizer (default smollm2-135m); a directory with tokenizer files is enough.")
-@click.option("--data", "data_dir", default=None, help="Shards from `harness data build` (from-scratch: built if omitted).")
-@click.option("--seq-len", "seq_len", default=None, help="Training length in tokens, e.g. 8k (from-scratch default 512).")
-@click.option("--tokens", "budget", default=None, help="Token budget, e.g. 50k, 5M, 1B (from-scratch default 300k).")
-@click.option("--rope-theta", type=float, default=None, help="Raise the RoPE base before training (the paper's method), e.g. 5e5.")
-@click.option("--rope-scaling", default=None, metavar="TYPE:FACTOR", help="Or scale RoPE: linear|dynamic|yarn with a factor > 1.")
-@click.option("--lr", type=float, default=None, help="Constant learning rate after warm-up (default 2e-5; from-scratch 1e-3).")
-@click.option("--batch-tokens", default=None, help="Tokens per optimizer step (default: the paper's 4M, capped at tokens/10).")
-@click.option("--micro-batch", default=1, show_default=True, type=int, help="Sequences per forward pass per process.")
-@click.option("--warmup-steps", default=None, type=int, help="Linear warm-up steps (default 5% of steps, at most 20).")
-@click.option("--engine", default="torch", show_default=True, help="torch (plain/DDP) or deepspeed.")
-@click.option("--deepspeed-config", default=None, help="DeepSpeed JSON (default: trainer/ds_zero3.json, ZeRO-3).")
-@click.option("--doc-mask", is_flag=True, help="Mask attention per document (default: cross-document, as the paper).")
-@click.option("--attn", default="auto", show_default=True,
-              help="Attention kernel: auto (flash_attention_2 on CUDA with flash-attn; without it flex_attention "
-              "when --doc-mask, else sdpa), sdpa, flash_attention_2, flex_attention or eager.")
-@click.option("--no-grad-ckpt", is_flag=True, help="Disable gradient checkpointing.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model (torch engine): faster steps after a slow first one.")
-@click.option("--dtype", default="auto", show_default=True,
-              help="Autocast dtype: auto (bf16 where the device computes it natively, else fp32), bf16, fp32 or fp16.")
-@click.option("--save-every", default=0, show_default=True, type=int, help="Checkpoint every N steps (0: final only).")
-@click.option("--peak-tflops", type=float, default=None, help="Declared peak TFLOP/s per process for MFU (default: measured).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@config.click_options(TrainConfig)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--wandb", default=None, metavar="PROJECT", help="Log per-step metrics to this W&B project too "
-              "(TensorBoard event files are always written: OUT/tensorboard).")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
-def train(base, from_scratch, tokenizer, data_dir, seq_len, budget, rope_theta, rope_scaling, lr, batch_tokens, micro_batch,
-          warmup_steps, engine, deepspeed_config, doc_mask, attn, no_grad_ckpt, compile_, dtype, save_every,
-          peak_tflops, seed, resume, wandb, out) -> None:
+def train(resume, **flags) -> None:
     """Continual pretraining with RoPE extension on packed shards (torch or DeepSpeed)."""
-    from harness import models
     from harness.trainer import loop
-    from harness.values import parse_budget, parse_length
 
-    if bool(base) == bool(from_scratch):
-        raise UserError("train: give exactly one of --base PATH|smollm2-135m or --from-scratch SHAPE (e.g. tiny)")
-    # From scratch the run has defaults sized for a CPU in minutes; a continued base needs both.
-    seq_len = seq_len or ("512" if from_scratch else None)
-    budget = budget or ("300k" if from_scratch else None)
-    if seq_len is None or budget is None:
-        raise UserError("train --base: --seq-len and --tokens are required (e.g. --seq-len 8k --tokens 50M)")
-    length, tokens = parse_length(seq_len, "--seq-len"), parse_budget(budget, "--tokens")
-    if data_dir is None and not from_scratch:
-        raise UserError("--data: required with --base (shards from `harness data build`)")
-    cfg = loop.TrainConfig(  # checks every value, before a from-scratch base's data is built
-        base=base or "", data=str(data_dir or ""), seq_len=length, tokens=tokens, out=str(out), rope_theta=rope_theta,
-        rope_scaling=models.parse_rope_scaling(rope_scaling), lr=lr if lr is not None else (1e-3 if from_scratch else 2e-5),
-        batch_tokens=parse_budget(batch_tokens, "--batch-tokens") if batch_tokens else (8 * length if from_scratch else None),
-        micro_batch=micro_batch, warmup_steps=warmup_steps, engine=engine, deepspeed_config=deepspeed_config,
-        doc_mask=doc_mask, grad_ckpt=not no_grad_ckpt, compile=compile_, dtype=dtype, save_every=save_every, seed=seed,
-        peak_tflops=peak_tflops, from_scratch=from_scratch, tokenizer=tokenizer, wandb=wandb, attn=attn)
+    cfg = TrainConfig.from_flags(**flags)  # checks every value, before a from-scratch base's data is built
     quiet_libraries()
-    if data_dir is None:  # built once, by rank 0 under a launcher; the other ranks read it
+    if not cfg.data:  # built once, by rank 0 under a launcher; the other ranks read it
         from harness import distributed
         from harness.data import build
 
         rank, world, _ = distributed.setup()
-        data = distributed.first(lambda: str(build.from_scratch_data(length, tokens, seed, console,
-                                                                     tokenizer or "smollm2-135m")), rank, world)
+        data = distributed.first(lambda: str(build.from_scratch_data(cfg.seq_len, cfg.tokens, cfg.seed, console,
+                                                                     cfg.tokenizer or "smollm2-135m")), rank, world)
         cfg = dataclasses.replace(cfg, data=data)
     final = loop.train(cfg, resume=resume, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(str(final))
 
 
+def _ablate_options(command):
+    """`harness ablate`'s flags from their one declaration each (harness.ablate.AblateFlags, which
+    ``harness.ablate.from_preset`` takes as keywords)."""
+    from harness.ablate import AblateFlags
+
+    return config.click_options(AblateFlags)(command)
+
+
 @cli.command()
 @click.option("--preset", default="tiny", show_default=True,
               help="tiny: CPU miniature (a from-scratch tiny base, three mixtures, a small grid); mini: SmolLM2-135M "
-              "extended to 16K on three mixtures x 2 seeds, sized for 8 minutes on one H200; paper: the paper's recipe (GPUs).")
+              "extended to 16K on three mixtures (one seed), sized for 8 minutes on one H200; paper: the paper's recipe (GPUs).")
 @click.option("--plan", "plan_only", is_flag=True, help="Print the stages with their estimated minutes and stop.")
-@click.option("--base", default=None, metavar="PATH|ORG/NAME|smollm2-135m|tiny", help="The base every mixture continues from.")
-@click.option("--mixtures", default=None, help="Comma-separated: per_source, global, cut_4k, cut_target, upsample_abg, "
-                                                 "mixture YAML files or `harness data build` directories.")
-@click.option("--tokens", "budget", default=None, help="Training tokens per mixture: 100k, 5M, 5B (k/M/B = 10^3/10^6/10^9).")
-@click.option("--seq-len", "seq_len", default=None, help="Training length in tokens, e.g. 1k, 80k (k = 1024).")
-@click.option("--rope-theta", type=float, default=None, help="RoPE base for the extended models, e.g. 5e5.")
-@click.option("--suites", default=None, help="Comma-separated: needle, bookqa, regression, loss (default: all).")
-@click.option("--lengths", default=None, help="Needle/BookQA lengths (default: the preset's grid).")
-@click.option("--depths", default=None, help="Needle depths (default: the preset's grid).")
-@click.option("--samples", default=None, type=int, help="Needle: haystack draws per cell (mini: 3).")
-@click.option("--source", default=None, help="Corpus: embedded (default) | slimpajama:DIR | jsonl:PATH | hf:DIR.")
-@click.option("--mix", default=None, help="Target domain mix of the built-in strategies: slimpajama (default, the "
-              "reference code's) or llama (the paper text's).")
-@click.option("--lr", type=float, default=None, help="Learning rate (tiny: 1e-3; paper: 2e-5).")
-@click.option("--batch-tokens", default=None, help="Tokens per optimizer step (default: the trainer's).")
-@click.option("--engine", default=None, help="torch or deepspeed (paper preset: deepspeed).")
-@click.option("--regression-limit", default=None, type=int, help="Regression: at most this many documents per task.")
-@click.option("--loss-bucket", default=None, help="Loss suite: tokens per position bucket (tiny: 256).")
-@click.option("--loss-length", default=None, help="Loss suite: tokens per document (default: each model's max positions).")
-@click.option("--base-tokens", default=None, help="--base tiny: the from-scratch pretraining budget (default 300k).")
-@click.option("--base-seq-len", default=None, help="--base tiny: its pretraining length (default 256).")
-@click.option("--save-every", default=None, type=int, help="Checkpoint every N training steps (resume points).")
-@click.option("--seed", default=None, type=int, help="One seed for data, training and evaluation (default 0).")
-@click.option("--seeds", default=None, type=int, help="Train each mixture N times (seeds seed..seed+N-1; the base "
-              "and the data stay one): the report pools them, their spread in every interval.")
+@_ablate_options
 @click.option("--reference", default=None, help="The model the difference heatmaps subtract (default: base).")
-@click.option("--launcher", default=None, metavar="CMD",
-              help="Run each training stage as CMD's processes, e.g. 'torchrun --nproc_per_node 8' or "
-              "'deepspeed --num_gpus 8' (default: in this process; --engine deepspeed: one child process per stage).")
-@click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
-              help="Ablation directory (default: runs/ablate-<preset>). Rerunning resumes it.")
-def ablate(preset, plan_only, base, mixtures, budget, seq_len, rope_theta, suites, lengths, depths, samples, source, mix,
-           lr, batch_tokens, engine, regression_limit, loss_bucket, loss_length, base_tokens, base_seq_len, save_every,
-           seed, seeds, reference, launcher, out) -> None:
+def ablate(preset, plan_only, reference, **flags) -> None:
     """Train one base on several mixtures with one budget, evaluate all of them, write one report."""
     from harness import ablate as ablation
 
-    cfg = ablation.from_preset(preset, base=base, mixtures=mixtures, tokens=budget, seq_len=seq_len,
-                               rope_theta=rope_theta, suites=suites, lengths=lengths, depths=depths, source=source, mix=mix,
-                               lr=lr, batch_tokens=batch_tokens, engine=engine, regression_limit=regression_limit,
-                               loss_bucket=loss_bucket, loss_length=loss_length, base_tokens=base_tokens, base_seq_len=base_seq_len,
-                               save_every=save_every, seed=seed, seeds=seeds, launcher=launcher, samples=samples,
-                               out=str(out or Path("runs") / f"ablate-{preset}"))
+    cfg = ablation.from_preset(preset, **flags)
     quiet_libraries()
     pdf = ablation.run(cfg, console=console, reference=reference, plan_only=plan_only)
     if pdf is not None:

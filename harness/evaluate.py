@@ -8,47 +8,88 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 
 from harness import shapes, tracking
+from harness.backends.options import BACKENDS
+from harness.config import setting, settings
 from harness.errors import UserError
-from harness.tasks.base import option_flags
 from harness.values import check_seed, format_rope, parse_names
 
 log = logging.getLogger("harness")
-BACKENDS = ("hf", "vllm", "openai")
 BEYOND_POSITIONS = 32   # the paper's own stretch: a 4K LLaMA-2 evaluated at 128K
 
 
 @dataclass(frozen=True)
 class EvalRequest:
-    suites: str = "needle"
-    preset: str | None = None
-    lengths: str | None = None
-    depths: str | None = None
-    seed: int = 0                      # BookQA's offline items, needle variants' keys and values
-    options: dict = field(default_factory=dict)   # suite name -> its Options (missing: defaults)
-    backend: str = "hf"                # hf | vllm | openai
-    fast: bool = False                 # hf: split-causal attention + batched decoding (outputs equal to rounding)
-    tensor_parallel: int = 1           # vllm: GPUs per model
-    rope_theta: float | None = None
-    rope_scaling: str | None = None
-    dtype: str = "auto"                # auto: bf16 where the device computes it natively, else fp32
-    device: str | None = None
-    base_url: str | None = None        # openai: the server's root URL
-    tokenizer: str | None = None       # openai: the served model's tokenizer (default: the model name)
-    max_concurrent: int = 8            # openai: requests in flight
-    wandb: str | None = None           # a W&B project to log the summary to (TensorBoard is always written)
-    step: int = 0                      # the step the summary is logged at (a training loop's)
-    attn: str = "auto"                 # hf: the attention kernel (models.attn_implementation)
+    """Everything `harness run` and ``harness.run`` take besides the model: the common settings here,
+    each backend's in its Options (harness.backends.options), each suite's in its Options. The
+    command's flags and the API's keywords are generated from these declarations."""
+
+    suites: str = setting("needle", "Comma-separated suites: needle, bookqa, regression, loss.", flag="--suite")
+    preset: str | None = setting(None, "Grid preset from the suite's YAML: quick (default), paper, tiny.")
+    lengths: str | None = setting(None, "Context lengths in tokens: 1k,2k,4k or 1k:128k:40 (k = 1024).")
+    depths: str | None = setting(None, "Needle depths in percent: 0,50,100 or 0:100:10.")
+    seed: int = setting(0, "Seed of every random choice: BookQA's offline questions, needle variants' keys and values.")
+    backend: str = setting("hf", "hf (transformers), vllm (offline LLM, prefix caching) or openai (a served model: "
+                           "--model is its served name, with --base-url and --tokenizer).")
+    rope_theta: float | None = setting(None, "Override the RoPE base at eval time, e.g. 5e5.", kind=float)
+    rope_scaling: str | None = setting(None, "linear|dynamic|yarn with a factor > 1, e.g. linear:4; or "
+                                       "frozen_dynamic:FACTOR@LENGTH, dynamic NTK frozen at LENGTH as the paper "
+                                       "evaluated its checkpoint (e.g. frozen_dynamic:10@81920).", metavar="TYPE:FACTOR")
+    dtype: str = setting("auto", "auto (bf16 where the device computes it natively: CUDA, CPUs with AVX512-BF16/AMX; "
+                         "else fp32), bf16, fp32 or fp16. HARNESS_DTYPE sets what auto picks.")
+    device: str | None = setting(None, "cpu or cuda (default: cuda when available).")
+    tokenizer: str | None = setting(None, "openai: the served model's tokenizer (default: --model); prompts go as its "
+                                    "token ids, so lengths are exact. --model random:SHAPE: its tokenizer (default "
+                                    "smollm2-135m).", metavar="PATH|ORG/NAME|smollm2-135m")
+    wandb: str | None = setting(None, "Log the summary to this W&B project (WANDB_MODE=offline writes it under the "
+                                "run directory); TensorBoard event files are always written (DIR/tensorboard).",
+                                metavar="PROJECT")
+    step: int = setting(0, "The step the summary is logged at (a training loop's).", flag=None)
+    options: dict = field(default_factory=dict)           # suite name -> its Options (missing: defaults)
+    backend_options: dict = field(default_factory=dict)   # backend name -> its Options (missing: defaults)
 
     def options_for(self, name: str):
         from harness import tasks
 
         return self.options.get(name) or tasks.options(name)
+
+    def for_backend(self, name: str):
+        """A backend's options as given (its defaults when none were)."""
+        return self.backend_options.get(name) or BACKENDS[name]()
+
+    def flat(self) -> dict:
+        """The request as one flat dict, every backend's options beside the common ones: what run
+        directories and ablations are keyed by (the shape they had when these were plain fields)."""
+        d = asdict(self)
+        d.pop("backend_options")
+        for name in BACKENDS:
+            d.update(asdict(self.for_backend(name)))
+        return d
+
+
+def request_flag_types() -> list[type]:
+    """The declarations `harness run` and ``harness.run`` take, in the order they list them."""
+    from harness import tasks
+
+    return [EvalRequest, *BACKENDS.values(), *(tasks.get(name).Options for name in tasks.SUITES)]
+
+
+def request_from_flags(**flags) -> EvalRequest:
+    """An EvalRequest from flat flags (the command line's, the API's keywords): each one goes to the
+    declaration that owns it; an unknown one is a TypeError."""
+    from harness import config, tasks
+
+    types = request_flag_types()
+    config.check_keywords(flags, *types, where="run")
+    common, *rest = config.split(flags, *types)
+    backend = dict(zip(BACKENDS, (cls(**given) for cls, given in zip(BACKENDS.values(), rest))))
+    suites = {name: tasks.options(name, **given) for name, given in zip(tasks.SUITES, rest[len(BACKENDS):])}
+    return EvalRequest(**common, options=suites, backend_options=backend)
 
 
 @dataclass
@@ -71,29 +112,22 @@ def prepare(req: EvalRequest) -> Prepared:
     names = parse_names(req.suites, list(tasks.SUITES), "--suite")
     scaling = models.parse_rope_scaling(req.rope_scaling)
     models.check_rope_theta(req.rope_theta)
-    device = models.parse_device(req.device)
-    if req.attn != "auto" and req.backend != "hf":
-        raise UserError(f"--attn: only for --backend hf (--backend {req.backend} runs its own kernels)")
-    models.attn_implementation(device, req.attn)
+    models.parse_device(req.device)
     check_seed(req.seed)
     precision.check(req.dtype)
     if req.backend not in BACKENDS:
         raise UserError(f"--backend: unknown {req.backend!r}; known: {', '.join(BACKENDS)}")
-    if req.fast and req.backend != "hf":
-        raise UserError("--fast: only for --backend hf (vLLM batches and caches prefixes itself)")
-    if req.tensor_parallel < 1:
-        raise UserError(f"--tensor-parallel: {req.tensor_parallel} must be at least 1")
-    _check_served(req)
+    for name, cls in BACKENDS.items():   # a backend's flag given with another backend
+        given = [s for s in settings(cls) if s.given(getattr(req.for_backend(name), s.name))]
+        if name != req.backend and given:
+            raise UserError(f"{given[0].flag}: only for --backend {name} ({cls.about}), not --backend {req.backend}")
+    req.for_backend(req.backend).check(req)
     tracking.check_wandb(req.wandb)
     for name, opts in req.options.items():  # a suite's flag given without the suite
-        given = [f for f in option_flags(type(opts)) if getattr(opts, f.field) != f.default]
+        given = [s for s in settings(type(opts)) if s.given(getattr(opts, s.name))]
         if name not in names and given:
-            raise UserError(f"{given[0].flag}: {getattr(opts, given[0].field)!r} is a {name} option; "
+            raise UserError(f"{given[0].flag}: {getattr(opts, given[0].name)!r} is a {name} option; "
                             f"add {name} to --suite")
-    if req.backend == "vllm":
-        from harness.backends import vllm
-
-        vllm.check_installed()
     grid = Grid(req.preset, req.lengths, req.depths, req.seed)
     resolved = {}
     for name in names:
@@ -120,26 +154,6 @@ def quiet_libraries() -> None:
     except ImportError:
         return
     datasets.disable_progress_bars()
-
-
-def _check_served(req: EvalRequest) -> None:
-    """The flags of ``--backend openai``, and the ones that do not apply to it."""
-    if req.backend != "openai":
-        if req.base_url is not None:
-            raise UserError(f"--base-url: only for --backend openai (a served model), not --backend {req.backend}")
-        return
-    if not req.base_url:
-        raise UserError("--backend openai: give --base-url, the server's root (e.g. http://localhost:8000 "
-                        "for `vllm serve`)")
-    if not req.base_url.startswith(("http://", "https://")):
-        raise UserError(f"--base-url: {req.base_url!r} is not an http:// or https:// URL")
-    if not 1 <= req.max_concurrent <= 1024:
-        raise UserError(f"--max-concurrent: {req.max_concurrent} is outside 1..1024")
-    for flag, given in (("--rope-theta", req.rope_theta is not None), ("--rope-scaling", req.rope_scaling is not None),
-                        ("--dtype", req.dtype != "auto"), ("--device", req.device is not None)):
-        if given:
-            raise UserError(f"{flag}: a served model's {flag[2:]} is the server's; set it where the server "
-                            f"starts (e.g. vllm serve --hf-overrides / --dtype)")
 
 
 def evaluate(model_spec, prep: Prepared, out: Path, console: Console) -> tuple[list[dict], dict]:
@@ -198,15 +212,17 @@ def _load(model_spec, prep: Prepared, console: Console, device=None):
     if req.backend == "openai":
         from harness.backends.openai import OpenAIBackend
 
-        served = OpenAIBackend(base_url=req.base_url, model=model_spec, max_concurrent=req.max_concurrent)
-        with console.status(f"asking {req.base_url} for {model_spec}"):
+        served_opts = req.for_backend("openai")
+        served = OpenAIBackend(base_url=served_opts.base_url, model=model_spec,
+                               max_concurrent=served_opts.max_concurrent)
+        with console.status(f"asking {served_opts.base_url} for {model_spec}"):
             loaded = models.load_served(model_spec, req.tokenizer or model_spec, served.served_max_len())
-        loaded.info["base_url"] = req.base_url
+        loaded.info["base_url"] = served_opts.base_url
         return loaded, served.bind(loaded), model_spec
     with console.status(f"loading {model_spec}"):
         loaded = models.load(model_spec, rope_theta=req.rope_theta, rope_scaling=prep.rope_scaling, dtype=req.dtype,
                              device=str(device) if device is not None else req.device, weights=req.backend == "hf",
-                             attn=req.attn, tokenizer=req.tokenizer)
+                             attn=req.for_backend("hf").attn, tokenizer=req.tokenizer)
     # The embedded model by name (its cache path is the user's), a hub one by id and commit, a
     # local one by absolute path.
     return loaded, None, models.identity(model_spec, Path(loaded.info["path"]))
@@ -234,7 +250,7 @@ def _evaluate(model_spec, prep: Prepared, out: Path, console: Console, rank: int
                   **({"tokenizer": models.identity(req.tokenizer or model_spec, Path(info["path"]))} if served else {}),
                   **({"tokenizer": models.identity(req.tokenizer or shapes.DEFAULT_TOKENIZER, Path(info["path"]))}
                      if shapes.is_random(model_spec) else {})},
-        "backend": req.backend + ("-fast" if req.fast and req.backend == "hf" else ""),
+        "backend": req.backend + ("-fast" if req.backend == "hf" and req.for_backend("hf").fast else ""),
         "suites": {name: suite.config.to_dict() for name, suite in suites.items()},
     }
     def open_store() -> None:   # rank 0 writes the manifest (or finds it the same); the others read that store
@@ -243,8 +259,9 @@ def _evaluate(model_spec, prep: Prepared, out: Path, console: Console, rank: int
     distributed.first(open_store, rank, world)
     store = RunStore(out)
     if served is not None:
-        console.print(f"model {model_id} served at {req.base_url} (tokenizer {info['path']}); max positions "
-                      f"{info['effective_max_positions']}; {req.max_concurrent} requests in flight at most")
+        console.print(f"model {model_id} served at {loaded.info['base_url']} (tokenizer {info['path']}); max positions "
+                      f"{info['effective_max_positions']}; {req.for_backend('openai').max_concurrent} requests in "
+                      f"flight at most")
     else:
         console.print(f"model {info['name']} ({info['parameters'] / 1e6:.1f}M params, {info['dtype']}: "
                       f"{info['precision']['reason']}, {info['attn_implementation']}, {info['device']}); "
@@ -302,8 +319,8 @@ def _backend(loaded, req: EvalRequest, console: Console, suites: dict):
         longest = max((max(getattr(s.config, "lengths", None) or [0]) + s.new_tokens for s in suites.values()), default=0)
         need = longest + 256 if longest else None
         with console.status("starting vLLM"):
-            return VLLMBackend(loaded, dtype=loaded.info["precision"]["dtype"], tensor_parallel=req.tensor_parallel,
+            return VLLMBackend(loaded, dtype=loaded.info["precision"]["dtype"], tensor_parallel=req.for_backend("vllm").tensor_parallel,
                                max_model_len=need)
     from harness.backends.hf import HFBackend
 
-    return HFBackend(loaded, fast=req.fast)
+    return HFBackend(loaded, fast=req.for_backend("hf").fast)

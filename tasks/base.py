@@ -15,7 +15,7 @@ A suite has two halves:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
 
@@ -69,29 +69,12 @@ class Row:
 
 
 def option(flag: str, help: str, default: Any = None, kind: type | None = None) -> Any:
-    """A suite option: a dataclass field whose metadata makes it a ``harness run`` flag.
+    """A suite option: a setting (harness.config) that `harness run` takes as ``flag`` and
+    ``harness.run`` as the field's name. ``kind`` is the value's type (default: the default's type, or
+    str); a bool is an on/off flag."""
+    from harness.config import setting
 
-    ``kind`` is the value's type (default: the default's type, or str); a bool is an on/off flag.
-    """
-    from dataclasses import field
-
-    kind = kind or (type(default) if default is not None else str)
-    return field(default=default, metadata={"flag": flag, "help": help, "kind": kind})
-
-
-@dataclass(frozen=True)
-class Flag:
-    field: str
-    flag: str
-    default: Any
-    kind: type
-    help: str
-
-
-def option_flags(options_type: type) -> list[Flag]:
-    """The flags a suite's ``Options`` declares."""
-    return [Flag(f.name, f.metadata["flag"], f.default, f.metadata["kind"], f.metadata["help"])
-            for f in fields(options_type) if "flag" in f.metadata]
+    return setting(default, help, flag=flag, kind=kind)
 
 
 def haystack_region(result: dict) -> tuple:

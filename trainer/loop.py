@@ -21,7 +21,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,17 +31,12 @@ from harness import distributed, flops, models, oom, precision, rundir, shapes, 
 from harness.errors import UserError
 from harness.data import shards as shard_io
 from harness.memory import PeakMemory
-from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_ds_config, load_state
-from harness.values import MIN_SEQ_LEN, check_seed, format_rope
+from harness.trainer.config import TrainConfig, check_engine  # noqa: F401 (loop.TrainConfig: what callers name)
+from harness.trainer.engines import DeepSpeedEngine, TorchEngine, load_state
+from harness.values import format_rope
 
-ENGINES = ("torch", "deepspeed")
 PAPER_BATCH_TOKENS = 4 * 1024 * 1024
 METRICS = "metrics.jsonl"
-
-
-def check_engine(name: str) -> None:
-    if name not in ENGINES:
-        raise UserError(f"--engine: unknown {name!r}; known: {', '.join(ENGINES)}")
 
 
 class Diverged(UserError):
@@ -55,122 +50,6 @@ class StepOutOfMemory(UserError):
     with one line saying what to change, and keeps its last checkpoint for ``--resume``."""
 
     exit_code = 1
-
-
-@dataclass
-class TrainConfig:
-    base: str
-    data: str
-    seq_len: int
-    tokens: int
-    out: str
-    rope_theta: float | None = None
-    rope_scaling: tuple[str, float] | None = None
-    lr: float = 2e-5
-    batch_tokens: int | None = None   # None: the paper's 4M, capped so the run takes >= 10 steps
-    micro_batch: int = 1
-    warmup_steps: int | None = None   # None: 5% of the steps, at most 20
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    engine: str = "torch"
-    deepspeed_config: str | None = None
-    doc_mask: bool = False
-    grad_ckpt: bool = True
-    loss_chunk: int = 1024            # positions per chunk of the LM-head loss; 0: transformers' loss
-    compile: bool = False             # torch.compile the model (torch engine; first step compiles)
-    peak_tflops: float | None = None  # declared peak per process for MFU; None: measure a GEMM
-    dtype: str = "auto"               # autocast: auto (bf16 where native, else fp32), bf16, fp32, fp16
-    save_every: int = 0               # 0: only the final checkpoint
-    seed: int = 0
-    from_scratch: str | None = None   # a shape (harness.shapes: tiny, 1b, 7b, ...) built with random weights instead of --base
-    tokenizer: str | None = None      # from-scratch: the tokenizer (default smollm2-135m)
-    wandb: str | None = None          # a W&B project for the per-step metrics (TensorBoard is always written)
-    attn: str = "auto"                # attention kernel (models.attn_implementation)
-
-    def __post_init__(self):
-        """Every value checked once, here: the CLI, ablate and Python callers all construct one."""
-        check_engine(self.engine)
-        if self.engine == "deepspeed":
-            load_ds_config(Path(self.deepspeed_config) if self.deepspeed_config else None)
-        if self.seq_len < MIN_SEQ_LEN or self.tokens < 1:
-            raise UserError(f"--seq-len {self.seq_len} / --tokens {self.tokens}: a training sequence needs at least "
-                            f"{MIN_SEQ_LEN} tokens (the paper trains at 80k) and the budget must be positive")
-        _check_numbers(self)
-        precision.check(self.dtype)
-        tracking.check_wandb(self.wandb)
-        if self.attn not in models.ATTENTION:
-            raise UserError(f"--attn: {self.attn!r} is not known; accepted: {', '.join(models.ATTENTION)}")
-        models.check_rope_theta(self.rope_theta)
-        if self.from_scratch is not None:
-            self.from_scratch = shapes.canonical(self.from_scratch, "--from-scratch")
-        elif self.tokenizer is not None:
-            raise UserError("--tokenizer: only with --from-scratch (a --base brings its own tokenizer)")
-        if self.rope_scaling and self.rope_scaling[0] == models.FROZEN_DYNAMIC:
-            raise UserError("--rope-scaling frozen_dynamic: evaluation only (the paper's reset_rope); "
-                            "train with --rope-theta or linear|dynamic|yarn")
-
-    def argv(self) -> list[str]:
-        """The `harness train` flags that make this config, for a launcher's processes (`harness
-        ablate --launcher`); the CLI rebuilds the same config from them (tested by its hash)."""
-        for name in ("weight_decay", "clip", "loss_chunk"):   # no flag: only their defaults travel
-            if getattr(self, name) != self.__dataclass_fields__[name].default:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} has no `harness train` flag")
-        flags = ["--from-scratch", self.from_scratch] if self.from_scratch else ["--base", self.base]
-        flags += ["--data", self.data, "--seq-len", str(self.seq_len), "--tokens", str(self.tokens),
-                  "--lr", repr(self.lr), "--micro-batch", str(self.micro_batch), "--engine", self.engine,
-                  "--dtype", self.dtype, "--seed", str(self.seed), "--save-every", str(self.save_every),
-                  "--attn", self.attn, "--out", self.out]
-        optional = {"--tokenizer": self.tokenizer, "--rope-theta": self.rope_theta, "--batch-tokens": self.batch_tokens,
-                    "--warmup-steps": self.warmup_steps, "--deepspeed-config": self.deepspeed_config,
-                    "--peak-tflops": self.peak_tflops, "--wandb": self.wandb,
-                    "--rope-scaling": f"{self.rope_scaling[0]}:{self.rope_scaling[1]}" if self.rope_scaling else None}
-        flags += [item for flag, value in optional.items() if value is not None
-                  for item in (flag, repr(value) if isinstance(value, float) else str(value))]
-        flags += [flag for flag, on in (("--doc-mask", self.doc_mask), ("--no-grad-ckpt", not self.grad_ckpt),
-                                        ("--compile", self.compile)) if on]
-        return flags
-
-    def hashed(self) -> dict:
-        """What determines the run's numbers (the resume check compares this): not where the run
-        directory is, so a moved one resumes."""
-        d = asdict(self)
-        d.pop("out")
-        d.pop("save_every")
-        d.pop("peak_tflops")
-        d.pop("wandb")
-        if self.attn == "auto":   # the default keeps the identity runs had before --attn existed
-            d.pop("attn")
-        if self.tokenizer is None:  # likewise before --tokenizer
-            d.pop("tokenizer")
-        d["rope_scaling"] = list(self.rope_scaling) if self.rope_scaling else None
-        return d
-
-
-def _check_numbers(cfg: TrainConfig) -> None:
-    """Finite numbers in range, before anything is created (an inf LR or a zero micro-batch used to
-    fail mid-setup with a traceback, a negative seed in numpy, a 1-token sequence never)."""
-    def bad(flag: str, value, accepted: str) -> UserError:
-        return UserError(f"{flag}: {value!r} is not accepted; {accepted}")
-
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0):
-        raise bad("--lr", cfg.lr, "give a finite learning rate above 0 (e.g. 2e-5)")
-    if cfg.micro_batch < 1:
-        raise bad("--micro-batch", cfg.micro_batch, "give 1 or more sequences per micro-step")
-    if cfg.batch_tokens is not None and cfg.batch_tokens < cfg.seq_len:
-        raise bad("--batch-tokens", cfg.batch_tokens, f"give at least one sequence ({cfg.seq_len} tokens)")
-    check_seed(cfg.seed)
-    if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
-        raise bad("--warmup-steps", cfg.warmup_steps, "give 0 or more steps")
-    if not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
-        raise bad("--weight-decay", cfg.weight_decay, "give a finite value of 0 or more")
-    if not (math.isfinite(cfg.clip) and cfg.clip > 0):
-        raise bad("--clip", cfg.clip, "give a finite gradient-norm bound above 0")
-    if cfg.save_every < 0:
-        raise bad("--save-every", cfg.save_every, "give 0 (final only) or a number of steps")
-    if cfg.loss_chunk < 0:
-        raise bad("loss_chunk", cfg.loss_chunk, "give 0 (off) or more tokens")
-    if cfg.peak_tflops is not None and not (math.isfinite(cfg.peak_tflops) and cfg.peak_tflops > 0):
-        raise bad("--peak-tflops", cfg.peak_tflops, "give a finite TFLOP/s above 0")
 
 
 def _load_model(cfg: TrainConfig, tokenizer, device: torch.device):

@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh clone:
 #   make demo   set up .venv, run the quick needle grid on the embedded SmolLM2-135M and the tiny
-#               ablation (CPU; about 23 minutes together on 2 cores with native bf16, see README;
-#               `demo-needle` / `demo-ablate` run one)
+#               ablation (CPU; their times are in README's table, from BENCHMARKS.md's current
+#               figures; `demo-needle` / `demo-ablate` run one)
 #   make test   set up .venv and run the test suite
 #   make ci-report  the CI ablation and its checked report, reports/ci-report.pdf
 SHELL := /bin/bash

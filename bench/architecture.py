@@ -51,7 +51,7 @@ PACKAGE_FLOORS = {"harness.models": "models", "harness.data": "data", "harness.b
 MODULE_FLOORS = {
     "base": ("errors", "values", "paths", "rundir", "pypi", "precision", "flops", "memory", "shapes",
              "flex_cpu", "distributed", "tracking", "provenance", "uncertainty", "store", "oom", "estimate",
-             "config"),
+             "config", "power"),
     "run": ("runner", "evaluate", "lm_eval_format"),
     "entry": ("cli", "api", "ablate", "__main__"),
 }

@@ -196,6 +196,29 @@ def compare(run_dirs, reference, as_json) -> None:
     _console(stderr=False).print(t)
 
 
+def _plan_options(command):
+    from harness.reports.planning import PlanFlags
+
+    return config.click_options(PlanFlags)(command)
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_plan_options
+def plan(run_dirs, **flags) -> None:
+    """Draws per cell and seeds per mixture for 80% power against a difference, and their cost.
+
+    RUN_DIR: a pilot, `harness run` or `harness ablate` directories; with one model its own scores'
+    spread (doubled) stands in for a difference's.
+    """
+    from harness.reports import planning
+    from harness.reports.compare import collect
+
+    col = collect(list(run_dirs))
+    rows = planning.plan(col, **flags)
+    _console(stderr=False).print(planning.table(rows, flags["difference"], flags["target"]))
+
+
 @cli.command()
 @config.click_options(TrainConfig)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")

@@ -45,6 +45,7 @@ class Components:
     depths: int        # cells per region in the pilot (D)
     source: str        # how they were measured: "paired: A - B", "one run, doubled", ...
     seed_known: bool = True   # False: the pilot had one seed, ``seed`` is assumed 0
+    draw_upper: bool = False  # True: one draw per length in the pilot, ``draw`` holds length effects too
 
     def se(self, lengths: int, depths: int, draws: int, seeds: int, sides: int = 2) -> tuple[float, float]:
         """(standard error of the mean difference, its degrees of freedom) at this design, ``sides``
@@ -91,12 +92,22 @@ def components(values, regions, replicates=None, *, doubled: bool = False, seed_
     n, c = sum(sizes), len(groups)
     within = sum(float(np.sum((np.asarray(v) - np.mean(v)) ** 2)) for v in groups.values())
     cell = within / (n - c) if n > c else 0.0
-    means = np.array([np.mean(v) for v in groups.values()])
-    between = float(np.var(means, ddof=1)) if c > 1 else 0.0
+    # Regions are (length, draw): with several draws of a length, their means' spread within each
+    # length is the draws' own; with one draw per length, length effects count too (an upper bound).
+    by_length = defaultdict(list)
+    for g, v in groups.items():
+        by_length[g[0] if isinstance(g, tuple) else g].append(float(np.mean(v)))
+    repeated = [m for m in by_length.values() if len(m) > 1]
+    if repeated:
+        dev = sum(float(np.sum((np.asarray(m) - np.mean(m)) ** 2)) for m in repeated)
+        between = dev / sum(len(m) - 1 for m in repeated)
+    else:
+        means = [m[0] for m in by_length.values()]
+        between = float(np.var(means, ddof=1)) if c > 1 else 0.0
     draw = max(0.0, between - cell / depths)
     k = 2.0 if doubled else 1.0
     return Components(cell=k * cell, draw=k * draw, seed=seed, depths=depths, source=source,
-                      seed_known=len(seed_means) > 1)
+                      seed_known=len(seed_means) > 1, draw_upper=not repeated)
 
 
 def power(delta: float, se: float, dof: float, alpha: float = ALPHA) -> float:

@@ -261,7 +261,7 @@ def _data_dir(strategy: str, prepared) -> Path:
 
 def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tuple[str, int, float]]:
     """(stage, tokens, FLOP) per kind of stage, from the model shape and the grids."""
-    from harness import flops
+    from harness import estimate, flops
 
     rows = []
     if cfg.base == TINY_BASE:
@@ -270,24 +270,20 @@ def _estimate(cfg: AblateConfig, base_config, n_mixtures: int, prep) -> list[tup
     per_train = cfg.tokens / cfg.seq_len * flops.train_flops(base_config, cfg.seq_len)
     n_trained = n_mixtures * cfg.seeds
     rows.append((f"train x {n_trained}", cfg.tokens * n_trained, per_train * n_trained))
-    if prep.of("needle") is not None:
-        ncfg, cells, spans = _needle_grid(prep)
-        tokens = sum(c.length for c in cells)
-        cost = sum(flops.forward_flops(base_config, start, end) + flops.decode_flops(base_config, end, ncfg.max_new_tokens)
-                   for start, end in spans)
-        rows.append((f"needle x {n_trained + 1} models", tokens * (n_trained + 1), cost * (n_trained + 1)))
+    for name, cost in _suite_costs(prep):   # the suites whose cells are known before a model loads
+        if cost.cells:
+            tokens = sum(c.length for c in cost.cells)
+            total = sum(estimate.span_flops(base_config, cost.spans, cost.new_tokens))
+            rows.append((f"{name} x {n_trained + 1} models", tokens * (n_trained + 1), total * (n_trained + 1)))
     return rows
 
 
-def _needle_grid(prep) -> tuple:
-    """(needle config, its cells, their prefill spans as the hf backend's prefix tree computes them)."""
-    from harness.tasks import needle
+def _suite_costs(prep) -> list[tuple[str, object]]:
+    """(suite, its Cost) for each suite evaluated whose cost is known without a model (Suite.cost)."""
+    from harness import tasks
 
-    ncfg = prep.of("needle")[0]
-    cells = [needle.Cell("needle", f"{n}/{d}/{k}", n, d, k)
-             for k in range(ncfg.samples) for n in ncfg.lengths for d in ncfg.depths]
-    reserved = ncfg.reference_buffer if ncfg.protocol == "reference" else 0
-    return ncfg, cells, needle.tree_spans(cells, reserved)
+    costs = [(name, tasks.get(name).cost(prepared)) for name, prepared in prep.suites.items()]
+    return [(name, cost) for name, cost in costs if cost is not None]
 
 
 @dataclass
@@ -441,17 +437,9 @@ def stage_estimates(cfg: AblateConfig, base_config, mixtures: list[Mixture], pre
         for name, _ in cfg.replicas(m.label):
             rows.append((f"train:{name}", rates["load_s"] + rates["save_s"] + per_run))
     per_eval = rates["load_s"]
-    if prep.of("needle") is not None:
-        ncfg, _, spans = _needle_grid(prep)
-        prefill = sum(flops.forward_flops(base_config, start, end) for start, end in spans)
-        # Decoding: one step per new token, in batches of equal-length prompts (fast mode; 64K tokens of
-        # prompts per batch), one prompt at a time otherwise.
-        per_length = len(ncfg.depths) * ncfg.samples
-        batch = (lambda n: max(1, min(per_length, 65536 // n))) if cfg.evaluation.for_backend("hf").fast else (lambda n: 1)
-        steps = sum(-(-per_length // batch(n)) for n in ncfg.lengths) * ncfg.max_new_tokens
-        per_eval += prefill / rates["prefill_flop_per_s"] + steps * rates["decode_step_s"]
-    if prep.of("loss") is not None:
-        per_eval += rates["loss_s"]
+    batched = cfg.evaluation.for_backend("hf").fast   # decoding in batches of equal-length prompts
+    for _, cost in _suite_costs(prep):
+        per_eval += estimate.named_seconds(cost, base_config, rates, batched)
     rows += [(f"eval:{label}", per_eval + (rates["first_eval_s"] if k == 0 else 0.0)) for k, label in
              enumerate(["base"] + [name for m in mixtures for name, _ in cfg.replicas(m.label)])]
     rows.append(("report", rates["report_s"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections import Counter
 from pathlib import Path
 
 from filelock import FileLock
@@ -47,9 +48,37 @@ def cell_flops(suite, todo: list, config, shares_prefixes: bool) -> list[float]:
     """Forward FLOPs per cell: its prefill (from the cached tokens the backend reuses, when it does)
     and its greedy decoding."""
     spans = suite.prefill_spans(todo) if shares_prefixes else [(0, c.length) for c in todo]
-    new = suite.new_tokens
-    return [flops.forward_flops(config, start, end) + (flops.decode_flops(config, end, new) if new else 0.0)
+    return span_flops(config, spans, suite.new_tokens)
+
+
+def span_flops(config, spans, new_tokens: int) -> list[float]:
+    """Forward FLOPs per (tokens reused, prompt tokens) span: the prefill past the reused tokens and
+    ``new_tokens`` of greedy decoding."""
+    return [flops.forward_flops(config, start, end) + (flops.decode_flops(config, end, new_tokens) if new_tokens else 0.0)
             for (start, end) in spans]
+
+
+def decode_steps(lengths: list[int], new_tokens: int, batched: bool) -> int:
+    """Greedy decoding steps for prompts of these lengths: one per new token, for a batch of
+    equal-length prompts at a time (at most 64K prompt tokens a batch) when ``batched`` (--fast), for
+    one prompt at a time otherwise."""
+    steps = 0
+    for length, count in Counter(lengths).items():
+        batch = max(1, min(count, 65536 // length)) if batched else 1
+        steps += -(-count // batch)
+    return steps * new_tokens
+
+
+def named_seconds(cost, config, rates: dict, batched: bool) -> float:
+    """One suite's seconds per model on a named device (``rates``: one of :data:`NAMED`), from its
+    grid's cost (harness.tasks.base.Cost): its measured whole time, or its prefill at the device's
+    rate and its decoding steps."""
+    seconds = rates[cost.named_rate] if cost.named_rate else 0.0
+    if cost.cells:
+        prefill = sum(flops.forward_flops(config, start, end) for start, end in cost.spans)
+        steps = decode_steps([c.length for c in cost.cells], cost.new_tokens, batched)
+        seconds += prefill / rates["prefill_flop_per_s"] + steps * rates["decode_step_s"]
+    return seconds
 
 
 def machine() -> str:

@@ -7,7 +7,8 @@ output and the leaderboard parsers glob for), rebuilt from the store after each 
     configs, versions, n-shot, higher_is_better, n-samples, config, model_name, date, git_hash
     out_of_memory   {suite: [lengths]}: cells that did not fit (harness.oom), missing from the numbers
 
-The numbers are the suites' own summary rows (the terminal table's), nothing recomputed:
+The numbers are the suites' own summary rows (the terminal table's), nothing recomputed; each
+suite places its rows (``Suite.lm_eval_place``, ``Suite.lm_eval_version``):
 - needle (``harness_needle``, or ``harness_needle_<variant>``) and bookqa (``harness_bookqa``): one
   metric per context length keyed by its length in tokens, as lm-eval's RULER tasks key theirs
   (``"4096,none"``); the mean over every cell under the score's name (``"paper,none"``); RULER's
@@ -19,62 +20,29 @@ The numbers are the suites' own summary rows (the terminal table's), nothing rec
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from harness import rundir
-from harness.errors import UserError
-from harness.values import parse_length
+from harness.tasks.base import metric_name
 
 FILE = "results_lm_eval.json"
 FILTER = "none"   # lm-eval's filter name for unfiltered outputs
-
-
-def _length_key(text: str) -> str | None:
-    try:
-        return str(parse_length(text))
-    except (UserError, ValueError):   # a slice that is not a length
-        return None
-
-
-def _name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.strip()).strip("_").lower() or "value"
-
-
-def _place(row, variant: str | None) -> tuple[str, str]:
-    """(task, metric key) of one summary row."""
-    suite = row.suite
-    if suite == "regression":
-        return row.slice, row.metric
-    if suite == "loss":
-        scope, _, bucket = row.slice.rpartition(" ")
-        end = _length_key(bucket.split("-")[-1]) or _name(bucket)
-        task = "harness_loss" if scope.startswith("mean of") else f"harness_loss_{_name(scope)}"
-        return task, end
-    task = f"harness_{suite}" + (f"_{_name(variant)}" if variant else "")
-    if row.slice == "all cells":
-        return task, _name(row.metric.split(" (")[0])
-    if row.slice == "effective length":
-        return task, "effective_length"
-    return task, _length_key(row.slice) or _name(row.slice)
 
 
 def build(results: list[dict], manifest: dict, oom_cells: list[dict] = ()) -> dict:
     """The lm-eval-shaped document of one run (its results and manifest as stored; ``oom_cells``:
     the cells that did not fit in memory, named by length)."""
     from harness import tasks
-    from harness.tasks.base import variant_of
 
     config = manifest.get("config", {})
     model = manifest.get("model", {})
     out = {"results": {}, "configs": {}, "versions": {}, "n-shot": {}, "higher_is_better": {}, "n-samples": {}}
     for suite_name, suite_config in config.get("suites", {}).items():
         suite = tasks.get(suite_name)
-        variant = variant_of(manifest, suite_name)
         for row in suite.summary(results, manifest):
             if row.value is None:
                 continue
-            task, key = _place(row, variant)
+            task, key = suite.lm_eval_place(row, manifest)
             entry = out["results"].setdefault(task, {"alias": task})
             entry[f"{key},{FILTER}"] = float(row.value)
             entry[f"{key}_stderr,{FILTER}"] = float(row.stderr) if row.stderr is not None else "N/A"
@@ -83,7 +51,7 @@ def build(results: list[dict], manifest: dict, oom_cells: list[dict] = ()) -> di
             samples = out["n-samples"].setdefault(task, {"original": 0, "effective": 0})
             if row.n:
                 samples["original"] = samples["effective"] = max(samples["effective"], int(row.n))
-            out["versions"].setdefault(task, _version(results, suite_name, task))
+            out["versions"].setdefault(task, suite.lm_eval_version(results, task))
             out["n-shot"].setdefault(task, int(suite_config.get("num_fewshot", 0) or 0))
             out["configs"].setdefault(task, {"task": task, "harness_suite": suite_name,
                                              "metadata": {"suite_config": suite_config}})
@@ -95,7 +63,7 @@ def build(results: list[dict], manifest: dict, oom_cells: list[dict] = ()) -> di
         "fewshot_seed": 0, "model_dtype": model.get("dtype"),
     }
     out["model_name"] = str(config.get("model", {}).get("id", model.get("name", "")))
-    out["model_name_sanitized"] = _name(out["model_name"])
+    out["model_name_sanitized"] = metric_name(out["model_name"])
     out["date"] = manifest.get("created")
     out["git_hash"] = manifest.get("git_revision")
     out["config_hash"] = manifest.get("config_hash")
@@ -104,15 +72,6 @@ def build(results: list[dict], manifest: dict, oom_cells: list[dict] = ()) -> di
 
         out["out_of_memory"] = oom_lengths(list(oom_cells))
     return out
-
-
-def _version(results: list[dict], suite: str, task: str):
-    """lm-eval's version of a regression task as its cell recorded it; 1.0 for the harness's own."""
-    if suite == "regression":
-        for r in results:
-            if r.get("suite") == suite and r.get("task") == task and r.get("version") is not None:
-                return r["version"]
-    return 1.0
 
 
 def write(run_dir: Path, results: list[dict], manifest: dict, oom_cells: list[dict] = ()) -> Path:

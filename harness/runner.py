@@ -144,18 +144,19 @@ def _seconds(result: dict) -> str:
 
 
 def default_run_dir(model_spec: str, prep) -> Path:
-    """runs/<model>-<suites>-<hash of every flag>: the same command resumes its directory, another
-    config gets its own (never a refusal after the model has loaded)."""
+    """runs/<model>[-<each suite's tag>]-<suites>-<hash of every flag>: the same command resumes its
+    directory, another config gets its own (never a refusal after the model has loaded)."""
+    from harness import tasks
     from harness.rundir import config_hash
     from harness.values import slug
 
     request = prep.request
-    variant = request.options["needle"].variant if "needle" in request.options else None
+    tags = "".join(f"-{tag}" for name, options in request.options.items()   # e.g. the needle's variant
+                   if (tag := tasks.get(name).run_dir_tag(options)))
     # Where a served model is, how many requests go at once and where the numbers are logged do not
     # change its results; flags added later count only when given (the same command keeps its directory).
     later = {"tokenizer": None, "attn": "auto"}
     flags = {k: v for k, v in request.flat().items()
              if k not in ("base_url", "max_concurrent", "wandb", "step") and not (k in later and v == later[k])}
     key = config_hash({"model": model_spec, **flags})[:8]
-    return Path("runs") / slug(f"{Path(model_spec).name}{f'-{variant}' if variant else ''}-"
-                               f"{'+'.join(prep.suites)}-{key}")
+    return Path("runs") / slug(f"{Path(model_spec).name}{tags}-{'+'.join(prep.suites)}-{key}")

@@ -76,15 +76,17 @@ class Collection:
 
     def labels(self) -> dict[str, str]:
         """run name -> what a table column or figure calls it: its label, plus the model and the
-        settings that tell the runs apart (model, RoPE, dtype, protocol) where they differ."""
+        settings that tell the runs apart (model, RoPE, dtype, the suites' protocols) where they differ."""
+        from harness import tasks
         from harness.values import format_rope
 
         def settings(run: Run) -> dict[str, str]:
             model = run.manifest.get("model", {})
-            needle = run.manifest.get("config", {}).get("suites", {}).get("needle") or {}
+            suites = run.manifest.get("config", {}).get("suites", {})
+            protocols = [tasks.get(name).protocol(suites.get(name) or {}) for name in tasks.SUITES if name in suites]
             return {"model": str(model.get("name", "")),
                     "rope": format_rope(model.get("rope_parameters")).removeprefix("RoPE ") if model.get("rope_parameters") else "",
-                    "dtype": str(model.get("dtype", "")), "protocol": str(needle.get("protocol") or "")}
+                    "dtype": str(model.get("dtype", "")), "protocol": "/".join(p for p in protocols if p)}
 
         every = {run.name: settings(run) for run in self.runs}
         differ = [k for k in ("model", "rope", "dtype", "protocol") if len({v[k] for v in every.values()}) > 1]
@@ -104,7 +106,7 @@ class Collection:
         for suite in sorted(set().union(*(r.suites for r in self.runs))):
             configs = {r.label: r.manifest.get("config", {}).get("suites", {}).get(suite) or {} for r in self.runs
                        if suite in r.suites}
-            for key in COMPARED_SETTINGS:
+            for key in tasks.get(suite).compared_settings:
                 seen = {json.dumps(_setting(c, key), sort_keys=True, default=str) for c in configs.values()}
                 if len(seen) > 1:
                     out.append(f"{suite}: runs differ in {key} (the table compares only the cells they share)")
@@ -117,9 +119,6 @@ class Collection:
                 if missed:
                     out.append(f"{run.label}: {store.oom_summary(run.oom, suite)}")
         return out
-
-
-COMPARED_SETTINGS = ("lengths", "depths", "samples", "haystack.name", "prompt", "protocol", "scorer", "variant")
 
 
 def _setting(config: dict, dotted: str):

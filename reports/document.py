@@ -27,22 +27,15 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from harness import rundir  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.reports import compare, paired  # noqa: E402
+from harness.reports.figures import suite_pages  # noqa: E402
 
 log = logging.getLogger("harness")
 
-PAGE_TITLES = {"heatmaps": "{Suite} heatmaps", "differences": "{Suite} difference heatmaps",
-               "loss_curves": "Loss by length"}
 
-
-def _suite_pages() -> list[tuple[str, str, str]]:
-    """(suite, page kind, title) of every report page a registered suite contributes, in order."""
-    from harness import tasks
-
-    return [(name, kind, PAGE_TITLES[kind].format(Suite=name.capitalize())) for name in tasks.SUITES
-            for kind in tasks.get(name).report_pages]
-
-
-TITLES = ("Comparison table", *(title for _, _, title in _suite_pages()), "Mixture composition", "Provenance")
+def titles() -> tuple[str, ...]:
+    """Every page's title, in order: the table, the pages the registered suites name
+    (harness.reports.figures.REPORT_PAGES), the mixtures, provenance."""
+    return ("Comparison table", *(title for _, _, title in suite_pages()), "Mixture composition", "Provenance")
 
 
 def _reference(col: compare.Collection, reference: str | None) -> str:
@@ -73,23 +66,15 @@ def comparison_table(col: compare.Collection, reference: str) -> Table:
                  col.labels())
 
 
-def _noise(col: compare.Collection, reference: str, suite: str) -> dict:
-    ref = next(r for r in col.runs if r.name == reference)
-    return {r.name: paired.within_noise(ref, r, suite) for r in col.runs if r.name != reference}
-
-
 def figures(col: compare.Collection, reference: str | None, table: Table | None = None) -> list[tuple[str, object]]:
     """(page title, matplotlib figure) for every page the collection supports."""
     reference = _reference(col, reference)
     table = table or comparison_table(col, reference)
-    draw = {"heatmaps": lambda suite: compare.figure_heatmaps(col, suite),
-            "differences": lambda suite: compare.figure_differences(col, reference, suite,
-                                                                    _noise(col, reference, suite)),
-            "loss_curves": lambda suite: compare.figure_loss(col)}
-    pages = [(TITLES[0], compare.figure_table(table.values, TITLES[0], table.widths, table.verdicts, table.sentence,
-                                                     table.labels))]
-    pages += [(title, draw[kind](suite)) for suite, kind, title in _suite_pages()]
-    pages += [(TITLES[-2], compare.figure_mixtures(col)), (TITLES[-1], compare.figure_provenance(col))]
+    first, *_, mixtures, provenance = titles()
+    pages = [(first, compare.figure_table(table.values, first, table.widths, table.verdicts, table.sentence,
+                                          table.labels))]
+    pages += [(title, page.draw(col, suite, reference)) for suite, page, title in suite_pages()]
+    pages += [(mixtures, compare.figure_mixtures(col)), (provenance, compare.figure_provenance(col))]
     return [(title, fig) for title, fig in pages if fig is not None]
 
 
@@ -147,8 +132,9 @@ def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: d
         parts.append("<p class='warn'>Suites missing: " + html.escape(
             "; ".join(f"{n}: {', '.join(s)}" for n, s in missing.items())) + "</p>")
     parts += ["<h2 id='table'>Comparison table</h2>", table_html]
+    every = titles()
     for title, data in pngs:
-        if title in (TITLES[0], TITLES[-1]):
+        if title in (every[0], every[-1]):
             continue
         anchor = title.lower().replace(" ", "-")
         parts.append(f"<h2 id='{anchor}'>{html.escape(title)}</h2><img alt='{html.escape(title)}' "
@@ -164,17 +150,18 @@ def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: d
 
 
 def inspect_pdf(path: Path) -> list[dict]:
-    """Per page: its title (the first of :data:`TITLES` in its text), how many images it embeds, its text."""
+    """Per page: its title (the first of :func:`titles` in its text), how many images it embeds, its text."""
     from pypdf import PdfReader
 
     from pypdf.generic import ContentStream
 
     reader = PdfReader(str(path))
+    longest_first = sorted(titles(), key=len, reverse=True)
     pages = []
     for page in reader.pages:
         text = page.extract_text() or ""
         # Longest first: "Needle difference heatmaps" also contains "heatmaps".
-        title = next((t for t in sorted(TITLES, key=len, reverse=True) if t in text), None)
+        title = next((t for t in longest_first if t in text), None)
         # Images drawn on this page (matplotlib shares one XObject dictionary across pages, so
         # count the page's own `Do` operators): each heatmap is one image; colour bars are vector.
         xobjects = page.get("/Resources", {}).get("/XObject", {}) or {}
@@ -198,24 +185,26 @@ def check(pdf: Path, models: int, seeds: int = 1) -> list[str]:
     """
     pages = inspect_pdf(pdf)
     problems = []
-    titles = [p["title"] for p in pages]
-    if titles != list(TITLES):
-        problems.append(f"pages {titles}, expected {list(TITLES)}")
-    table = next((p["text"] for p in pages if p["title"] == TITLES[0]), "")
+    expected_titles = list(titles())
+    found = [p["title"] for p in pages]
+    if found != expected_titles:
+        problems.append(f"pages {found}, expected {expected_titles}")
+    first = expected_titles[0]
+    table = next((p["text"] for p in pages if p["title"] == first), "")
     if "Holm-adjusted over" not in table or "±" not in table:
-        problems.append(f"{TITLES[0]}: no comparison sentence or no intervals")
+        problems.append(f"{first}: no comparison sentence or no intervals")
     marks = sum(table.count(m.strip()) - 1 for m in compare.MARKS.values())  # less the legend's one each
     if marks < models - 1:
-        problems.append(f"{TITLES[0]}: {marks} verdict marks, expected at least one per compared model")
+        problems.append(f"{first}: {marks} verdict marks, expected at least one per compared model")
     pooled = table.count(f"({seeds} seeds)")
     if seeds > 1 and pooled != models - 1:
-        problems.append(f"{TITLES[0]}: {pooled} columns headed '({seeds} seeds)', expected {models - 1}")
-    differences = next((p["text"] for p in pages if p["title"].endswith("difference heatmaps")), None)
-    if differences is not None and "within noise" not in differences:
-        problems.append("difference heatmaps: no note on which differences are within noise")
+        problems.append(f"{first}: {pooled} columns headed '({seeds} seeds)', expected {models - 1}")
+    texts = {p["title"]: p["text"] for p in pages}
     images = {p["title"]: p["images"] for p in pages}
-    for _, kind, title in _suite_pages():
-        expected = {"heatmaps": models, "differences": models - 1}.get(kind)
+    for _, page, title in suite_pages():
+        if page.note and title in texts and page.note not in texts[title]:
+            problems.append(f"{title}: no note saying {page.note!r}")
+        expected = page.images(models) if page.images else None
         if expected is not None and images.get(title) != expected:
             problems.append(f"{title}: {images.get(title)} images, expected {expected}")
     return problems

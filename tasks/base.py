@@ -6,7 +6,12 @@ A suite has two halves:
 - **class side** (no model): ``Options`` (its own flags, declared once as dataclass fields whose
   metadata holds the CLI help), ``prepare(grid, options)`` that checks every flag and resolves
   what needs no model (grids, files, task names), ``summary(results)`` that turns stored results
-  into rows, and ``figures`` naming the plots its results support.
+  into rows, and ``figures`` naming the plots its results support. What a suite owns beyond its
+  cells is class-side too, each with a default: ``run_dir_tag`` (its part of a run directory's
+  name), ``cost`` (its grid's cells and prefill spans for estimates, without a model),
+  ``lm_eval_place`` / ``lm_eval_version`` (its rows in results_lm_eval.json), ``protocol`` and
+  ``compared_settings`` (what a comparison report tells runs apart by), and the figure and report
+  page kinds it names (drawn by harness.reports.figures' registries).
 - **instance side** (bound to a loaded model by ``bind(prepared, loaded)``): ``config`` (saved in
   the manifest; it determines the results), ``cells()`` (pure data with stable keys), ``check()``
   (fails before the run directory is made), and ``run(todo, backend)`` yielding ``(cell, result)``
@@ -15,8 +20,12 @@ A suite has two halves:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
+
+from harness.errors import UserError
+from harness.values import parse_length
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,32 @@ def option(flag: str, help: str, default: Any = None, kind: type | None = None) 
     return setting(default, help, flag=flag, kind=kind)
 
 
+@dataclass(frozen=True)
+class Cost:
+    """A suite's grid as a cost estimate sees it before a model loads (``Suite.cost``):
+    ``harness ablate``'s plan and FLOP estimate (harness.estimate) read it."""
+
+    cells: tuple = ()          # the grid's cells (pure data with a ``length``), as cells() makes them
+    spans: tuple = ()          # (tokens reused, prompt tokens) per cell, as a prefix-sharing backend computes them
+    new_tokens: int = 0        # greedy tokens per cell at most
+    named_rate: str | None = None   # its whole time per model as measured on a named device (a key of
+                                    # harness.estimate.NAMED's rates), for a suite whose cells need the model
+
+
+def metric_name(text: str) -> str:
+    """``text`` as lm-eval names a task or metric: lower case, [a-z0-9_.-]."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.strip()).strip("_").lower() or "value"
+
+
+def length_key(text: str) -> str | None:
+    """A length slice ("4K") as lm-eval's RULER tasks key their metrics: its tokens ("4096"); None for
+    a slice that is not a length."""
+    try:
+        return str(parse_length(text))
+    except (UserError, ValueError):
+        return None
+
+
 def haystack_region(result: dict) -> tuple:
     """The haystack region a stored cell read: its length and draw (cells sharing one are not
     independent, so they are one cluster of an interval)."""
@@ -101,6 +136,9 @@ class Suite:
     figures: ClassVar[tuple[str, ...]] = ()       # a run's own plots: "heatmap" (length x depth), "loss_curves"
     run_dir = None   # the run directory, set by the runner: where a suite keeps its own files (lm-eval's samples)
     report_pages: ClassVar[tuple[str, ...]] = ()  # comparison report pages: "heatmaps", "differences", "loss_curves"
+    # Keys of its stored config (dotted into nested ones) that make two runs less comparable when they
+    # differ: the comparison report warns about each.
+    compared_settings: ClassVar[tuple[str, ...]] = ()
     config: Any
 
     # -- class side: no model -----------------------------------------------------------------------
@@ -140,6 +178,41 @@ class Suite:
     def score_label(manifest: dict) -> str:
         """What a stored run's ``score`` is, and under which protocol: every figure names it."""
         return "score"
+
+    @staticmethod
+    def protocol(config: dict) -> str | None:
+        """The protocol a stored config followed, for a suite that has several (a report's labels tell
+        runs apart by it); None: one protocol."""
+        return None
+
+    @classmethod
+    def run_dir_tag(cls, options) -> str | None:
+        """A word for the default run directory's name from the suite's ``Options`` (the needle's
+        variant); None: the suite adds nothing."""
+        return None
+
+    @classmethod
+    def cost(cls, prepared) -> Cost | None:
+        """The grid's cells and prefill spans from what ``prepare`` resolved, without a model (cost
+        estimates); None: not known before the model loads."""
+        return None
+
+    @classmethod
+    def lm_eval_place(cls, row: Row, manifest: dict) -> tuple[str, str]:
+        """(lm-eval task, metric key) of one summary row in results_lm_eval.json. Default: the task
+        ``harness_<suite>`` (``harness_<suite>_<variant>`` for a variant), a length slice keyed by its
+        tokens as lm-eval's RULER tasks key theirs ("4096"), "all cells" by its metric's name, any
+        other slice by its own."""
+        variant = variant_of(manifest, cls.name)
+        task = f"harness_{cls.name}" + (f"_{metric_name(variant)}" if variant else "")
+        if row.slice == "all cells":
+            return task, metric_name(row.metric.split(" (")[0])
+        return task, length_key(row.slice) or metric_name(row.slice)
+
+    @staticmethod
+    def lm_eval_version(results: list[dict], task: str):
+        """The version results_lm_eval.json gives ``task`` (lm-eval's own for its tasks)."""
+        return 1.0
 
     # -- instance side: bound to a model --------------------------------------------------------------
     def cells(self) -> list:

@@ -222,6 +222,7 @@ class BookQASuite(base.Suite):
     name = NAME
     Options = Options
     figures = ("heatmap",)   # length x answer depth (offline items); in the report: its table columns
+    compared_settings = ("lengths", "prompt")
 
     @classmethod
     def prepare(cls, grid: base.Grid, options: Options):

@@ -105,6 +105,19 @@ class LossSuite(base.Suite):
         return column.startswith("loss ")
 
     @classmethod
+    def cost(cls, prepared: dict) -> base.Cost:
+        # Its documents are cut to the model's positions (known at bind): timed whole instead.
+        return base.Cost(named_rate="loss_s")
+
+    @classmethod
+    def lm_eval_place(cls, row: base.Row, manifest: dict) -> tuple[str, str]:
+        """``harness_loss`` (the mean over domains) and ``harness_loss_<domain>``, one metric per
+        position bucket keyed by its last position ("1024")."""
+        scope, _, bucket = row.slice.rpartition(" ")
+        end = base.length_key(bucket.split("-")[-1]) or base.metric_name(bucket)
+        return ("harness_loss" if scope.startswith("mean of") else f"harness_loss_{base.metric_name(scope)}"), end
+
+    @classmethod
     def prepare(cls, grid: base.Grid, options: Options) -> dict:
         """The flags, checked (the documents are cut to the model's positions, known at bind)."""
         return {"bucket": parse_length(options.loss_bucket, "--loss-bucket") if options.loss_bucket else None,

@@ -70,6 +70,13 @@ def tree_spans(todo: list[Cell], reserved: int = 0) -> list[tuple[int, int]]:
     return [spans[c.key] for c in todo]
 
 
+def grid_cells(config: "NeedleConfig") -> list[Cell]:
+    """A config's cells, draw by draw, length by length, depth by depth (pure data: no tokenizer)."""
+    prefix = f"{NAME}/{config.variant_name}" if config.variant else NAME
+    return [Cell(NAME, f"{prefix}/{length}/{depth:g}" + (f"/s{k}" if k else ""), length, depth, k)
+            for k in range(config.samples) for length in config.lengths for depth in config.depths]
+
+
 PER_LENGTH_COLUMNS = 12   # grids with at most this many lengths get a report column per length (RULER, HELMET)
 EFFECTIVE_AT = 0.85       # RULER's threshold for an effective length (Llama-2-7B's score at 4K there)
 
@@ -216,6 +223,7 @@ class NeedleSuite(base.Suite):
     Options = Options
     figures = ("heatmap",)
     report_pages = ("heatmaps", "differences")
+    compared_settings = ("lengths", "depths", "samples", "haystack.name", "prompt", "protocol", "scorer", "variant")
 
     @classmethod
     def prepare(cls, grid: base.Grid, options: Options) -> tuple[NeedleConfig, Haystack]:
@@ -232,6 +240,23 @@ class NeedleSuite(base.Suite):
     @classmethod
     def bind(cls, prepared: tuple[NeedleConfig, Haystack], loaded) -> "NeedleSuite":
         return cls(*prepared, loaded.tokenizer)
+
+    @classmethod
+    def run_dir_tag(cls, options: Options) -> str | None:
+        return options.variant   # a variant is another task: its runs get their own directories
+
+    @classmethod
+    def cost(cls, prepared: tuple[NeedleConfig, Haystack]) -> base.Cost:
+        """The grid's cells, their prefill spans as the hf backend's prefix tree computes them (the
+        reference protocol leaves its buffer free: nonzero only there) and the decoding."""
+        config = prepared[0]
+        cells = grid_cells(config)
+        return base.Cost(tuple(cells), tuple(tree_spans(cells, config.reference_buffer)),
+                         0 if config.scorer == "loglik" else config.max_new_tokens)
+
+    @staticmethod
+    def protocol(config: dict) -> str | None:
+        return config.get("protocol") or None
 
     @staticmethod
     def summary(results: list[dict], manifest: dict) -> list[base.Row]:
@@ -303,9 +328,7 @@ class NeedleSuite(base.Suite):
 
     # -- grid ---------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
-        prefix = f"{NAME}/{self.config.variant_name}" if self.config.variant else NAME
-        return [Cell(NAME, f"{prefix}/{length}/{depth:g}" + (f"/s{k}" if k else ""), length, depth, k)
-                for k in range(self.config.samples) for length in self.config.lengths for depth in self.config.depths]
+        return grid_cells(self.config)
 
     def sample(self, cell: Cell) -> needle_variants.Sample:
         """The cell's needles (the asked one first, at the cell's depth) and expected answer."""

@@ -108,6 +108,16 @@ class RegressionSuite(base.Suite):
         return column.split(" ")[-1].endswith(LOWER_IS_BETTER)
 
     @classmethod
+    def lm_eval_place(cls, row: base.Row, manifest: dict) -> tuple[str, str]:
+        return row.slice, row.metric   # lm-eval's own task and metric names
+
+    @staticmethod
+    def lm_eval_version(results: list[dict], task: str):
+        """lm-eval's version of the task, as its cell recorded it."""
+        return next((r["version"] for r in results if r.get("suite") == NAME and r.get("task") == task
+                     and r.get("version") is not None), 1.0)
+
+    @classmethod
     def prepare(cls, grid: base.Grid, options: Options) -> RegressionConfig:
         # The 4K cap shrinks to the model's positions at bind().
         return resolve_config(tasks=options.regression_tasks, num_fewshot=options.regression_fewshot,

@@ -52,7 +52,7 @@ MODULE_FLOORS = {
     "base": ("errors", "values", "paths", "rundir", "pypi", "precision", "flops", "memory", "shapes",
              "flex_cpu", "distributed", "tracking", "provenance", "uncertainty", "store", "oom", "estimate",
              "config", "power"),
-    "run": ("runner", "evaluate", "lm_eval_format"),
+    "run": ("runner", "evaluate", "lm_eval_format", "probe"),
     "entry": ("cli", "api", "ablate", "__main__"),
 }
 LONG_FUNCTION = 60   # lines, from its def to its last line (decorators not counted)

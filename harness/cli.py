@@ -65,10 +65,13 @@ def _request_options(command):
 @_request_options
 @click.option("--palette", default=None, help="Heatmap colours: cividis (default: colour-blind safe, prints in grey) "
               "or paper (the paper's red-yellow-green).")
+@click.option("--probe-prompt-mode", is_flag=True, help="First run a small needle grid (1K-4K, 3 depths, 2 draws) with "
+              "the base prompt and with the chat template, and say whether they differ beyond noise and which mode "
+              "this run uses (harness.probe).")
 @click.option("--out", "out", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (default: runs/<model>-<suites>-<config hash>). Rerunning the same command "
               "resumes it.")
-def run(model_spec, out, palette, **flags) -> None:
+def run(model_spec, out, palette, probe_prompt_mode, **flags) -> None:
     """Evaluate a model on suites; results go to a resumable run directory."""
     from harness.evaluate import evaluate, prepare, request_from_flags
     from harness.reports import heatmap
@@ -79,6 +82,10 @@ def run(model_spec, out, palette, **flags) -> None:
     prep = prepare(request_from_flags(**flags))
     out = out or default_run_dir(model_spec, prep)
     quiet_libraries()
+    if probe_prompt_mode:
+        from harness import probe
+
+        console.print(probe.prompt_mode(model_spec, prep.request, console).sentence(), highlight=False)
     results, manifest = evaluate(model_spec, prep, out, console)
     if int(os.environ.get("RANK", "0")) != 0:   # data-parallel: rank 0 draws and reports
         return

@@ -260,16 +260,31 @@ def _ablate_options(command):
 @click.option("--preset", default="tiny", show_default=True,
               help="tiny: CPU miniature (a from-scratch tiny base, three mixtures, a small grid); mini: SmolLM2-135M "
               "extended to 16K on three mixtures (one seed), sized for 8 minutes on one H200; paper: the paper's recipe (GPUs).")
-@click.option("--plan", "plan_only", is_flag=True, help="Print the stages with their estimated minutes and stop.")
+@click.option("--plan", "plan_only", is_flag=True, help="Print the stages with their estimated minutes and stop; "
+              "with --pilot, also the draws and seeds each comparison needs (`harness plan`).")
+@click.option("--pilot", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="--plan: a pilot ablation or runs (repeatable) whose spread plans --samples and --seeds for a "
+              "--difference.")
+@click.option("--difference", default=0.05, show_default=True, type=float,
+              help="--plan --pilot: the smallest needle difference worth detecting.")
 @_ablate_options
 @click.option("--reference", default=None, help="The model the difference heatmaps subtract (default: base).")
-def ablate(preset, plan_only, reference, **flags) -> None:
+def ablate(preset, plan_only, pilot, difference, reference, **flags) -> None:
     """Train one base on several mixtures with one budget, evaluate all of them, write one report."""
     from harness import ablate as ablation
 
+    if pilot and not plan_only:
+        raise UserError("--pilot: only with --plan (it plans an ablation before it runs)")
     cfg = ablation.from_preset(preset, **flags)
     quiet_libraries()
+    if pilot:   # checked before the stages' estimate, which measures this machine
+        from harness.reports import planning
+        from harness.reports.compare import collect
+
+        rows = planning.plan(collect(list(pilot)), "needle mean", reference, difference)
     pdf = ablation.run(cfg, console=console, reference=reference, plan_only=plan_only)
+    if pilot:
+        _console(stderr=False).print(planning.table(rows, difference))
     if pdf is not None:
         click.echo(str(pdf))
 

@@ -19,7 +19,7 @@ from harness.values import parse_length
 
 # What only one side has, and why: the command line's run directory, figures' palette, resume and
 # plan-only are not settings of the job; the API's model object, quietness and logging step are not flags.
-CLI_ONLY = {"run": {"model_spec", "out", "palette", "probe_prompt_mode"}, "train": {"resume"}, "ablate": {"preset", "plan_only", "reference"}}
+CLI_ONLY = {"run": {"model_spec", "out", "palette", "probe_prompt_mode"}, "train": {"resume"}, "ablate": {"preset", "plan_only", "pilot", "difference", "reference"}}
 API_ONLY = {"run": {"model", "out", "verbose", "step"}}
 
 

@@ -59,3 +59,14 @@ def test_bad_plan_input_is_one_line(tmp_path, capsys):
     assert "--difference" in one_line_error(capsys, ["plan", str(tmp_path / "a"), "--difference", "0"])
     assert "needle mean" in one_line_error(capsys, ["plan", str(tmp_path / "a"), "--column", "bookqa mean"])
     assert "--power" in one_line_error(capsys, ["plan", str(tmp_path / "a"), "--power", "1.5"])
+
+
+def test_ablate_plan_with_a_pilot_prints_the_draws_and_seeds(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    _run(tmp_path / "base", 0.0, rng)
+    _run(tmp_path / "mix", 0.1, rng)
+    main(["ablate", "--preset", "tiny", "--plan", "--pilot", str(tmp_path / "base"), "--pilot", str(tmp_path / "mix"),
+          "--difference", "0.1", "--out", str(tmp_path / "ablation")])
+    out = capsys.readouterr().out
+    assert "mix vs base" in out and "draws/cell" in out
+    assert "--pilot: only with --plan" in one_line_error(capsys, ["ablate", "--pilot", str(tmp_path / "base")])

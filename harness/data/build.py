@@ -117,7 +117,8 @@ def _build(prepared: Prepared, keyed, out: Path, num_proc, console: Console, key
                                  num_proc=num_proc)
     domains = np.asarray(ds["domain"])
     lengths = np.asarray(ds["n_tokens"], dtype=np.int64)
-    the_plan = mixture.plan(strat, domains, lengths, tokens, seed)
+    chars = np.asarray(ds["n_chars"], dtype=np.int64) if strat.fill == "reference" else None
+    the_plan = mixture.plan(strat, domains, lengths, tokens, seed, chars=chars)
     summary = stats.compute(the_plan, domains, lengths, strategy=strat.name, seq_len=seq_len)
     summary["target_mix"] = strat.mix
     if embedded:

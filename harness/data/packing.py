@@ -80,7 +80,8 @@ def ensure_documents(source, exclude: list[str] = ()) -> None:
 
 
 def _tokenize(batch: pa.Table, tokenizer: Any, eos: int) -> pa.Table:
-    """Encode a batch (Arrow in, Arrow out: no per-token Python objects beyond the encoder's)."""
+    """Encode a batch (Arrow in, Arrow out: no per-token Python objects beyond the encoder's). Each
+    document's characters are kept beside its tokens (a mixture with fill reference measures them)."""
     texts = batch.column("text").to_pylist()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch_fast"):  # no offsets: ~1.5x faster
@@ -96,12 +97,12 @@ def _tokenize(batch: pa.Table, tokenizer: Any, eos: int) -> pa.Table:
     offsets = np.concatenate([[0], ends]).astype(np.int32)
     ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
     return pa.table({"id": batch.column("id"), "domain": batch.column("domain"), "input_ids": ids,
-                     "n_tokens": pa.array(lens)})
+                     "n_tokens": pa.array(lens), "n_chars": pa.array([len(t) for t in texts], pa.int64())})
 
 
 def tokenize_corpus(source, tok, *, key: dict, exclude: list[str] = (), read_tokens: int | None = None,
                     num_proc: int | None = None):
-    """The corpus as a ``datasets.Dataset`` {id, domain, input_ids, n_tokens}, cached by ``key`` (the
+    """The corpus as a ``datasets.Dataset`` {id, domain, input_ids, n_tokens, n_chars}, cached by ``key`` (the
     caller's: source content, tokenizer, exclusions, reading cap) and the code that reads and encodes.
     Without ``datasets`` (the mini bundle's GPU machine has none) the same table is made in memory."""
     try:
@@ -146,7 +147,7 @@ def _tokenize_into(path: Path, source, tok, key: dict, exclude, read_tokens, num
         raise
     features = datasets.Features({"id": datasets.Value("string"), "domain": datasets.Value("string"),
                                   "input_ids": datasets.Sequence(datasets.Value("int32")),
-                                  "n_tokens": datasets.Value("int64")})
+                                  "n_tokens": datasets.Value("int64"), "n_chars": datasets.Value("int64")})
     # One process by default: the Rust encoder already spreads each batch over every core, and
     # worker processes add pickling and shard merging (slower on few cores; see BENCHMARKS.md).
     parallel = os.environ.get("TOKENIZERS_PARALLELISM")

@@ -19,6 +19,17 @@ from harness.backends.hf import HFBackend
 from harness.errors import UserError
 from harness.tasks import base, bookqa, haystack, needle
 
+@pytest.fixture(scope="module")
+def short_model(tiny_model_dir, tmp_path_factory):
+    """The tiny Llama trained to 256 positions: prompts of a few hundred tokens already scale its RoPE."""
+    path = tmp_path_factory.mktemp("short-fidelity") / "m"
+    shutil.copytree(tiny_model_dir, path)
+    config = json.loads((path / "config.json").read_text())
+    config["max_position_embeddings"] = 256
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
 # -- 3. per_source: lengths and budgets in characters / 3.68, the last document whole ----------------
 
 SLIMPAJAMA_ORIGINAL_MIX = {"RedPajamaC4": 0.26609933, "RedPajamaCommonCrawl": 0.53374772,
@@ -106,3 +117,37 @@ def test_fill_reference_from_a_mixture_yaml(documents, tmp_path):
     spec.write_text("weights: slimpajama\nlength_rule: {type: cut, length: 4096}\nfill: reference\n")
     with pytest.raises(UserError, match="never cuts documents"):
         mixture.resolve(str(spec), 8192)
+
+
+# -- 6. the heatmap's dashed line -------------------------------------------------------------------
+
+
+def test_dashed_line_sits_at_the_frozen_length():
+    from harness.reports import heatmap
+
+    frozen = {"rope_type": "frozen_dynamic", "factor": 10.0, "frozen_length": 81920,
+              "original_max_position_embeddings": 4096}
+    assert models.effective_positions(frozen, 4096) == 81920
+    assert models.effective_positions({**frozen, "max_positions": "scaled"}, 4096) == 40960   # the earlier rule
+    assert models.parse_rope_scaling("frozen_dynamic:10@81920:scaled")[3] == "scaled"
+    # visualize.py: PRETRAINED_LEN = 81920; the first context length past it is where the line goes.
+    locations = sorted(np.round(np.linspace(1000, 128000, num=40, endpoint=True)).astype(int).tolist())
+    for li, length in enumerate(locations):
+        if length > 81920:
+            break
+    # Ours: on the boundary before that column (imshow's columns are centred on integers); theirs is
+    # drawn at li + 0.8 in seaborn's (columns span [i, i + 1]): 0.8 of a column into it.
+    assert heatmap.max_position_x(locations, models.effective_positions(frozen, 4096)) == li - 0.5
+    assert locations[li - 1] <= 81920 < locations[li] and li == 25
+
+
+def test_frozen_dynamic_max_positions_on_a_loaded_model(short_model):
+    loaded = models.load(str(short_model), rope_scaling=models.parse_rope_scaling("frozen_dynamic:10@1024"),
+                         dtype="fp32")
+    assert loaded.max_positions == 1024
+    scaled = models.load(str(short_model), rope_scaling=models.parse_rope_scaling("frozen_dynamic:10@1024:scaled"),
+                         dtype="fp32")
+    assert scaled.max_positions == 2560
+    assert torch.allclose(scaled.model.model.rotary_emb.inv_freq, loaded.model.model.rotary_emb.inv_freq)
+    with pytest.raises(UserError, match="is not valid"):
+        models.parse_rope_scaling("frozen_dynamic:10@1024:other")

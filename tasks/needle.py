@@ -126,6 +126,17 @@ class NeedleConfig:
         return d
 
 
+def protocol_for(spec: dict, preset: str | None, protocol: str | None, variant: str | None, chat: bool) -> str:
+    """The protocol a grid runs: --protocol, else the preset's (a variant or a chat prompt: exact only)."""
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise UserError(f"--protocol: unknown {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    if protocol == "reference" and (variant or chat):
+        raise UserError(f"--protocol reference: the paper's single needle and base prompt only; "
+                        f"{'--chat' if chat else f'--variant {variant}'} runs with --protocol exact")
+    grid = spec["presets"].get(preset or spec["default_preset"], {})
+    return protocol or ("exact" if variant or chat else grid.get("protocol", spec["protocol"]))
+
+
 def haystack_spec(spec: dict, variant: str | None, requested: str | None) -> str:
     """The haystack a grid uses: --haystack, else the variant's own, else the suite's default."""
     if variant is None:
@@ -157,13 +168,7 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
         prompt = needle_variants.template(vspec)
     if scorer not in SCORERS:
         raise UserError(f"--scorer: unknown {scorer!r}; known: {', '.join(SCORERS)}")
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise UserError(f"--protocol: unknown {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    if protocol == "reference" and (variant or chat):
-        raise UserError(f"--protocol reference: the paper's single needle and base prompt only; "
-                        f"{'--chat' if chat else f'--variant {variant}'} runs with --protocol exact")
-    # The preset's protocol, unless the run is a variant or a chat prompt (those have only `exact`).
-    protocol = protocol or ("exact" if variant or chat else grid.get("protocol", spec["protocol"]))
+    protocol = protocol_for(spec, name, protocol, variant, chat)
     default_new = vspec["max_new_tokens"] if vspec else spec["max_new_tokens"]
     new_tokens = default_new if max_new_tokens is None else max_new_tokens
     if new_tokens < 1:
@@ -216,6 +221,10 @@ class Options:
     protocol: str | None = base.option("--protocol", "Needle prompt construction: reference (the paper's code, "
                                        "rule for rule) or exact (the prompt is exactly the length's tokens); "
                                        "default: the preset's.")
+    haystack_join: str | None = base.option("--haystack-join", "Needle: how a haystack of several files "
+                                            "(pg-essays, a directory) is joined: raw (the reference: each "
+                                            "file as read, no separator) or paragraphs (stripped, a blank "
+                                            "line between); default: the protocol's (reference: raw).")
 
 
 class NeedleSuite(base.Suite):
@@ -230,7 +239,9 @@ class NeedleSuite(base.Suite):
         from harness.tasks import haystack as haystacks
 
         spec = load_spec()
-        hay = haystacks.load(haystack_spec(spec, options.variant, options.haystack))
+        protocol = protocol_for(spec, grid.preset, options.protocol, options.variant, options.chat)
+        join = options.haystack_join or ("raw" if protocol == "reference" else "paragraphs")
+        hay = haystacks.load(haystack_spec(spec, options.variant, options.haystack), join=join)
         cfg = resolve_config(preset=grid.preset, lengths=grid.lengths, depths=grid.depths, chat=options.chat,
                              haystack=hay, max_new_tokens=options.max_new_tokens, spec=spec, variant=options.variant,
                              scorer=options.scorer, seed=grid.seed, protocol=options.protocol,

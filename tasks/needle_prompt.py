@@ -70,7 +70,7 @@ class HaystackTokens:
             times = math.ceil((n_tokens + 8) / max(have, 1)) + 1
             log.warning("haystack %s has %d tokens, fewer than the %d a cell needs: repeating it %d times",
                         self.haystack.name, have, n_tokens, times)
-            text = "\n\n".join([text] * times)
+            text = self.haystack.separator.join([text] * times)   # raw: the reference reads its files again
             enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
         self._draws[draw] = (text, [tuple(o) for o in enc["offset_mapping"]])
         return self._draws[draw]

@@ -30,6 +30,59 @@ def short_model(tiny_model_dir, tmp_path_factory):
     return path
 
 
+# -- 1. the pg-essays haystack: files glued as read ---------------------------------------------------
+
+
+def _reference_haystack(folder) -> str:
+    """read_context_files: every *.txt file's text as read, appended with nothing between (the
+    reference takes glob's order, the file system's; name order here, as the harness)."""
+    context = ""
+    for file in sorted(glob.glob(f"{folder}/*.txt")):
+        with open(file) as f:
+            context += f.read()
+    return context
+
+
+@pytest.fixture(scope="module")
+def essays(tmp_path_factory, kjv):
+    """Three essay files cut from real text, with the whitespace a file really has at its ends (a
+    title line, trailing newlines, Windows line ends), which the raw join keeps and ours strips."""
+    folder = tmp_path_factory.mktemp("essays")
+    text = kjv.text
+    bodies = ["\nTITLE ONE\n\n" + text[:900] + "\n\n", text[900:1700] + "\n", "  " + text[1700:2600]]
+    (folder / "a_first.txt").write_text(bodies[0])
+    (folder / "b_second.txt").write_bytes(bodies[1].replace("\n", "\r\n").encode())
+    (folder / "c_third.txt").write_text(bodies[2])
+    return folder
+
+
+def test_reference_protocol_haystack_is_the_raw_join(essays):
+    reference = _reference_haystack(essays)
+    options = needle.Options(haystack=str(essays))
+    cfg, hay = needle.NeedleSuite.prepare(base.Grid(preset="paper", lengths="1000", depths="50"), options)
+    assert cfg.protocol == "reference" and cfg.haystack["join"] == "raw"
+    assert hay.text[:2000] == reference[:2000]
+    assert len(hay.text) == len(reference) and hay.separator == ""
+    # The exact protocol keeps today's join: each file stripped, a blank line between.
+    _, ours = needle.NeedleSuite.prepare(base.Grid(preset="tiny"), options)
+    assert ours.text[:2000] == "\n\n".join(open(f).read().strip() for f in sorted(glob.glob(f"{essays}/*.txt")))[:2000]
+    assert "join" not in ours.describe()
+    # The named option reproduces either under either protocol.
+    _, raw = needle.NeedleSuite.prepare(base.Grid(preset="tiny"), needle.Options(haystack=str(essays),
+                                                                                 haystack_join="raw"))
+    assert raw.text == hay.text
+
+
+def test_a_short_raw_haystack_repeats_with_nothing_between(essays, tokenizer):
+    """The reference reads all its files again while it has fewer tokens than the longest length."""
+    from harness.tasks.needle_prompt import HaystackTokens
+
+    reference = _reference_haystack(essays)
+    assert len(tokenizer.encode(reference)) < 1000
+    text, _ = HaystackTokens(haystack.load(str(essays), join="raw"), tokenizer, 0, 3000).ensure(3000)
+    assert len(text) > 3 * len(reference) and text == reference * (len(text) // len(reference))
+
+
 # -- 3. per_source: lengths and budgets in characters / 3.68, the last document whole ----------------
 
 SLIMPAJAMA_ORIGINAL_MIX = {"RedPajamaC4": 0.26609933, "RedPajamaCommonCrawl": 0.53374772,

@@ -14,23 +14,27 @@ its line survives the cut, and its depth is where that line sits in what remains
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from harness import uncertainty
+from harness.backends import DECODINGS, Sampling, generation_config_sampling
 from harness.errors import UserError
 from harness.tasks import base, scoring
 from harness.values import format_length, parse_lengths
 
+log = logging.getLogger(__name__)
 SPEC_PATH = Path(__file__).with_name("bookqa.yaml")
 NAME = "bookqa"
 FIELDS = ("context", "input", "answer")
+PAPER_QUESTIONS = 351   # longbook_qa_eng as the paper evaluated it (February 2024); no digest of that file is published
 
 
 @dataclass(frozen=True)
@@ -170,14 +174,23 @@ class BookQAConfig:
     questions: int = 0             # items in the source
     file_sha256: str | None = None  # of the --bookqa file (InfiniteBench's data changed after the paper)
     skip_leading_eos: bool = False
+    decoding: str = "greedy"        # greedy, or generation_config: the model's own (resolved when bound)
+    sampling: dict | None = None    # what the model's generation_config asked for (None: greedy)
+    seed: int = 0                   # the run's (sampled decoding draws from it and the cell's key)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lengths"] = list(self.lengths)
+        # Settings newer than the earliest configs are recorded only when in use, so the config (and its
+        # hash: a run directory's identity) of a run that does not use them stays what it was.
+        if self.decoding == "greedy":
+            for key in ("decoding", "sampling", "seed"):
+                del d[key]
         return d
 
 
-def resolve_config(*, preset: str | None, lengths: str | None, bookqa: str | None, seed: int = 0):
+def resolve_config(*, preset: str | None, lengths: str | None, bookqa: str | None, seed: int = 0,
+                   decoding: str = "greedy"):
     import hashlib
 
     from harness.data import embedded
@@ -187,11 +200,17 @@ def resolve_config(*, preset: str | None, lengths: str | None, bookqa: str | Non
     if name not in spec["presets"]:
         raise UserError(f"--preset: unknown {name!r} for suite bookqa; known: {', '.join(spec['presets'])}")
     grid = spec["presets"][name]
+    if decoding not in DECODINGS:
+        raise UserError(f"--bookqa-decoding: unknown {decoding!r}; known: {', '.join(DECODINGS)}")
     file_digest = None
     if bookqa:
         books, items = read_infinitebench(Path(bookqa))
         source = f"infinitebench:{Path(bookqa).resolve()}"
         file_digest = hashlib.sha256(Path(bookqa).read_bytes()).hexdigest()
+        if len(items) != PAPER_QUESTIONS:
+            log.warning("--bookqa: %s holds %d questions; the paper's longbook_qa_eng had %d (InfiniteBench's "
+                        "data changed after it): scores are not comparable with its table", bookqa, len(items),
+                        PAPER_QUESTIONS)
     else:
         books, items = offline_items(spec, embedded.build(), seed)
         source = "offline:embedded-plays"
@@ -199,7 +218,7 @@ def resolve_config(*, preset: str | None, lengths: str | None, bookqa: str | Non
                             + "".join(books[k] for k in sorted(books)).encode()).hexdigest()[:16]
     cfg = BookQAConfig(tuple(parse_lengths(lengths or str(grid["lengths"]))), int(grid["per_book"]), spec["prompt"],
                        int(spec["max_new_tokens"]), bool(spec["stop_at_eos"]), source, digest, len(items),
-                       file_digest, bool(spec.get("skip_leading_eos", False)))
+                       file_digest, bool(spec.get("skip_leading_eos", False)), decoding=decoding, seed=seed)
     return cfg, books, items
 
 
@@ -216,6 +235,9 @@ def middle_truncate(ids: list[int], budget: int) -> tuple[list[int], int]:
 class Options:
     bookqa_file: str | None = base.option("--bookqa", "BookQA: an InfiniteBench longbook_qa_eng jsonl (default: "
                                           "the offline set).")
+    bookqa_decoding: str = base.option("--bookqa-decoding", "BookQA: greedy, or generation_config (what the "
+                                       "model's generation_config asks for, as the reference's generate() "
+                                       "follows it: sampling, seeded per cell, if it sets do_sample).", "greedy")
 
 
 class BookQASuite(base.Suite):
@@ -226,11 +248,16 @@ class BookQASuite(base.Suite):
 
     @classmethod
     def prepare(cls, grid: base.Grid, options: Options):
-        return resolve_config(preset=grid.preset, lengths=grid.lengths, bookqa=options.bookqa_file, seed=grid.seed)
+        return resolve_config(preset=grid.preset, lengths=grid.lengths, bookqa=options.bookqa_file, seed=grid.seed,
+                              decoding=options.bookqa_decoding)
 
     @classmethod
     def bind(cls, prepared, loaded) -> "BookQASuite":
-        return cls(*prepared, loaded.tokenizer)
+        config, books, items = prepared
+        if config.decoding == "generation_config":   # what the model asks for, recorded in the config
+            drawn = generation_config_sampling(loaded.model, loaded.path)
+            config = replace(config, sampling=drawn.to_dict() if drawn else None)
+        return cls(config, books, items, loaded.tokenizer)
 
     @staticmethod
     def summary(results: list[dict], manifest: dict) -> list[base.Row]:
@@ -259,6 +286,7 @@ class BookQASuite(base.Suite):
 
     def __init__(self, config: BookQAConfig, books: dict[str, str], items: list[Item], tokenizer):
         self.config, self.tok = config, tokenizer
+        self._sampling = Sampling(**config.sampling) if config.sampling else None
         self.items = {i.id: i for i in items}
         self._overheads: dict[str, int] = {}
         self.book_texts = books
@@ -322,8 +350,9 @@ class BookQASuite(base.Suite):
         item = self.items[cell.item]
         depth = self._place(item, cell.length)
         ids = self.prompt_ids(item, cell.length)
+        sampling = self._sampling.for_cell(self.config.seed, cell.key) if self._sampling else None
         gen = backend.generate(ids, self.config.max_new_tokens, stop_at_eos=self.config.stop_at_eos,
-                               skip_leading_eos=self.config.skip_leading_eos)
+                               skip_leading_eos=self.config.skip_leading_eos, sampling=sampling)
         scores = {"paper": scoring.reference_recall(gen.text, item.answers[0], distinct=True),
                   "qa_f1": max(scoring.qa_f1(gen.text, a) for a in item.answers),
                   "word_recall": max(scoring.word_recall(gen.text, a) for a in item.answers)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from harness import uncertainty
-from harness.backends import Request
+from harness.backends import DECODINGS, Request, Sampling, generation_config_sampling
 from harness.errors import UserError
 from harness.tasks import base, needle_prompt, needle_variants, scoring
 from harness.tasks.haystack import Haystack
@@ -31,6 +31,7 @@ SPEC_PATH = Path(__file__).with_name("needle.yaml")
 NAME = "needle"
 SCORERS = ("generate", "loglik", "both")
 PROTOCOLS = ("reference", "exact")
+ROPE_STATES = ("carry", "reset")   # dynamic RoPE between cells: the reference's carried cache, or reset
 
 
 def load_spec(path: Path = SPEC_PATH) -> dict:
@@ -77,6 +78,30 @@ def grid_cells(config: "NeedleConfig") -> list[Cell]:
             for k in range(config.samples) for length in config.lengths for depth in config.depths]
 
 
+class RopeCarry:
+    """The longest sequence a dynamic RoPE's state has seen, carried from cell to cell as the reference's
+    is: transformers 4.3x's dynamic NTK cache grows to the longest sequence a forward sees and never
+    shrinks, and its grid runs every cell in one process, lengths ascending, then depths. A cell's
+    prompt is prefilled with the base for ``max(seen, its length)``; decoding then feeds back each new
+    token but the last (``generate`` stops after choosing it), and an EOS, chosen, is not fed."""
+
+    def __init__(self, stored: dict[str, int] | None = None):
+        self.seen = 0
+        self.stored = stored or {}   # key -> what a cell already in the store reached (a resumed run)
+
+    def skip(self, key: str) -> None:
+        """A cell run before: its stored reach carries on."""
+        self.seen = max(self.seen, self.stored.get(key, 0))
+
+    def after(self, prompt: int, new_tokens: int, budget: int, target: int = 0) -> dict:
+        """Account for a cell that prefilled ``prompt`` tokens, decoded ``new_tokens`` of ``budget`` (fewer:
+        it stopped at EOS) and scored a ``target`` of that many tokens; returns what its result records."""
+        fed = new_tokens if new_tokens < budget else max(budget - 1, 0)
+        prefill = max(self.seen, prompt)
+        self.seen = max(prefill, prompt + fed, prompt + max(target - 1, 0))
+        return {"rope_prefill": prefill, "rope_seen": self.seen}
+
+
 PER_LENGTH_COLUMNS = 12   # grids with at most this many lengths get a report column per length (RULER, HELMET)
 EFFECTIVE_AT = 0.85       # RULER's threshold for an effective length (Llama-2-7B's score at 4K there)
 
@@ -115,6 +140,10 @@ class NeedleConfig:
     reference_buffer: int = 0     # reference: tokens the haystack leaves free of L (its final_context_length_buffer)
     skip_leading_eos: bool = False  # EOS before any other token does not stop decoding (ChatML models; README)
     samples: int = 1              # independent draws per (length, depth); draw 0 is the haystack's start
+    rope_state: str | None = None  # dynamic RoPE: carry (the reference's, never shrinks) or reset; None: the
+                                   # protocol's, and once bound, None unless the model's RoPE is dynamic
+    decoding: str = "greedy"      # greedy, or generation_config: the model's own (resolved when bound)
+    sampling: dict | None = None  # what the model's generation_config asked for (None: greedy)
 
     @property
     def variant_name(self) -> str | None:
@@ -123,7 +152,15 @@ class NeedleConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lengths"], d["depths"] = list(self.lengths), list(self.depths)
+        for key, value in UNRECORDED.items():   # settings newer than the earliest configs, at their old rule
+            if d[key] == value:
+                del d[key]
         return d
+
+
+# Config fields recorded only when they differ from what runs did before they existed, so the config
+# (and its hash: a run directory's identity) of a run that does not use them stays what it was.
+UNRECORDED = {"rope_state": None, "decoding": "greedy", "sampling": None}
 
 
 def protocol_for(spec: dict, preset: str | None, protocol: str | None, variant: str | None, chat: bool) -> str:
@@ -151,7 +188,8 @@ def haystack_spec(spec: dict, variant: str | None, requested: str | None) -> str
 def resolve_config(*, preset: str | None, lengths: str | None, depths: str | None, chat: bool,
                    haystack: Haystack, max_new_tokens: int | None = None, spec: dict | None = None,
                    variant: str | None = None, seed: int = 0, scorer: str = "generate",
-                   protocol: str | None = None, samples: int = 1) -> NeedleConfig:
+                   protocol: str | None = None, samples: int = 1, rope_state: str | None = None,
+                   decoding: str = "greedy") -> NeedleConfig:
     """CLI flags over the preset over the YAML spec (and the variant's spec)."""
     spec = spec or load_spec()
     presets = spec["presets"]
@@ -169,6 +207,7 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
     if scorer not in SCORERS:
         raise UserError(f"--scorer: unknown {scorer!r}; known: {', '.join(SCORERS)}")
     protocol = protocol_for(spec, name, protocol, variant, chat)
+    _check_choices(rope_state, decoding)
     default_new = vspec["max_new_tokens"] if vspec else spec["max_new_tokens"]
     new_tokens = default_new if max_new_tokens is None else max_new_tokens
     if new_tokens < 1:
@@ -200,7 +239,22 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
         protocol=protocol, reference_answer=spec["reference_answer"],
         reference_buffer=int(spec["reference"]["buffer"]) if reference else 0,
         skip_leading_eos=bool(rules.get("skip_leading_eos", False)) and not chat, samples=int(samples),
+        rope_state=rope_state, decoding=decoding,
     )
+
+
+def rope_rule(config: NeedleConfig) -> str:
+    """Dynamic RoPE between cells: --dynamic-rope, else the protocol's (tasks/needle.yaml)."""
+    spec = load_spec()
+    rules = spec["reference"] if config.protocol == "reference" else spec
+    return config.rope_state or rules.get("rope_state", "reset")
+
+
+def _check_choices(rope_state: str | None, decoding: str) -> None:
+    if rope_state is not None and rope_state not in ROPE_STATES:
+        raise UserError(f"--dynamic-rope: unknown {rope_state!r}; known: {', '.join(ROPE_STATES)}")
+    if decoding not in DECODINGS:
+        raise UserError(f"--decoding: unknown {decoding!r}; known: {', '.join(DECODINGS)}")
 
 
 @dataclass(frozen=True)
@@ -225,6 +279,13 @@ class Options:
                                             "(pg-essays, a directory) is joined: raw (the reference: each "
                                             "file as read, no separator) or paragraphs (stripped, a blank "
                                             "line between); default: the protocol's (reference: raw).")
+    dynamic_rope: str | None = base.option("--dynamic-rope", "Needle, dynamic RoPE only: carry (the "
+                                           "reference: the rotary base keeps the longest sequence seen, "
+                                           "cell after cell in grid order) or reset (each prompt from the "
+                                           "loaded state); default: the protocol's (reference: carry).")
+    decoding: str = base.option("--decoding", "Needle: greedy, or generation_config (what the model's "
+                                "generation_config asks for, as the reference's generate() follows it: "
+                                "sampling, seeded per cell, if it sets do_sample).", "greedy")
 
 
 class NeedleSuite(base.Suite):
@@ -245,12 +306,19 @@ class NeedleSuite(base.Suite):
         cfg = resolve_config(preset=grid.preset, lengths=grid.lengths, depths=grid.depths, chat=options.chat,
                              haystack=hay, max_new_tokens=options.max_new_tokens, spec=spec, variant=options.variant,
                              scorer=options.scorer, seed=grid.seed, protocol=options.protocol,
-                             samples=options.samples)
+                             samples=options.samples, rope_state=options.dynamic_rope, decoding=options.decoding)
         return cfg, hay
 
     @classmethod
     def bind(cls, prepared: tuple[NeedleConfig, Haystack], loaded) -> "NeedleSuite":
-        return cls(*prepared, loaded.tokenizer)
+        config, hay = prepared
+        # The RoPE rule between cells, recorded where it matters: only a dynamic RoPE carries state.
+        dynamic = "dynamic" in str((loaded.info.get("rope_parameters") or {}).get("rope_type", ""))
+        config = replace(config, rope_state=rope_rule(config) if dynamic else None)
+        if config.decoding == "generation_config":   # what the model asks for, recorded in the config
+            drawn = generation_config_sampling(loaded.model, loaded.path)
+            config = replace(config, sampling=drawn.to_dict() if drawn else None)
+        return cls(config, hay, loaded.tokenizer)
 
     @classmethod
     def run_dir_tag(cls, options: Options) -> str | None:
@@ -336,6 +404,7 @@ class NeedleSuite(base.Suite):
         self.tok = tokenizer
         # The prompt builder of the config's protocol (needle_prompt.py): exact or reference.
         self.prompts = needle_prompt.builder(config, haystack, tokenizer)
+        self._sampling = Sampling(**config.sampling) if config.sampling else None
 
     # -- grid ---------------------------------------------------------------------------------
     def cells(self) -> list[Cell]:
@@ -394,8 +463,9 @@ class NeedleSuite(base.Suite):
         if scorer in ("loglik", "both"):
             target = tuple(self.tok(" " + self.target_text(sample), add_special_tokens=False)["input_ids"])
         new_tokens = 0 if scorer == "loglik" else self.config.max_new_tokens
+        sampling = self._sampling.for_cell(self.config.seed, cell.key) if self._sampling else None
         return (Request(tuple(prompt.ids), new_tokens, self.config.stop_at_eos, target,
-                        skip_leading_eos=self.config.skip_leading_eos), sample, prompt)
+                        skip_leading_eos=self.config.skip_leading_eos, sampling=sampling), sample, prompt)
 
     def target_text(self, sample: needle_variants.Sample) -> str:
         """What a perfect answer says: the needle sentence (RULER variants: the values, listed)."""
@@ -437,6 +507,9 @@ class NeedleSuite(base.Suite):
         fit in memory is stored as oom and the others go to the backend again (harness.oom)."""
         from harness import oom   # torch: not for a report that only reads the store
 
+        if getattr(backend, "dynamic_rope", False) and rope_rule(self.config) == "carry":
+            yield from self._run_carried(todo, backend)
+            return
         pending = dict(enumerate(self.request(cell) for cell in todo))
         while pending:
             order, failed = list(pending), []
@@ -449,3 +522,36 @@ class NeedleSuite(base.Suite):
             for i, record in failed:
                 del pending[i]
                 yield todo[i], record
+
+    def _run_carried(self, todo: list[Cell], backend):
+        """Dynamic RoPE carried as the reference's (:class:`RopeCarry`): the cells one at a time in grid
+        order, each request told the longest sequence the rotary state saw before it; a resumed run
+        carries on from what its stored cells reached. Each result records its prefill's length for
+        the base (``rope_prefill``) and the reach after it (``rope_seen``)."""
+        from harness import oom
+
+        carry = RopeCarry(self._stored_reach())
+        wanted = {c.key for c in todo}
+        for cell in self.cells():
+            if cell.key not in wanted:
+                carry.skip(cell.key)
+                continue
+            req, sample, prompt = self.request(cell)
+            req = replace(req, rope_seen=carry.seen)
+            try:
+                ((_, gen),) = list(backend.generate_many([req]))
+            except oom.CellOutOfMemory as exc:
+                yield cell, oom.record(cell, exc)
+                continue
+            result = self.result(cell, sample, prompt, gen)
+            result.update(carry.after(len(req.ids), gen.new_tokens, req.max_new_tokens, len(req.target)))
+            yield cell, result
+
+    def _stored_reach(self) -> dict[str, int]:
+        """key -> ``rope_seen`` of this suite's cells already in the run directory's store."""
+        from harness.store import RunStore
+
+        store = RunStore(Path(self.run_dir)) if self.run_dir is not None else None
+        if store is None or not store.results_path.is_file():
+            return {}
+        return {r["key"]: int(r["rope_seen"]) for r in store.results() if r.get("suite") == NAME and "rope_seen" in r}

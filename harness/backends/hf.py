@@ -3,7 +3,8 @@
 Written as an explicit loop rather than ``model.generate`` so that the prefill computes logits
 for the last position only (a 128K prompt's full-vocabulary logits would be tens of GB), the
 prompt can be prefilled in chunks to bound activation memory, and decoding can stop at EOS.
-It produces exactly ``generate(do_sample=False)``'s tokens (tests/test_backend.py checks).
+It produces exactly ``generate(do_sample=False)``'s tokens (tests/test_backend.py checks); a
+request with ``sampling`` gets ``generate(do_sample=True)``'s from the same seed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from harness import oom
-from harness.backends import Generation, ModelBackend, Request, attention
+from harness.backends import Generation, ModelBackend, Request, Sampling, attention
 from harness.backends.kv_cache import PreallocatedCache, check_config
 from harness.memory import PeakMemory
 from harness.models import LoadedModel
@@ -53,6 +54,10 @@ class HFBackend(ModelBackend):
         # rotary state and an empty cache, as a fresh transformers `generate` does.
         self._dynamic = "dynamic" in str(loaded.info.get("rope_parameters", {}).get("rope_type", ""))
         self.shares_prefixes = not self._dynamic
+        self.dynamic_rope = self._dynamic
+        # Each rotary embedding with the length below which transformers resets it to the loaded base.
+        self._rotaries = [(m, getattr(m, "original_max_seq_len", m.max_seq_len_cached)) for m in self.model.modules()
+                          if hasattr(m, "original_inv_freq") and hasattr(m, "max_seq_len_cached")]
         check_config(self.model.config)
         self.peak = PeakMemory(self.model.device)
         self._serving = 0   # tokens of the prompt being computed (where HARNESS_OOM_AT looks)
@@ -120,7 +125,7 @@ class HFBackend(ModelBackend):
             if req.max_new_tokens:
                 group = _group(req)
                 left[group] -= 1
-                cap = 0 if self._dynamic else self.decode_batch_tokens // len(req.ids)
+                cap = 0 if self._dynamic or req.sampling else self.decode_batch_tokens // len(req.ids)
                 alone = cap < 2 or (left[group] == 0 and not waiting.get(group))
             if capacity < _capacity([req]):  # only after a retry sized the cache for one prompt
                 cache, held, capacity = None, [], _capacity([req])
@@ -178,6 +183,7 @@ class HFBackend(ModelBackend):
             if self._dynamic:
                 chunk = len(ids)
                 self._reset_rope()
+                self._carry_rope(req.rope_seen)
             suffix = torch.tensor([ids[keep:]], dtype=torch.long, device=self.model.device)
             for s in range(0, suffix.shape[1], chunk):
                 out = self._forward(input_ids=suffix[:, s:s + chunk], cache=cache, use_cache=True, logits_to_keep=1)
@@ -221,10 +227,26 @@ class HFBackend(ModelBackend):
 
     def _reset_rope(self) -> None:
         """Every rotary embedding back to its state after loading (dynamic RoPE only changes it)."""
-        for module in self.model.modules():
-            if hasattr(module, "original_inv_freq") and hasattr(module, "max_seq_len_cached"):
-                module.register_buffer("inv_freq", module.original_inv_freq.clone(), persistent=False)
-                module.max_seq_len_cached = module.original_max_seq_len
+        for module, original in self._rotaries:
+            module.register_buffer("inv_freq", module.original_inv_freq.clone(), persistent=False)
+            module.original_max_seq_len = module.max_seq_len_cached = original
+
+    def _carry_rope(self, seen: int) -> None:
+        """Each rotary embedding as the reference's is after sequences of ``seen`` tokens (transformers
+        4.3x's dynamic NTK cache, which only grows): the base for ``seen`` positions, computed by the
+        model's own RoPE function, and kept for a shorter prompt, where transformers would go back to
+        the loaded base (below its original length). Nothing to do when ``seen`` is not longer than
+        what the loaded state covers."""
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        for module, _ in self._rotaries:
+            if seen <= module.max_seq_len_cached:
+                continue
+            inv_freq, module.attention_scaling = ROPE_INIT_FUNCTIONS[module.rope_type](
+                module.config, module.inv_freq.device, seq_len=seen)
+            module.register_buffer("inv_freq", inv_freq, persistent=False)
+            module.max_seq_len_cached = seen
+            module.original_max_seq_len = 0   # no reset below the original length; _reset_rope restores it
 
     def _decode_batch(self, branches: list["_Branch"]) -> Iterator[tuple[int, Generation]]:
         start = time.perf_counter()
@@ -261,7 +283,7 @@ class HFBackend(ModelBackend):
         active = [True] * len(branches)
         fed: list[int] = []
         while True:
-            tokens = logits.argmax(-1).tolist()
+            tokens = _choose(logits, branches)
             for row, token in enumerate(tokens):
                 if not active[row]:
                     continue
@@ -324,10 +346,42 @@ class _Branch:
     seconds: float = 0.0
     peak_gib: float = 0.0        # peak memory while it was computed (memory.PeakMemory)
     chunk: int | None = None     # the smaller prefill chunk of a retry after running out of memory
+    generator: torch.Generator | None = None   # sampled decoding: the request's own, seeded
 
 
-def _group(req: Request) -> tuple[int, int, bool, bool]:
-    return len(req.ids), req.max_new_tokens, req.stop_at_eos, req.skip_leading_eos
+def _choose(logits: torch.Tensor, branches: list[_Branch]) -> list[int]:
+    """Each row's next token: the argmax, or a draw as ``generate(do_sample=True)`` makes it."""
+    sampling = branches[0].req.sampling
+    if sampling is None:
+        return logits.argmax(-1).tolist()
+    out = []
+    for row, branch in zip(logits, branches):
+        if branch.generator is None:
+            branch.generator = torch.Generator(device=row.device).manual_seed(sampling.seed)
+        out.append(_sample(row, sampling, branch.generator))
+    return out
+
+
+def _sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """transformers' warpers in generate's order (temperature, top-k, top-p; each only when it
+    changes something, as generate builds them), then one multinomial draw, all in fp32."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    scores = logits.float()[None]
+    ids = torch.zeros((1, 1), dtype=torch.long, device=scores.device)   # the warpers ignore the input ids
+    if sampling.temperature != 1.0:
+        scores = TemperatureLogitsWarper(sampling.temperature)(ids, scores)
+    if sampling.top_k:
+        scores = TopKLogitsWarper(sampling.top_k)(ids, scores)
+    if sampling.top_p < 1.0:
+        scores = TopPLogitsWarper(sampling.top_p)(ids, scores)
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs, num_samples=1, generator=generator)[0, 0])
+
+
+def _group(req: Request) -> tuple:
+    return len(req.ids), req.max_new_tokens, req.stop_at_eos, req.skip_leading_eos, req.sampling
 
 
 def _capacity(requests: list[Request]) -> int:

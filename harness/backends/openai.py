@@ -140,6 +140,10 @@ class OpenAIBackend(ModelBackend):
                    # vLLM's extensions (other servers ignore what they do not know):
                    "ignore_eos": not req.stop_at_eos or req.skip_leading_eos,
                    "skip_special_tokens": True, "return_tokens_as_token_ids": True}
+        if req.sampling is not None:   # the model's generation_config (top_k: a vLLM extension)
+            payload.update(temperature=req.sampling.temperature, top_p=req.sampling.top_p, seed=req.sampling.seed)
+            if req.sampling.top_k:
+                payload["top_k"] = req.sampling.top_k
         choice, usage = self._choice(self.call("/v1/completions", payload))
         details = usage.get("prompt_tokens_details") or {}
         cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0

@@ -67,7 +67,10 @@ class VLLMBackend(ModelBackend):
                                 f"vLLM's max_model_len {self.max_model_len:,}; evaluate it with --backend hf")
             prompts.append(TokensPrompt(prompt_token_ids=list(req.ids)))
             # vLLM has no "EOS stops, except first": decode on and cut at the first later EOS below.
-            params.append(SamplingParams(temperature=0.0, max_tokens=max(req.max_new_tokens, 1),
+            drawn = req.sampling   # the model's generation_config: vLLM's sampler, seeded per request
+            sampler = dict(temperature=0.0) if drawn is None else dict(
+                temperature=drawn.temperature, top_p=drawn.top_p, top_k=drawn.top_k or -1, seed=drawn.seed)
+            params.append(SamplingParams(**sampler, max_tokens=max(req.max_new_tokens, 1),
                                          ignore_eos=not req.stop_at_eos or req.skip_leading_eos,
                                          skip_special_tokens=True))
         start = time.perf_counter()

@@ -93,6 +93,80 @@ def test_the_cheap_one_runs():
     assert harness_cli("--version").returncode == 0
 
 
+def _claims(page: Path) -> list[tuple[str, str]]:
+    """(comment, command) for each command whose comment says it runs "as the paper did": a comment
+    (its lines read as one) covers the commands after it, up to the next comment or blank line."""
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+        comment, after_command = "", False
+        for line in block.replace("\\\n", " ").splitlines():
+            text = line.strip()
+            if text.startswith("#"):
+                words = text.lstrip("#").strip()
+                comment = words if after_command or not comment else f"{comment} {words}"
+                after_command = False
+            elif not text:
+                comment, after_command = "", False
+            else:
+                after_command = True
+                if "as the paper did" in comment:
+                    out.append((comment, text.split(" # ")[0].strip()))
+    return out
+
+
+CLAIMS = [(page.relative_to(ROOT).as_posix(), c, line) for page in DOCS for c, line in _claims(page)]
+
+
+def test_commands_that_claim_the_papers_protocol_run_on_it():
+    """A command said to run "as the paper did" parses and names what that takes: the needle's paper
+    grid on the reference protocol and the Paul Graham essays; BookQA's paper preset (128,000 tokens,
+    not 128k's 131,072) on an InfiniteBench file; the released checkpoint with its frozen dynamic NTK."""
+    import yaml
+
+    from harness.tasks import needle
+    from harness.values import parse_lengths
+
+    assert {p for p, _, _ in CLAIMS} >= {"README.md", "docs/cli.md"} and len(CLAIMS) >= 3
+    for page, comment, line in CLAIMS:
+        args = _harness_args(line)
+        _parse(args)
+        value = {flag: args[i + 1] for i, flag in enumerate(args[:-1]) if flag.startswith("--")}
+        where = f"{page}: {line}"
+        if value.get("--suite") == "bookqa":
+            presets = yaml.safe_load((ROOT / "tasks/bookqa.yaml").read_text())["presets"]
+            lengths = parse_lengths(value.get("--lengths") or str(presets[value.get("--preset")]["lengths"]))
+            assert lengths == [128000], where
+            assert value.get("--bookqa"), where
+            continue
+        assert value.get("--suite", "needle") == "needle" and value.get("--preset") == "paper", where
+        assert needle.protocol_for(needle.load_spec(), "paper", value.get("--protocol"), None, False) == "reference"
+        assert value.get("--haystack") == "pg-essays", where
+        if "checkpoint" in comment:
+            assert value.get("--rope-scaling") == "frozen_dynamic:10@81920", where
+
+
+def test_fidelity_marks_same_only_beside_a_test_that_exists():
+    """docs/fidelity.md: every test a row names exists, and a row whose default is "same" names one
+    ("same test": the row above's)."""
+    text = (ROOT / "docs" / "fidelity.md").read_text()
+    previous, same = [], 0
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")] if line.startswith("| ") else []
+        if len(cells) != 4 or cells[0] in ("reference rule", "paper"):
+            continue
+        named = re.findall(r"(test_\w+)::(test_\w+)", cells[3])
+        for module, function in named:
+            source = ROOT / "tests" / f"{module}.py"
+            assert source.is_file() and re.search(rf"^def {function}\(", source.read_text(), flags=re.M), \
+                f"docs/fidelity.md names {module}::{function}, which does not exist"
+        named = named or (previous if cells[3].startswith("same test") else [])
+        if cells[1].startswith("same"):
+            same += 1
+            assert named, f"docs/fidelity.md marks {cells[0]!r} same without a test"
+        previous = named
+    assert same >= 15
+
+
 # --- the pages against each other and the tree ---
 
 def _slug(heading: str) -> str:

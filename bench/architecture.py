@@ -8,9 +8,9 @@ floors below it, never one above:
 
   base      utilities every job shares, with no knowledge of models, data or suites: errors,
             values, paths, run-directory writes, precision and FLOP arithmetic, memory, shapes,
-            the W&B and provenance records, intervals, and the results store with its
-            out-of-memory record (``oom``), since the store is the single owner of disk writes
-            that backends, suites and the trainer all append to.
+            the W&B and provenance records, intervals (effective lengths' too), and the results
+            store with its out-of-memory record (``oom``), since the store is the single owner of
+            disk writes that backends, suites and the trainer all append to.
   models    finding, converting and loading a model (harness.models): tokenizers come from here.
   data      corpus readers, the embedded corpus, mixtures, packing (harness.data). Below the
             suites and the trainer, which read it; above models, because the embedded corpus and
@@ -51,7 +51,7 @@ PACKAGE_FLOORS = {"harness.models": "models", "harness.data": "data", "harness.b
 MODULE_FLOORS = {
     "base": ("errors", "values", "paths", "rundir", "pypi", "precision", "flops", "memory", "shapes",
              "flex_cpu", "distributed", "tracking", "provenance", "uncertainty", "store", "oom", "estimate",
-             "config", "power"),
+             "config", "power", "effective_length"),
     "run": ("runner", "evaluate", "lm_eval_format", "probe"),
     "entry": ("cli", "api", "ablate", "__main__"),
 }

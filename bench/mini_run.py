@@ -117,10 +117,10 @@ def verdicts(work: Path) -> str:
            f"interval; p is Holm-adjusted over every comparison against the same reference.", "",
            "| column | run | reference | difference [95% interval] | n | p (Holm) | verdict |",
            "|---|---|---|---|---|---|---|"]
-    for c in rows:
-        interval = f" [{c.low:+.3f}, {c.high:+.3f}]" if c.low is not None else ""
-        out.append(f"| {c.column} | {c.run} | {c.reference} | {c.diff:+.3f}{interval} | {c.n} | "
-                   f"{c.p_adjusted:.3g} | {c.verdict} |")
+    for c in rows:   # an effective length's difference in tokens (+4K), a score's to three decimals
+        diff, interval = c.texts()
+        out.append(f"| {c.column} | {c.run} | {c.reference} | {diff}{'' if c.low is None else ' ' + interval} | "
+                   f"{c.n} | {c.p_adjusted:.3g} | {c.verdict} |")
     return "\n".join(out + [""] + per_domain_loss(col)) + "\n"
 
 

@@ -176,7 +176,8 @@ def report(run_dirs, out, reference, metric, palette) -> None:
 @click.option("--reference", default=None, help="The run the others are compared with (default: the first).")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparisons as JSON.")
 def compare(run_dirs, reference, as_json) -> None:
-    """Paired comparisons against a reference run: difference, 95% interval, Holm-adjusted p, verdict.
+    """Paired comparisons against a reference run: difference, 95% interval, Holm-adjusted p, verdict
+    (every report column both hold, and the needle's effective lengths, RULER's and NoLiMa's, in tokens).
 
     RUN_DIR is a `harness run` directory or a `harness ablate` directory (all of its models).
     """
@@ -197,9 +198,8 @@ def compare(run_dirs, reference, as_json) -> None:
     t = Table(title=f"against {reference}", caption=paired.summary_sentence(found, reference))
     for name in ("run", "column", "difference", "95% interval", "p (Holm)", "verdict", "n", "method"):
         t.add_column(name, justify="right" if name in ("difference", "p (Holm)", "n") else "left")
-    for c in found:
-        interval = "–" if c.low is None else f"[{c.low:+.3f}, {c.high:+.3f}]"
-        t.add_row(c.run, c.column, f"{c.diff:+.3f}", interval, f"{c.p_adjusted:.3g}", c.verdict, str(c.n), c.method)
+    for c in found:   # an effective length's difference in tokens (+4K), a score's to three decimals
+        t.add_row(c.run, c.column, *c.texts(), f"{c.p_adjusted:.3g}", c.verdict, str(c.n), c.method)
     _console(stderr=False).print(t)
 
 

@@ -22,7 +22,6 @@ import pandas as pd  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 from harness.reports import heatmap  # noqa: E402
 from harness import rundir, store  # noqa: E402
-from harness.values import format_length  # noqa: E402
 from harness.store import RunStore  # noqa: E402
 
 PAGE = (11.0, 8.5)   # inches: every report page the same size (US letter, landscape)
@@ -172,10 +171,16 @@ def collect(paths: list[Path]) -> Collection:
 
 # -- the table ------------------------------------------------------------------------------------
 
+def is_length(column: str) -> bool:
+    """Whether a report column holds a length in tokens (an effective length, or its difference)."""
+    return "effective length" in column
+
+
 def tables(col: Collection) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(values, half-widths of their 95% intervals): one row per model, one column per number a
     researcher compares (paper Tables 3-5), from every suite's summary rows that name a report
-    column, in registry order."""
+    column, in registry order. An effective length's interval is not symmetric: its cell in the
+    second frame holds the interval itself, (low, high) in tokens."""
     from harness import tasks
 
     values, widths = {}, {}
@@ -183,7 +188,8 @@ def tables(col: Collection) -> tuple[pd.DataFrame, pd.DataFrame]:
         rows = [row for name in tasks.SUITES for row in tasks.get(name).summary(run.results, run.manifest)
                 if row.column]
         values[run.name] = {row.column: row.value for row in rows}
-        widths[run.name] = {row.column: row.half_width for row in rows}
+        widths[run.name] = {row.column: (row.low, row.high) if is_length(row.column) and row.low is not None
+                            else row.half_width for row in rows}
     return pd.DataFrame.from_dict(values, orient="index"), pd.DataFrame.from_dict(widths, orient="index")
 
 
@@ -195,14 +201,17 @@ def table(col: Collection) -> pd.DataFrame:
 def _fmt(column: str, value: float) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
-    if column.endswith("effective length"):  # a length in tokens, not a score
-        return format_length(int(value)) if value else "none"
+    if is_length(column):  # a length in tokens, not a score; a difference of two is signed
+        from harness.effective_length import text
+
+        return text(value, signed=column.startswith(DELTA))
     if "perplexity" in column and value >= 1000:
         return f"{value:,.0f}"
     return f"{value:.3f}"
 
 
 MARKS = {"better": " ▲", "worse": " ▼", "no detectable difference": " ="}
+DELTA = "Δ "   # a column of differences from the reference (the effective lengths': harness.reports.document)
 
 
 def cell_texts(df: pd.DataFrame, errors: pd.DataFrame | None, verdicts: dict | None) -> list[list[str]]:
@@ -214,7 +223,9 @@ def cell_texts(df: pd.DataFrame, errors: pd.DataFrame | None, verdicts: dict | N
             value = df.at[run, metric]
             text = _fmt(metric, value)
             hw = None if errors is None or metric not in errors.columns else errors.at[run, metric]
-            if hw is not None and not (isinstance(hw, float) and math.isnan(hw)) and text != "–":
+            if isinstance(hw, tuple) and text != "–":   # an interval of lengths: [low, high]
+                text += f" [{_fmt(metric, hw[0])}, {_fmt(metric, hw[1])}]"
+            elif hw is not None and not (isinstance(hw, float) and math.isnan(hw)) and text != "–":
                 text += f" ± {_fmt(metric, hw)}"
             text += MARKS.get((verdicts or {}).get((run, metric), ""), "")
             cells.append(text)
@@ -230,6 +241,8 @@ def figure_table(df: pd.DataFrame, title: str, errors: pd.DataFrame | None = Non
     caption = ("\n".join(textwrap.wrap(sentence, 170)) + ("\n" if sentence else "")
                + "± : 95% interval · ▲ better, ▼ worse, = no detectable difference against the reference "
                "(paired, Holm-adjusted; README: Uncertainty)\n"
+               "effective length: [low, high] = its 95% bootstrap interval, in tokens; Δ = paired difference from "
+               "the reference (docs/statistics.md)\n"
                "needle and bookqa: paper = the reference code's score (needle: share of the answer's words, "
                "its heatmap; bookqa: recall of the first answer's words)\nneedle (variant): RULER string match "
                "(distractor: paper); loss: nats/token, mean over domains; regression: lm-eval")

@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from harness import rundir  # noqa: E402
@@ -57,9 +58,29 @@ class Table:
     labels: dict         # run name -> column header (pooled seeds counted)
 
 
+def with_differences(values, widths, found: list[paired.Comparison]):
+    """The table frames plus, after each effective-length row, a row of its paired differences from
+    the reference ("Δ needle effective length (RULER 0.85)": ``+4K [+2K, +8K]`` per other model, the
+    verdict mark staying on the length itself)."""
+    lengths = [c for c in found if c.unit == "tokens"]
+    if not lengths:
+        return values, widths
+    vals, wide = values.to_dict(orient="index"), widths.to_dict(orient="index")
+    order = []
+    for column in values.columns:
+        order.append(column)
+        mine = [c for c in lengths if c.column == column]
+        if mine:
+            order.append(compare.DELTA + column)
+        for c in mine:
+            vals[c.run][compare.DELTA + column], wide[c.run][compare.DELTA + column] = c.diff, (c.low, c.high)
+    frame = lambda d: pd.DataFrame.from_dict(d, orient="index").reindex(index=values.index, columns=order)  # noqa: E731
+    return frame(vals), frame(wide)
+
+
 def comparison_table(col: compare.Collection, reference: str) -> Table:
     found = paired.compare(col, reference)
-    values, widths = compare.tables(col)
+    values, widths = with_differences(*compare.tables(col), found)
     sentence = paired.summary_sentence(found, reference)
     sentence += "".join(f" Warning: {w}." for w in col.warnings())
     return Table(values, widths, {(c.run, c.column): c.verdict for c in found}, sentence,
@@ -114,7 +135,8 @@ def render_html(col: compare.Collection, pngs: list[tuple[str, str]], missing: d
     """One self-contained page: the table as HTML, every figure inline, provenance as tables."""
     df = table.values
     cells = compare.cell_texts(df, table.widths, table.verdicts)
-    table_html = ("<p>" + html.escape(table.sentence) + "</p><p>± : 95% interval · "
+    table_html = ("<p>" + html.escape(table.sentence) + "</p><p>± : 95% interval ([low, high]: an effective "
+                  "length's, in tokens; Δ: paired difference from the reference) · "
                   "▲ better, ▼ worse, = no detectable difference against the reference (paired, Holm-adjusted)</p>"
                   "<table class='numbers'><tr><th>metric</th>"
                   + "".join(f"<th>{html.escape(table.labels.get(r, r))}</th>" for r in df.index)

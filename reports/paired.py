@@ -3,7 +3,11 @@
 For every report column two runs share, the difference of means on the units both hold (needle
 cells clustered by length, BookQA questions, loss documents; harness.uncertainty.paired), or,
 for a column without per-unit scores (lm-eval's tasks), a normal test on the two standard
-errors. Holm's adjustment runs over every comparison of one call, so the verdicts hold together.
+errors; and for every suite with an effective length (``Suite.effective_cells``), the difference
+of the two runs' effective lengths by RULER's rule and by NoLiMa's, in tokens, from the same
+resampled haystack regions (harness.effective_length.paired). Holm's adjustment runs over every
+comparison of one call, the effective lengths' included, so the verdicts hold together: a run
+compared on more numbers gets no more chances to look better.
 """
 
 from __future__ import annotations
@@ -28,9 +32,21 @@ class Comparison:
     method: str
     p_adjusted: float = 1.0
     verdict: str = ""
+    unit: str = ""       # "tokens": an effective length's difference; "": a score's
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def texts(self) -> tuple[str, str]:
+        """(difference, 95% interval) as tables show them: ``+4K`` and ``[+0, +8K]`` for a length in
+        tokens, ``+0.052`` and ``[+0.010, +0.094]`` for a score."""
+        if self.unit == "tokens":
+            from harness.effective_length import text
+
+            show = lambda v: text(v, signed=True)  # noqa: E731
+        else:
+            show = lambda v: f"{v:+.3f}"  # noqa: E731
+        return show(self.diff), ("–" if self.low is None else f"[{show(self.low)}, {show(self.high)}]")
 
 
 def _units(run: Run) -> list[dict[str, dict]]:
@@ -57,6 +73,31 @@ def _rows(run: Run) -> dict:
 
     return {row.column: row for name in tasks.SUITES for row in tasks.get(name).summary(run.results, run.manifest)
             if row.column and row.compared}
+
+
+def _length_cells(run: Run) -> dict[str, list]:
+    """Per suite label ("needle"): the cells its effective length is computed over (every seed's)."""
+    from harness import tasks
+
+    out = {}
+    for name in tasks.SUITES:
+        out.update(tasks.get(name).effective_cells(run.results, run.manifest))
+    return out
+
+
+def _effective(ref: Run, run: Run) -> list[Comparison]:
+    """``run`` against ``ref`` in effective length, by each rule, on the suites both have."""
+    from harness import effective_length as effective
+
+    a, b = _length_cells(ref), _length_cells(run)
+    out = []
+    for label in [label for label in a if label in b]:
+        for rule in effective.RULES:
+            d = effective.paired(a[label], b[label], rule)
+            if d is not None:
+                out.append(Comparison(rule.column(label), run.name, ref.name, d.diff, d.low, d.high, d.p, d.n,
+                                      d.method, unit="tokens"))
+    return out
 
 
 def _lower_is_better(column: str) -> bool:
@@ -89,6 +130,7 @@ def compare(col: Collection, reference: str) -> list[Comparison]:
                 p = float(2 * norm.sf(abs(diff) / se))
                 found.append(Comparison(column, run.name, reference, diff, diff - 1.96 * se, diff + 1.96 * se, p,
                                         min(rows[column].n or 0, ref_rows[column].n or 0), "normal, two stderrs"))
+        found += _effective(ref, run)
     adjusted = uncertainty.holm([c.p for c in found])
     out = []
     for c, p_adj in zip(found, adjusted):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator
 
 from harness.errors import UserError
-from harness.values import parse_length
+from harness.values import format_length, parse_length
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,37 @@ def haystack_region(result: dict) -> tuple:
     return result.get("length"), result.get("sample", 0)
 
 
+def length_cells(results: list[dict]) -> list:
+    """Stored cells as harness.effective_length reads them: key, length, haystack region, score and
+    training seed (a pooled model's replicate)."""
+    from harness.effective_length import Cell
+
+    return [Cell(r["key"], r["length"], haystack_region(r), r["score"], r.get("replicate"))
+            for r in results if r.get("length") is not None and r.get("score") is not None]
+
+
+def effective_rows(label: str, results: list[dict]) -> list[Row]:
+    """The effective length of ``results`` (one suite's cells) by RULER's rule and by NoLiMa's, each
+    with its bootstrap interval (harness.effective_length): a report column each, shown as
+    "4K [2K, 8K]" and never given a mean-difference verdict (harness.reports.paired compares two
+    runs' effective lengths on their own). RULER's slice stays "effective length", the lm-eval key
+    (``effective_length``) runs had before NoLiMa's joined it."""
+    from harness import effective_length as effective
+
+    rows = []
+    for rule in effective.RULES:
+        found = effective.estimate(length_cells(results), rule)
+        if found is None:
+            continue
+        metric = rule.describe()
+        if found.base is not None:
+            metric += f" {found.base:.3f} (the best of {', '.join(format_length(n) for n in found.base_from)})"
+        rows.append(Row(label, "effective length" + ("" if rule is effective.RULER else f" ({rule.kind_name})"),
+                        metric, float(found.length), found.n, display=found.text(), column=rule.column(label),
+                        low=float(found.low), high=float(found.high), how=found.how, compared=False))
+    return rows
+
+
 def replicates(results: list[dict]) -> list:
     """Each stored result's replicate: the training seed of a pooled ablation model (None for a
     plain run; harness.reports.compare pools seeds, harness.uncertainty says how they count)."""
@@ -161,6 +192,12 @@ class Suite:
     def paired_units(results: list[dict], manifest: dict) -> dict[str, dict[str, tuple[float, object]]]:
         """Per report column: unit key -> (score, cluster), for paired comparisons of two runs on the
         units both hold (harness.reports.paired). Empty: compared from the rows' standard errors."""
+        return {}
+
+    @staticmethod
+    def effective_cells(results: list[dict], manifest: dict) -> dict[str, list]:
+        """Per label (the prefix of its report columns: "needle"), the cells whose effective length
+        two runs compare (:func:`length_cells`; harness.reports.paired). Empty: no effective length."""
         return {}
 
     @staticmethod

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from harness import uncertainty
+from harness import effective_length as effective, uncertainty
 from harness.backends import DECODINGS, Request, Sampling, generation_config_sampling
 from harness.errors import UserError
 from harness.tasks import base, needle_prompt, needle_variants, scoring
@@ -108,13 +108,9 @@ EFFECTIVE_AT = 0.85       # RULER's threshold for an effective length (Llama-2-7
 
 def effective_length(per_length: dict[int, float], threshold: float = EFFECTIVE_AT) -> int:
     """The longest length whose mean score, and every shorter length's, is at least ``threshold``
-    (0: not even the shortest): RULER's effective length on this grid."""
-    best = 0
-    for length in sorted(per_length):
-        if per_length[length] < threshold:
-            break
-        best = length
-    return best
+    (0: not even the shortest): RULER's effective length on this grid (harness.effective_length,
+    where NoLiMa's and the intervals are too)."""
+    return effective.of(per_length, effective.Rule("ruler", threshold))
 
 
 @dataclass(frozen=True)
@@ -354,23 +350,17 @@ class NeedleSuite(base.Suite):
                                                 replicates=base.replicates(rows)),
                            column=f"{label} mean", how="clustered by length and draw")]
         lengths = sorted({r["length"] for r in rows if r.get("length") is not None})
-        per_length = {}
         for length in lengths:
             mine = [r for r in rows if r.get("length") == length]
             draws = {r.get("sample", 0) for r in mine}
             est = uncertainty.estimate([r["score"] for r in mine],
                                        clusters=[r.get("sample", 0) if len(draws) > 1 else r["depth"] for r in mine],
                                        replicates=base.replicates(mine))
-            per_length[length] = est.mean
             out.append(base.Row.of(label, format_length(length), f"{metric} (mean)", est,
                                    how="over draws" if len(draws) > 1 else "over depths",
                                    column=f"{label} {format_length(length)}" if len(lengths) <= PER_LENGTH_COLUMNS else None,
                                    compared=False))  # a handful of depths per length: shown, not tested
-        effective = effective_length(per_length)
-        out.append(base.Row(label, "effective length", f"longest length with every mean up to it >= {EFFECTIVE_AT}",
-                            float(effective), display=format_length(effective) if effective else "none",
-                            column=f"{label} effective length", compared=False))
-        return out
+        return out + base.effective_rows(label, rows)   # RULER's and NoLiMa's, with intervals
 
     @staticmethod
     def expected_cells(config: dict) -> int | None:
@@ -385,6 +375,12 @@ class NeedleSuite(base.Suite):
         label = f"needle ({variant})" if variant else "needle"
         return {f"{label} mean": {r["key"]: (r["score"], base.haystack_region(r))
                                   for r in results if r.get("suite") == NAME}}
+
+    @staticmethod
+    def effective_cells(results: list[dict], manifest: dict) -> dict:
+        variant = base.variant_of(manifest, NAME)
+        label = f"needle ({variant})" if variant else "needle"
+        return {label: base.length_cells([r for r in results if r.get("suite") == NAME])}
 
     @staticmethod
     def score_label(manifest: dict) -> str:

@@ -1,5 +1,5 @@
 """Report columns a long-context reader expects: a needle column per length (small grids), RULER's
-effective length per model, and warnings when runs are not comparable."""
+and NoLiMa's effective length per model, and warnings when runs are not comparable."""
 
 from pathlib import Path
 
@@ -23,18 +23,22 @@ def test_effective_length_is_the_longest_length_that_holds_the_threshold():
     assert needle.effective_length({1024: 0.3}) == 0
     rows = needle.NeedleSuite.summary(_run("m", {1024: 0.9, 2048: 0.2}).results, {"config": {}})
     eff = next(r for r in rows if r.slice == "effective length")
-    assert eff.display == "1K" and eff.column == "needle effective length"
+    assert eff.display == "1K [1K, 1K]" and eff.column == "needle effective length (RULER 0.85)"
 
 
 def test_a_column_per_length_shown_but_only_the_mean_tested():
     """Per-length columns are descriptive (a few depths each: a verdict per length would be a small-n
-    test repeated many times); the verdict stays on the mean over the grid."""
+    test repeated many times); the verdict stays on the mean over the grid, and the effective lengths
+    get theirs from their own paired bootstrap (tests/test_effective_length.py)."""
     col = compare.Collection(runs=[_run("base", {1024: 0.9, 2048: 0.9}), _run("other", {1024: 0.9, 2048: 0.1})])
     values, widths = compare.tables(col)
-    assert {"needle mean", "needle 1K", "needle 2K", "needle effective length"} <= set(values.columns)
-    assert values.at["other", "needle 2K"] == pytest.approx(0.1) and values.at["other", "needle effective length"] == 1024
-    assert {c.column for c in paired.compare(col, "base")} == {"needle mean"}
-    assert compare._fmt("needle effective length", 2048.0) == "2K"
+    ruler = "needle effective length (RULER 0.85)"
+    assert {"needle mean", "needle 1K", "needle 2K", ruler} <= set(values.columns)
+    assert values.at["other", "needle 2K"] == pytest.approx(0.1) and values.at["other", ruler] == 1024
+    assert widths.at["other", ruler] == (1024, 1024)   # an effective length's interval, not a half-width
+    assert {c.column for c in paired.compare(col, "base")} == {"needle mean", ruler,
+                                                                "needle effective length (NoLiMa 85%)"}
+    assert compare._fmt(ruler, 2048.0) == "2K" and compare._fmt("Δ " + ruler, -1024.0) == "−1K"
 
 
 def test_a_grid_of_forty_lengths_keeps_one_mean_column():

@@ -12,11 +12,14 @@ compared on more numbers gets no more chances to look better.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 from harness import uncertainty
 from harness.reports.compare import Collection, Run
+
+log = logging.getLogger("harness")
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,12 @@ def compare(col: Collection, reference: str) -> list[Comparison]:
                 seeds = f" + {d.replicates} seeds (t)" if d.replicates > 1 else ""
                 found.append(Comparison(column, run.name, reference, d.diff, d.low, d.high, d.p, d.n,
                                         f"paired bootstrap, {d.clusters} clusters{seeds}"))
-            elif ref_rows[column].stderr and rows[column].stderr:
+                continue
+            if ref_units[0].get(column) and units[0].get(column):   # both paired by item, none in common
+                log.warning("%s: %s and %s share no items (their prompts differ: another tokenizer, grid or "
+                            "haystack; --length-tokenizer gives models identical prompts): compared unpaired",
+                            column, run.name, reference)
+            if ref_rows[column].stderr and rows[column].stderr:
                 from scipy.stats import norm
 
                 diff = rows[column].value - ref_rows[column].value

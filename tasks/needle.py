@@ -9,6 +9,7 @@ generated after the prompt. This module owns the grid, the config, scoring and t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
@@ -140,6 +141,7 @@ class NeedleConfig:
                                    # protocol's, and once bound, None unless the model's RoPE is dynamic
     decoding: str = "greedy"      # greedy, or generation_config: the model's own (resolved when bound)
     sampling: dict | None = None  # what the model's generation_config asked for (None: greedy)
+    length_tokenizer: str | None = None   # lengths in this tokenizer's tokens (its identity); None: the model's
 
     @property
     def variant_name(self) -> str | None:
@@ -156,7 +158,7 @@ class NeedleConfig:
 
 # Config fields recorded only when they differ from what runs did before they existed, so the config
 # (and its hash: a run directory's identity) of a run that does not use them stays what it was.
-UNRECORDED = {"rope_state": None, "decoding": "greedy", "sampling": None}
+UNRECORDED = {"rope_state": None, "decoding": "greedy", "sampling": None, "length_tokenizer": None}
 
 
 def protocol_for(spec: dict, preset: str | None, protocol: str | None, variant: str | None, chat: bool) -> str:
@@ -185,7 +187,7 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
                    haystack: Haystack, max_new_tokens: int | None = None, spec: dict | None = None,
                    variant: str | None = None, seed: int = 0, scorer: str = "generate",
                    protocol: str | None = None, samples: int = 1, rope_state: str | None = None,
-                   decoding: str = "greedy") -> NeedleConfig:
+                   decoding: str = "greedy", length_tokenizer: str | None = None) -> NeedleConfig:
     """CLI flags over the preset over the YAML spec (and the variant's spec)."""
     spec = spec or load_spec()
     presets = spec["presets"]
@@ -235,8 +237,21 @@ def resolve_config(*, preset: str | None, lengths: str | None, depths: str | Non
         protocol=protocol, reference_answer=spec["reference_answer"],
         reference_buffer=int(spec["reference"]["buffer"]) if reference else 0,
         skip_leading_eos=bool(rules.get("skip_leading_eos", False)) and not chat, samples=int(samples),
-        rope_state=rope_state, decoding=decoding,
+        rope_state=rope_state, decoding=decoding, length_tokenizer=_length_tokenizer(length_tokenizer, chat),
     )
+
+
+def _length_tokenizer(spec: str | None, chat: bool) -> str | None:
+    """--length-tokenizer's identity (the embedded name, org/name@commit or an absolute path): what
+    the run's config records, and what bind loads."""
+    if spec is None:
+        return None
+    if chat:
+        raise UserError("--length-tokenizer: base prompts only; a chat template is each model's own, so its "
+                        "prompts cannot be byte-identical across models (leave out --chat)")
+    from harness import models
+
+    return models.identity(spec, models.locate(spec, "--length-tokenizer"))
 
 
 def rope_rule(config: NeedleConfig) -> str:
@@ -282,6 +297,10 @@ class Options:
     decoding: str = base.option("--decoding", "Needle: greedy, or generation_config (what the model's "
                                 "generation_config asks for, as the reference's generate() follows it: "
                                 "sampling, seeded per cell, if it sets do_sample).", "greedy")
+    length_tokenizer: str | None = base.option("--length-tokenizer", "Needle: measure lengths, cuts and depths in "
+                                               "this tokenizer's tokens (PATH|ORG/NAME|smollm2-135m) and give the "
+                                               "model the text: models with different tokenizers then read "
+                                               "byte-identical prompts, paired by `harness compare`.")
 
 
 class NeedleSuite(base.Suite):
@@ -302,7 +321,8 @@ class NeedleSuite(base.Suite):
         cfg = resolve_config(preset=grid.preset, lengths=grid.lengths, depths=grid.depths, chat=options.chat,
                              haystack=hay, max_new_tokens=options.max_new_tokens, spec=spec, variant=options.variant,
                              scorer=options.scorer, seed=grid.seed, protocol=options.protocol,
-                             samples=options.samples, rope_state=options.dynamic_rope, decoding=options.decoding)
+                             samples=options.samples, rope_state=options.dynamic_rope, decoding=options.decoding,
+                             length_tokenizer=options.length_tokenizer)
         return cfg, hay
 
     @classmethod
@@ -373,7 +393,8 @@ class NeedleSuite(base.Suite):
     def paired_units(results: list[dict], manifest: dict) -> dict:
         variant = base.variant_of(manifest, NAME)
         label = f"needle ({variant})" if variant else "needle"
-        return {f"{label} mean": {r["key"]: (r["score"], base.haystack_region(r))
+        # Paired by the prompt's content (runs stored before cells recorded it: by their keys).
+        return {f"{label} mean": {r.get("item_sha256") or r["key"]: (r["score"], base.haystack_region(r))
                                   for r in results if r.get("suite") == NAME}}
 
     @staticmethod
@@ -398,8 +419,15 @@ class NeedleSuite(base.Suite):
         self.config = config
         self.haystack = haystack
         self.tok = tokenizer
-        # The prompt builder of the config's protocol (needle_prompt.py): exact or reference.
-        self.prompts = needle_prompt.builder(config, haystack, tokenizer)
+        # The prompt builder of the config's protocol (needle_prompt.py): exact or reference, in the
+        # --length-tokenizer's tokens when one is given.
+        measure = None
+        if config.length_tokenizer:
+            from harness import models
+
+            measure = models.read_tokenizer(models.locate(config.length_tokenizer, "--length-tokenizer"),
+                                            "--length-tokenizer")
+        self.prompts = needle_prompt.builder(config, haystack, tokenizer, measure)
         self._sampling = Sampling(**config.sampling) if config.sampling else None
 
     # -- grid ---------------------------------------------------------------------------------
@@ -482,6 +510,9 @@ class NeedleSuite(base.Suite):
             "depth": cell.depth, "depth_actual": prompt.depth_actual, "score": main,
             "scores": scores, "output": gen.text, "new_tokens": gen.new_tokens,
             "seconds": round(gen.seconds, 3), "reused_tokens": gen.reused_tokens,
+            # The item's content hash: runs pair a cell by it (harness compare), so cells whose prompts
+            # differ (another tokenizer, another grid) are never taken for the same item.
+            "item_sha256": hashlib.sha256(prompt.item.encode()).hexdigest()[:16],
         }
         if gen.peak_gib is not None:
             result["peak_gib"] = round(gen.peak_gib, 3)

@@ -32,6 +32,9 @@ class Prompt:
     ids: list[int]
     needle_token: int   # index of the needle's first token in ``ids``
     depth_actual: float  # where the needle landed, percent of the haystack's tokens
+    text: str = ""       # the prompt as text, template included
+    item: str = ""       # what makes it this item: the prompt before any chat template (hashed per cell)
+    needle_char: int = 0  # where the asked needle starts in ``text``
 
 
 class HaystackTokens:
@@ -167,6 +170,7 @@ class ExactPrompts:
                 break
             n_hay = max(16, n_hay + target - len(ids))
         n_hay, ids, offsets, text, context, needle_char = best
+        item = self.config.prompt.format(context=context, **sample.fields)
         start = text.index(context)
         needle_at = start + needle_char
         needle_tok = next(i for i, (a, b) in enumerate(offsets) if b > needle_at)
@@ -174,7 +178,8 @@ class ExactPrompts:
         context_end = next((i for i, (a, b) in enumerate(offsets) if a >= start + len(context)), len(offsets))
         # Where the asked needle landed, in percent of the context's tokens (other needles included).
         depth_actual = 100.0 * (needle_tok - context_tok) / max(1, context_end - context_tok)
-        return Prompt(ids=list(ids), needle_token=needle_tok, depth_actual=round(min(100.0, max(0.0, depth_actual)), 2))
+        return Prompt(ids=list(ids), needle_token=needle_tok, depth_actual=round(min(100.0, max(0.0, depth_actual)), 2),
+                      text=text, item=item, needle_char=needle_at)
 
 
 class ReferencePrompts:
@@ -249,13 +254,36 @@ class ReferencePrompts:
         marker = prompt.index(self.config.needle, prompt.index(context))
         needle_tok = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > marker)
         return Prompt(ids=list(enc["input_ids"]), needle_token=needle_tok,
-                      depth_actual=round(100.0 * at / max(1, len(tokens)), 2))
+                      depth_actual=round(100.0 * at / max(1, len(tokens)), 2), text=prompt, item=prompt,
+                      needle_char=marker)
+
+
+class Retokenized:
+    """``--length-tokenizer``: a builder working in a reference tokenizer's tokens (lengths, cuts,
+    depths), whose prompt text the model's own tokenizer then encodes. Every model given the same
+    reference tokenizer reads byte-identical prompts; only their token counts differ."""
+
+    def __init__(self, inner: ExactPrompts | ReferencePrompts, tokenizer: Any):
+        self.inner, self.tok = inner, tokenizer
+
+    def __getattr__(self, name: str):   # reserved, check, sentence_end_tokens: the inner builder's
+        return getattr(self.inner, name)
+
+    def build(self, cell: "Cell", sample: needle_variants.Sample | None = None) -> Prompt:
+        p = self.inner.build(cell, sample)
+        enc = self.tok(p.text, return_offsets_mapping=True)
+        needle_tok = next(i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > p.needle_char)
+        return Prompt(ids=list(enc["input_ids"]), needle_token=needle_tok, depth_actual=p.depth_actual,
+                      text=p.text, item=p.item, needle_char=p.needle_char)
 
 
 BUILDERS = {"exact": ExactPrompts, "reference": ReferencePrompts}
 
 
-def builder(config: "NeedleConfig", haystack: Haystack, tokenizer: Any) -> ExactPrompts | ReferencePrompts:
-    """The prompt builder of ``config.protocol``, over its own tokenized haystack."""
-    hay = HaystackTokens(haystack, tokenizer, config.seed, max(config.lengths))
-    return BUILDERS[config.protocol](config, hay, tokenizer)
+def builder(config: "NeedleConfig", haystack: Haystack, tokenizer: Any,
+            measure: Any = None) -> ExactPrompts | ReferencePrompts | Retokenized:
+    """The prompt builder of ``config.protocol``, over its own tokenized haystack; with ``measure``
+    (a reference tokenizer), lengths are that tokenizer's and the model's encodes the text."""
+    hay = HaystackTokens(haystack, measure or tokenizer, config.seed, max(config.lengths))
+    inner = BUILDERS[config.protocol](config, hay, measure or tokenizer)
+    return Retokenized(inner, tokenizer) if measure is not None else inner

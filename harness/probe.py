@@ -62,4 +62,9 @@ def prompt_mode(model_spec, request, console: Console, *, lengths: str = LENGTHS
     diff = uncertainty.paired([scores[False][k][0] for k in keys], [scores[True][k][0] for k in keys],
                               clusters=[scores[False][k][1] for k in keys])
     mean = lambda chat: sum(scores[chat][k][0] for k in keys) / len(keys)   # noqa: E731
-    return ProbeResult(mean(False), mean(True), diff, "chat template" if needle.chat else "base prompt")
+    return ProbeResult(mean(False), mean(True), diff, mode(request))
+
+
+def mode(request) -> str:
+    """The prompt mode a request's needle runs in."""
+    return "chat template" if request.options_for("needle").chat else "base prompt"

@@ -15,7 +15,4 @@ def test_the_probe_pairs_both_modes_cell_by_cell_and_names_the_runs_mode(tiny_mo
     assert result.difference.n == 2 * 2 * 2 and result.difference.clusters == 2 * 2
     assert result.used == "base prompt"
     assert "This run uses the base prompt." in result.sentence()
-    chat = probe.prompt_mode(str(tiny_model_dir), request_from_flags(protocol="exact", dtype="fp32", chat=True,
-                                                                     max_new_tokens=4),
-                             Console(quiet=True), lengths="256", depths="50", samples=2)
-    assert chat.used == "chat template" and chat.difference.n == 2
+    assert probe.mode(request_from_flags(chat=True)) == "chat template"   # the run's own mode: --chat's

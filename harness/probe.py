@@ -3,8 +3,10 @@ base prompt and with the model's chat template, the same cells both ways, and a 
 difference. Instruct models can score very differently in the two modes (HELMET's issue 12: 54
 against 21 on one task), so a run should say which it used and whether that choice matters.
 
-The paper evaluated base models with its base prompt (no chat template); its 80K checkpoint is a
-base model too. The probe changes nothing else: the run that follows uses the mode its flags say.
+Both modes run on the exact protocol (the one a chat template runs on), so the template is the only
+difference. The paper evaluated base models with its base prompt (no chat template); its 80K
+checkpoint is a base model too. The probe changes nothing else: the run that follows uses the mode
+its flags say.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ def prompt_mode(model_spec, request, console: Console, *, lengths: str = LENGTHS
     scores = {}
     with tempfile.TemporaryDirectory(prefix="harness-probe-") as tmp:
         for chat in (False, True):
+            # Both modes on the exact protocol, the one a chat template runs on: only the template differs.
             probe = replace(request, suites="needle", preset=None, lengths=lengths, depths=depths, wandb=None,
-                            options={"needle": replace(needle, chat=chat, samples=samples)})
+                            options={"needle": replace(needle, chat=chat, samples=samples, protocol="exact")})
             with console.status(f"prompt-mode probe: {'chat template' if chat else 'base prompt'}"):
                 results, _ = evaluate(model_spec, prepare(probe), Path(tmp) / str(chat), Console(quiet=True))
             scores[chat] = {(r["key"], r.get("sample", 0)): (r["score"], haystack_region(r))

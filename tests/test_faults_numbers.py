@@ -21,7 +21,8 @@ from tests.conftest import one_line_error
     (["--seed", str(2**32)], "--seed: 4294967296 is not accepted"),
     (["--device", "bogus"], "--device: 'bogus' is not known"),
     (["--device", "cuda:0"], "no CUDA device"),
-    (["--tensor-parallel", "0"], "--tensor-parallel: 0"),
+    (["--backend", "vllm", "--tensor-parallel", "0"], "--tensor-parallel: 0 must be at least 1"),
+    (["--tensor-parallel", "2"], "--tensor-parallel: only for --backend vllm"),   # the backend's own flag
 ])
 def test_run_refuses_numbers_out_of_range(capsys, tmp_path, tiny_model_dir, extra, message):
     out = tmp_path / "never"

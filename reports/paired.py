@@ -52,16 +52,16 @@ class Comparison:
         return show(self.diff), ("–" if self.low is None else f"[{show(self.low)}, {show(self.high)}]")
 
 
-def _units(run: Run) -> list[dict[str, dict]]:
+def units(run: Run) -> list[dict[str, dict]]:
     """Per seed of the run (one for a plain run): report column -> unit key -> (score, cluster)."""
     from harness import tasks
 
     out = []
     for part in run.replicates():
-        units = {}
+        columns = {}
         for name in tasks.SUITES:
-            units.update(tasks.get(name).paired_units(part.results, part.manifest))
-        out.append(units)
+            columns.update(tasks.get(name).paired_units(part.results, part.manifest))
+        out.append(columns)
     return out
 
 
@@ -112,21 +112,21 @@ def _lower_is_better(column: str) -> bool:
 def compare(col: Collection, reference: str) -> list[Comparison]:
     """Every run against ``reference`` on every column both hold, Holm-adjusted, with verdicts."""
     ref = next(r for r in col.runs if r.name == reference)
-    ref_units, ref_rows = _units(ref), _rows(ref)
+    ref_units, ref_rows = units(ref), _rows(ref)
     found = []
     for run in (r for r in col.runs if r.name != reference):
-        units, rows = _units(run), _rows(run)
+        held, rows = units(run), _rows(run)
         for column in [c for c in ref_rows if c in rows]:
-            shared = _shared([ref_units, units], column)
+            shared = _shared([ref_units, held], column)
             if shared:
                 a = [[seed[column][k][0] for k in shared] for seed in ref_units]
-                b = [[seed[column][k][0] for k in shared] for seed in units]
+                b = [[seed[column][k][0] for k in shared] for seed in held]
                 d = uncertainty.paired(a, b, clusters=[ref_units[0][column][k][1] for k in shared])
                 seeds = f" + {d.replicates} seeds (t)" if d.replicates > 1 else ""
                 found.append(Comparison(column, run.name, reference, d.diff, d.low, d.high, d.p, d.n,
                                         f"paired bootstrap, {d.clusters} clusters{seeds}"))
                 continue
-            if ref_units[0].get(column) and units[0].get(column):   # both paired by item, none in common
+            if ref_units[0].get(column) and held[0].get(column):   # both paired by item, none in common
                 log.warning("%s: %s and %s share no items (their prompts differ: another tokenizer, grid or "
                             "haystack; --length-tokenizer gives models identical prompts): compared unpaired",
                             column, run.name, reference)

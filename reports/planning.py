@@ -51,13 +51,13 @@ class Row:
 
 def _units(run: Run, column: str) -> list[dict]:
     """Per seed: unit key -> (score, region) for ``column``."""
-    from harness.reports.paired import _units as units
+    from harness.reports.paired import units
 
     return [seed.get(column, {}) for seed in units(run)]
 
 
 def _columns(run: Run) -> set[str]:
-    from harness.reports.paired import _units as units
+    from harness.reports.paired import units
 
     return {c for seed in units(run) for c, held in seed.items() if held}
 

@@ -68,7 +68,10 @@ class EvalRequest:
         d = asdict(self)
         d.pop("backend_options")
         for name in BACKENDS:
-            d.update(asdict(self.for_backend(name)))
+            options = self.for_backend(name)
+            later = getattr(options, "keyed_when_given", ())
+            d.update({k: v for k, v in asdict(options).items()
+                      if k not in later or v != options.__dataclass_fields__[k].default})
         return d
 
 
@@ -323,4 +326,5 @@ def _backend(loaded, req: EvalRequest, console: Console, suites: dict):
                                max_model_len=need)
     from harness.backends.hf import HFBackend
 
-    return HFBackend(loaded, fast=req.for_backend("hf").fast)
+    hf = req.for_backend("hf")
+    return HFBackend(loaded, prefill_chunk=hf.chunk(), fast=hf.fast)

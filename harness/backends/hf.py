@@ -19,29 +19,36 @@ from dataclasses import dataclass
 import torch
 
 from harness import oom
-from harness.backends import Generation, ModelBackend, Request, Sampling, attention
+from harness.backends import Generation, ModelBackend, Request, Sampling, attention, prefill
 from harness.backends.kv_cache import PreallocatedCache, check_config
 from harness.memory import PeakMemory
 from harness.models import LoadedModel
 
-MIN_PREFILL_CHUNK = 512   # a retry after running out of memory halves the chunk, down to this
+MIN_PREFILL_CHUNK = prefill.MIN_CHUNK   # a retry after running out of memory halves the chunk, down to this
 
 
 class HFBackend(ModelBackend):
     name = "hf"
 
-    def __init__(self, loaded: LoadedModel, prefill_chunk: int = 8192, fast: bool = False,
-                 decode_batch_tokens: int = 65536):
-        """``fast``: split-causal attention for prompts continuing a cache (CPU) and batched decoding
-        of equal-length prompts. Faster, but the arithmetic is grouped differently, so in bf16 a
-        greedy near-tie can flip: outputs equal the one-prompt-at-a-time ones only up to rounding.
-        Off, every output is exactly the per-prompt one (tested; BENCHMARKS.md has both)."""
+    def __init__(self, loaded: LoadedModel, prefill_chunk: int | str = "auto", fast: bool = False,
+                 decode_batch_tokens: int = 65536, free_memory=None):
+        """``prefill_chunk``: tokens per prefill forward, or ``auto`` (harness/backends/prefill.py):
+        on CUDA the whole prompt where the free memory holds it, else the largest chunk that fits;
+        on a CPU 8,192, unless ``free_memory`` (a callable giving bytes) sizes it there too.
+
+        ``fast``: split-causal attention for prompts continuing a cache on CPU (on CUDA it is always
+        on: attention.py) and batched decoding of equal-length prompts. Faster, but the arithmetic is
+        grouped differently, so in bf16 a greedy near-tie can flip: outputs equal the one-prompt-at-a-
+        time ones only up to rounding. Off, on a CPU, every output is exactly the per-prompt one
+        (tested in fp32; BENCHMARKS.md has both)."""
         self.loaded = loaded
         self.fast = fast
         self.decode_batch_tokens = decode_batch_tokens if fast else 0
         self.model = loaded.model
         self.tok = loaded.tokenizer
         self.prefill_chunk = prefill_chunk
+        self._free = prefill.sizer(self.model.device, free_memory) if prefill_chunk == "auto" else None
+        self._chunk = prefill_chunk if isinstance(prefill_chunk, int) else prefill.CPU_CHUNK   # the last one used
         eos = self.model.generation_config.eos_token_id
         if eos is None:
             eos = self.tok.eos_token_id
@@ -62,8 +69,12 @@ class HFBackend(ModelBackend):
         self.peak = PeakMemory(self.model.device)
         self._serving = 0   # tokens of the prompt being computed (where HARNESS_OOM_AT looks)
         self._attn = None
-        if fast and self.model.device.type == "cpu" and self.model.config._attn_implementation == "sdpa":
+        config = self.model.config
+        if (config._attn_implementation == "sdpa" and attention.applies(config)
+                and (self.model.device.type == "cuda" or fast and self.model.device.type == "cpu")):
             self._attn = attention.register()
+        self._attn_kind = "prefix" if self._attn else {"sdpa": "masked"}.get(config._attn_implementation,
+                                                                           config._attn_implementation)
 
     def _forward(self, *, cache, **kwargs):
         """The model's forward with our KV cache (transformers < 5.24 names the argument past_key_values)."""
@@ -130,7 +141,7 @@ class HFBackend(ModelBackend):
             if capacity < _capacity([req]):  # only after a retry sized the cache for one prompt
                 cache, held, capacity = None, [], _capacity([req])
                 cache = PreallocatedCache(self.model.config, capacity)
-            branch, new = self._serve(index, req, cache, held, start, self.prefill_chunk, alone)
+            branch, new = self._serve(index, req, cache, held, start, None, alone)
             if branch is None:
                 cache = held = None   # what the failed attempt left, dropped before anything else
                 branch, new, cache, held, capacity = self._retry(index, req, start, alone, capacity, waiting)
@@ -154,25 +165,26 @@ class HFBackend(ModelBackend):
         dropped and :class:`harness.oom.CellOutOfMemory` names the request."""
         oom.free()
         cache, held, branch, new = None, [], None, None
+        failed = self._chunk
         chunk = self._retry_chunk(len(req.ids))
         if chunk is not None or capacity > _capacity([req]):
             capacity = _capacity([req])
             cache = PreallocatedCache(self.model.config, capacity)
-            branch, new = self._serve(index, req, cache, held, start, chunk or self.prefill_chunk, alone)
+            branch, new = self._serve(index, req, cache, held, start, chunk, alone)
         if branch is None:
             cache = None
             waiting.clear()
             oom.free()
             raise oom.CellOutOfMemory(f"out of memory on a prompt of {len(req.ids):,} tokens (prefill chunk "
-                                      f"{self.prefill_chunk}{f', then {chunk}' if chunk else ''})",
+                                      f"{failed}{f', then {chunk}' if chunk else ''})",
                                       [index], self.peak.gib())
         branch.chunk = chunk
         return branch, new, cache, held, capacity
 
-    def _serve(self, index: int, req: Request, cache, held: list[int], start: float, chunk: int,
+    def _serve(self, index: int, req: Request, cache, held: list[int], start: float, chunk: int | None,
                alone: bool) -> tuple["_Branch | None", list[int] | None]:
         """One prompt in the tree's cache: prefilled from the longest prefix the cache holds, in
-        chunks of ``chunk`` tokens; its target scored; decoded when ``alone``. Returns the branch and
+        chunks of ``chunk`` tokens (None: the backend's, :meth:`_chunk_for`); its target scored; decoded when ``alone``. Returns the branch and
         its new tokens (None: it waits for a batch, its KV snapshotted); (None, None) when it ran out
         of memory, the cache then unusable (the traceback, and the activations it holds, end here)."""
         self._serving = len(req.ids)
@@ -184,6 +196,7 @@ class HFBackend(ModelBackend):
                 chunk = len(ids)
                 self._reset_rope()
                 self._carry_rope(req.rope_seen)
+            self._chunk = chunk = chunk or self._chunk_for(len(ids) - keep, keep, cache)
             suffix = torch.tensor([ids[keep:]], dtype=torch.long, device=self.model.device)
             for s in range(0, suffix.shape[1], chunk):
                 out = self._forward(input_ids=suffix[:, s:s + chunk], cache=cache, use_cache=True, logits_to_keep=1)
@@ -204,11 +217,22 @@ class HFBackend(ModelBackend):
         except oom.Error:
             return None, None
 
+    def _chunk_for(self, tokens: int, past: int, cache) -> int:
+        """The prefill chunk for ``tokens`` new positions after ``past`` cached ones: the fixed one,
+        or (``auto``) what the free memory holds, the KV cache's first allocation counted."""
+        if isinstance(self.prefill_chunk, int):
+            return self.prefill_chunk
+        if self._free is None:
+            return prefill.CPU_CHUNK
+        dtype = self.model.dtype
+        pending = 0 if cache.nbytes() else prefill.kv_bytes_per_token(self.model.config, dtype) * cache.capacity
+        return prefill.choose(self.model.config, dtype, tokens, past, self._free(), pending, self._attn_kind)
+
     def _retry_chunk(self, tokens: int) -> int | None:
-        """The prefill chunk of a retry after running out of memory: half the backend's, down to
-        MIN_PREFILL_CHUNK; None when it would not split a prompt of ``tokens`` any finer (dynamic
+        """The prefill chunk of a retry after running out of memory: half the one that failed, down
+        to MIN_PREFILL_CHUNK; None when it would not split a prompt of ``tokens`` any finer (dynamic
         RoPE prefills a prompt whole)."""
-        smaller = max(self.prefill_chunk // 2, min(MIN_PREFILL_CHUNK, self.prefill_chunk))
+        smaller = max(self._chunk // 2, min(MIN_PREFILL_CHUNK, self._chunk))
         return smaller if not self._dynamic and tokens > smaller else None
 
     def _score_target(self, branch: "_Branch", target: list[int], cache, held: list[int]) -> list[float]:

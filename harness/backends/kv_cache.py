@@ -124,6 +124,11 @@ class PreallocatedCache(Cache):
                 layer.write_row(row, *kv[index])
         return cache
 
+    @property
+    def capacity(self) -> int:
+        """Positions each layer's buffer holds (or will, once allocated)."""
+        return self.layers[0].capacity if self.layers else 0
+
     def nbytes(self) -> int:
         """Bytes the buffers hold (allocated capacity, not the filled part)."""
         return sum(layer.nbytes() for layer in self.layers)

@@ -22,11 +22,23 @@ class HFOptions:
                          "equal-length cells; faster, outputs equal the exact ones only up to bf16 rounding.")
     attn: str = setting("auto", "hf: attention kernel: auto (flash_attention_2 on CUDA with flash-attn, else sdpa), "
                         "sdpa, flash_attention_2, flex_attention or eager.")
+    prefill_chunk: str = setting("auto", "hf: prompt tokens per prefill forward: auto (CUDA: the whole prompt where "
+                                 "free memory holds it, else the largest chunk that fits; CPU: 8k) or a number, e.g. 8k.",
+                                 metavar="auto|N")
+    # Options added after run directories existed: they key a run (its directory, an ablation) only when given.
+    keyed_when_given: ClassVar[frozenset] = frozenset({"prefill_chunk"})
 
     def check(self, request) -> None:
         from harness import models
+        from harness.backends import prefill
 
         models.attn_implementation(models.parse_device(request.device), self.attn)
+        prefill.parse_chunk(self.prefill_chunk)
+
+    def chunk(self) -> int | str:
+        from harness.backends import prefill
+
+        return prefill.parse_chunk(self.prefill_chunk)
 
 
 @dataclass(frozen=True)

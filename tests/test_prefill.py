@@ -105,11 +105,11 @@ def test_a_kernel_that_refuses_the_shapes_falls_back_to_the_masked_one(monkeypat
     monkeypatch.setattr(attention, "_CHOSEN", {})
     monkeypatch.setitem(attention.KERNELS, "cpu", ["cudnn", "cpu_flash"])   # cuDNN's op has no CPU kernel
     out, _ = attention.prefix_sdpa_forward(None, q, k, v)
-    assert torch.allclose(out, ref, atol=1e-5) and attention.chosen() == {"cpu/float32/16": "cpu_flash"}
+    assert torch.allclose(out, ref, atol=1e-5) and attention.chosen() == {"continue/cpu/float32/16": "cpu_flash"}
     monkeypatch.setattr(attention, "_CHOSEN", {})
     monkeypatch.setitem(attention.KERNELS, "cpu", ["cudnn"])
     out, _ = attention.prefix_sdpa_forward(None, q, k, v)
-    assert torch.allclose(out, ref, atol=1e-5) and attention.chosen() == {"cpu/float32/16": "masked"}
+    assert torch.allclose(out, ref, atol=1e-5) and attention.chosen() == {"continue/cpu/float32/16": "masked"}
 
 
 def test_a_sliding_window_model_keeps_transformers_masks(tokenizer):
@@ -118,3 +118,23 @@ def test_a_sliding_window_model_keeps_transformers_masks(tokenizer):
 
     assert attention.applies(shapes.config("tiny", tokenizer))
     assert not attention.applies(MistralConfig(sliding_window=4096))
+
+
+@pytest.mark.parametrize("kv_len,splits", [(4096, 8), (4100, 8), (3000, 1)])
+def test_split_kv_decoding_equals_one_kernel_over_every_key(monkeypatch, kv_len, splits):
+    """Flash-decoding (CUDA, long caches): the keys in equal pieces run as one batch plus the
+    remainder, merged by log-sum-exp, give the one-query attention over every key (GQA included)."""
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(attention, "_CHOSEN", {})
+    torch.manual_seed(0)
+    q = torch.randn(1, 6, 1, 16)
+    cache = torch.randn(2, 1, 3, kv_len + 50, 16)          # a preallocated buffer, part of it filled
+    k, v = cache[0][:, :, :kv_len], cache[1][:, :, :kv_len]  # the strided views the KV cache hands over
+    ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    out = attention.split_kv_decode(q, k, v, None, splits=splits)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+    assert attention.chosen() == {"decode/cpu/float32/16": "cpu_flash"}
+    monkeypatch.setitem(attention.SPLIT_KV_MIN, "cpu", 1)   # the model's attention takes this path on CUDA
+    routed, _ = attention.prefix_sdpa_forward(None, q, k, v)
+    assert torch.allclose(routed, ref.transpose(1, 2), atol=1e-5)

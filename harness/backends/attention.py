@@ -7,7 +7,9 @@ that matter; on one H200 (2026-12-04) a 32K prompt in 8K chunks ran at 364 TFLOP
 whole, with a [q, past + q] mask to hold besides (4 GiB for a 32K chunk at 128K).
 ``prefix_sdpa`` computes the two parts with the kernel a fresh prefill runs: the queries against
 the cached keys (no mask) and against themselves (causal, square), merged exactly through their
-log-sum-exp. Decoding (one query) and a fresh prefill use sdpa as transformers would.
+log-sum-exp. A fresh prefill uses sdpa as transformers would; so does decoding (one query), except
+on CUDA over a long cache, where the keys are split into pieces run as one batch (flash-decoding,
+:func:`split_kv_decode`) so that one prompt's decode step keeps every multiprocessor busy.
 
 Kernels, by device (the first that accepts the shapes, remembered per device, dtype and head size):
 CPU: ``_scaled_dot_product_flash_attention_for_cpu``; CUDA: cuDNN's attention (what sdpa picked for
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "harness_prefix_sdpa"
-_CHOSEN: dict[tuple, str] = {}   # (device type, dtype, head size) -> the kernel that ran
+_CHOSEN: dict[tuple, str] = {}   # (use, device type, dtype, head size) -> the kernel that ran
 
 
 def prefix_sdpa_forward(module, query, key, value, attention_mask=None, dropout=0.0, scaling=None,
@@ -34,6 +36,10 @@ def prefix_sdpa_forward(module, query, key, value, attention_mask=None, dropout=
     """query [B, Hq, q, D], key/value [B, Hkv, kv, D] -> ([B, q, Hq, D], None)."""
     q_len, kv_len = query.shape[2], key.shape[2]
     groups = query.shape[1] // key.shape[1]
+    if q_len == 1 and query.shape[0] == 1 and kv_len >= SPLIT_KV_MIN.get(query.device.type, kv_len + 1):
+        out = split_kv_decode(query, key, value, scaling)
+        if out is not None:
+            return out.transpose(1, 2).contiguous(), None
     if q_len == 1 or q_len == kv_len:  # decoding sees every key; a fresh prefill is plainly causal
         out = F.scaled_dot_product_attention(query, key, value, is_causal=q_len > 1, scale=scaling,
                                              enable_gqa=groups > 1)
@@ -42,7 +48,7 @@ def prefix_sdpa_forward(module, query, key, value, attention_mask=None, dropout=
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     past = kv_len - q_len
-    key_chosen = (query.device.type, query.dtype, query.shape[-1])
+    key_chosen = ("continue", query.device.type, query.dtype, query.shape[-1])
     for name in ([_CHOSEN[key_chosen]] if key_chosen in _CHOSEN else KERNELS[query.device.type]):
         try:
             old, old_lse = _attend(name, query, key[:, :, :past], value[:, :, :past], False, scaling)
@@ -60,6 +66,50 @@ def prefix_sdpa_forward(module, query, key, value, attention_mask=None, dropout=
 
 
 KERNELS = {"cpu": ["cpu_flash"], "cuda": ["cudnn", "flash", "efficient"]}
+
+
+# Decoding one prompt over at least this many cached keys splits them (flash-decoding): one query
+# per head gives a kernel batch x heads blocks of work, 32 for a 7B model on a GPU with 132 SMs, so
+# most of the memory bandwidth idled (92 ms a token at 128K on the H200, floor about 17).
+SPLIT_KV_MIN = {"cuda": 8192}
+SPLIT_TARGET_BLOCKS = 4   # splits x heads >= this many per streaming multiprocessor
+
+
+def split_kv_decode(query, key, value, scale, splits: int | None = None) -> torch.Tensor | None:
+    """One query per head [1, Hq, 1, D] over [1, Hkv, kv, D] keys, the keys cut into ``splits``
+    equal pieces (default: enough for the device's multiprocessors) run as one batched kernel call,
+    plus the remainder, merged through their log-sum-exp. None when no kernel takes the shapes."""
+    heads, kv_len = query.shape[1], key.shape[2]
+    groups = heads // key.shape[1]
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    if splits is None:
+        units = torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 8
+        splits = max(1, min(kv_len // 1024, -(-SPLIT_TARGET_BLOCKS * units // heads)))
+    piece = kv_len // splits
+    body = splits * piece
+    # [1, H, body, D] -> [splits, H, piece, D]: a strided view of the cache, nothing copied.
+    keys = key[0, :, :body].unflatten(1, (splits, piece)).transpose(0, 1)
+    values = value[0, :, :body].unflatten(1, (splits, piece)).transpose(0, 1)
+    queries = query.expand(splits, -1, -1, -1).contiguous()
+    key_chosen = ("decode", query.device.type, query.dtype, query.shape[-1])
+    if _CHOSEN.get(key_chosen) == "sdpa":
+        return None
+    for name in ([_CHOSEN[key_chosen]] if key_chosen in _CHOSEN else KERNELS[query.device.type]):
+        try:
+            out, lse = _attend(name, queries, keys, values, False, scale)
+            parts = [(out[i:i + 1], lse[i:i + 1]) for i in range(splits)]
+            if body < kv_len:
+                parts.append(_attend(name, query, key[:, :, body:], value[:, :, body:], False, scale))
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError:
+            continue
+        _CHOSEN[key_chosen] = name
+        return _merge_all(parts).to(query.dtype)
+    _CHOSEN[key_chosen] = "sdpa"   # no kernel takes these shapes: plain sdpa from now on
+    return None
 
 
 def _attend(name: str, q, k, v, causal: bool, scale) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +137,14 @@ def _merge(old, old_lse, new, new_lse) -> torch.Tensor:
     return (old.float() * w_old + new.float() * w_new) / (w_old + w_new)
 
 
+def _merge_all(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """:func:`_merge` over any number of disjoint key sets."""
+    lse = torch.stack([p[1] for p in parts])
+    weights = torch.exp(lse - lse.max(0).values)[..., None]
+    out = sum(p[0].float() * w for p, w in zip(parts, weights))
+    return out / weights.sum(0)
+
+
 def _lower_right(q_len: int, kv_len: int, device) -> torch.Tensor:
     """The boolean mask of queries that continue ``kv_len - q_len`` cached keys (True: attend)."""
     rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
@@ -94,8 +152,9 @@ def _lower_right(q_len: int, kv_len: int, device) -> torch.Tensor:
 
 
 def chosen() -> dict[str, str]:
-    """Which kernel ran for continuing prompts in this process, per (device, dtype, head size)."""
-    return {f"{d}/{str(t).removeprefix('torch.')}/{h}": name for (d, t, h), name in _CHOSEN.items()}
+    """Which kernel ran in this process, per use (continue: a prompt continuing a cache; decode: a
+    split decode step), device, dtype and head size."""
+    return {f"{u}/{d}/{str(t).removeprefix('torch.')}/{h}": name for (u, d, t, h), name in _CHOSEN.items()}
 
 
 def applies(config) -> bool:

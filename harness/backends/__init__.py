@@ -28,6 +28,7 @@ class Generation:
     token_ids: tuple[int, ...] = ()             # the generated tokens (hf), after the stop rules
     peak_gib: float | None = None               # peak memory while computing it (hf: harness.memory)
     prefill_chunk: int | None = None            # hf: the smaller chunk of a retry after running out of memory
+    decode_seconds: float | None = None         # hf: of ``seconds``, the decode steps' (a batch's: its share)
 
 
 DECODINGS = ("greedy", "generation_config")   # a suite's --decoding: greedy, or what the model's config asks

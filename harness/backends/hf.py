@@ -210,7 +210,9 @@ class HFBackend(ModelBackend):
             if not alone:
                 branch.kv = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
                 return branch, None
+            decoding = time.perf_counter()
             new, fed = self._decode([branch], cache)
+            branch.decode_seconds = time.perf_counter() - decoding
             held.extend(fed)
             branch.peak_gib = self.peak.gib()
             return branch, new[0]
@@ -296,6 +298,7 @@ class HFBackend(ModelBackend):
         peak = self.peak.gib()
         for b, tokens in zip(branches, new):
             b.peak_gib = max(b.peak_gib, peak)
+            b.decode_seconds = share
             yield b.index, self._finish(b, tokens, b.seconds + share)
 
     def _decode(self, branches: list["_Branch"], cache) -> tuple[list[list[int]], list[int]]:
@@ -327,7 +330,7 @@ class HFBackend(ModelBackend):
         text = self.tok.decode(tokens, skip_special_tokens=True).strip()
         return Generation(text=text, new_tokens=len(tokens), seconds=seconds, target_logprobs=branch.target_lp,
                           reused_tokens=branch.keep, token_ids=tuple(tokens), peak_gib=branch.peak_gib,
-                          prefill_chunk=branch.chunk)
+                          prefill_chunk=branch.chunk, decode_seconds=branch.decode_seconds)
 
     def token_nll(self, ids: list[int], chunk: int = 2048) -> torch.Tensor:
         with self._attention(), torch.inference_mode():
@@ -370,6 +373,7 @@ class _Branch:
     seconds: float = 0.0
     peak_gib: float = 0.0        # peak memory while it was computed (memory.PeakMemory)
     chunk: int | None = None     # the smaller prefill chunk of a retry after running out of memory
+    decode_seconds: float | None = None
     generator: torch.Generator | None = None   # sampled decoding: the request's own, seeded
 
 

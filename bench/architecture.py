@@ -49,9 +49,9 @@ PACKAGE_FLOORS = {"harness.models": "models", "harness.data": "data", "harness.b
                   "harness.tasks": "tasks", "harness.trainer": "run", "harness.reports": "reports"}
 # ... and the modules directly in harness/, one by one: a new one must be placed here.
 MODULE_FLOORS = {
-    "base": ("errors", "values", "paths", "rundir", "pypi", "precision", "flops", "memory", "shapes",
-             "flex_cpu", "distributed", "tracking", "provenance", "uncertainty", "store", "oom", "estimate",
-             "config", "power", "effective_length"),
+    "base": ("errors", "values", "paths", "rundir", "pypi", "precision", "flops", "profiling", "memory",
+             "shapes", "flex_cpu", "distributed", "tracking", "provenance", "uncertainty", "store", "oom",
+             "estimate", "config", "power", "effective_length"),
     "run": ("runner", "evaluate", "lm_eval_format", "probe"),
     "entry": ("cli", "api", "ablate", "__main__"),
 }

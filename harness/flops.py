@@ -7,7 +7,9 @@ causal attention over a context of n tokens visits n(n+1)/2 pairs.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import time
+from typing import Any, Callable
 
 
 def dense_params(config: Any) -> int:
@@ -96,49 +98,91 @@ def stated_peak(device, dtype, declared_tflops: float | None = None) -> tuple[fl
     return peak, f"measured: fastest square {str(dtype).removeprefix('torch.')} GEMM here, {peak / 1e12:.3g} TFLOP/s"
 
 
-def measure_peak(device: str = "cpu", dtype=None, seconds: float = 0.5) -> float:
-    """Achievable matmul FLOP/s on this device and dtype (default: what ``auto`` picks there),
-    the fastest of square GEMMs timed for ``seconds``. Measure it in the dtype the work runs in: on a CPU without
-    native bf16 the bf16 peak is about 1/40 of the fp32 one.
+def measure_peak(device: str = "cpu", dtype=None, seconds: float = 0.5, *,
+                 timer: Callable[[int, int], float] | None = None) -> float:
+    """Achievable matmul FLOP/s on this device and dtype (default: what ``auto`` picks there): the
+    fastest product of the largest square GEMM :func:`gemm_sizes` reaches, timed for ``seconds``.
+    Measure it in the dtype the work runs in: on a CPU without native bf16 the bf16 peak is about
+    1/40 of the fp32 one.
 
-    The GEMM size grows from 256 until one product takes ``probe`` seconds (or reaches 2048 on a
-    CPU, 8192 on a GPU), so the whole measurement stays under about ``seconds`` + 8 x ``probe`` on
-    any device: a fixed 2048 GEMM in bf16 on an AVX2-only CPU took 40 s a product, minutes in all.
+    ``timer(n, reps)`` returns the wall seconds of ``reps`` products of size n (default:
+    :class:`GemmTimer`, real GEMMs, synchronized before and after on CUDA). Each size is warmed up
+    once untimed (cuBLAS's initialisation on a GPU's first product took longer than the probe, which
+    stopped an H200 at 256 and read 2.1 TFLOP/s), then timed over enough products that one timing
+    lasts TIMING_SECONDS (launch and synchronize amortised). The size grows from 256 until one
+    product takes PROBE_SECONDS or the device's largest size is reached: an H200 (1.4 ms at 8192)
+    reaches 8192; bf16 on an AVX2-only CPU (78 ms at 256, 40 s at 2048) stops at 256. So the
+    measurement costs ``seconds`` plus about 3 x TIMING_SECONDS a size, plus two products of the
+    last size (each under 8 x PROBE_SECONDS, or one at 256, however slow), plus a one-time init.
     """
-    import time
+    if timer is None:
+        from harness import precision
 
-    import torch
+        timer = GemmTimer(device, dtype or precision.resolve("auto", device).torch_dtype)
+    for n in gemm_sizes(device):
+        best, reps = _probe(timer, n)
+        if best >= PROBE_SECONDS:
+            break
+    spent = 0.0
+    while spent < seconds:  # the fastest timing: a peak, and robust to a moment of contention
+        t = timer(n, reps)
+        best, spent = min(best, t / reps), spent + t
+    return 2.0 * n ** 3 / best
 
-    from harness import precision
 
-    dtype = dtype or precision.resolve("auto", device).torch_dtype
+PROBE_SECONDS = 0.02    # a product this slow stops the growth: its size is the one measured
+TIMING_SECONDS = 0.01   # one timing runs products for at least this long (or MAX_REPS of them)
+MAX_REPS = 1024
 
-    def timed(a, b) -> float:
+
+def _probe(timer: Callable[[int, int], float], n: int) -> tuple[float, int]:
+    """(seconds of one product of size n, products a timing needs to last TIMING_SECONDS): one
+    product untimed first (initialisation, kernel choice, allocation), then timings of more products
+    until one lasts TIMING_SECONDS or counts MAX_REPS."""
+    timer(n, 1)
+    reps = 1
+    while True:
+        t = timer(n, reps)
+        if t >= TIMING_SECONDS or reps >= MAX_REPS:
+            return t / reps, reps
+        reps = min(MAX_REPS, max(2 * reps, math.ceil(1.2 * reps * TIMING_SECONDS / max(t, 1e-9))))
+
+
+class GemmTimer:
+    """``timer(n, reps)``: the wall seconds of ``reps`` products of two random n x n matrices in
+    ``dtype`` on ``device``, into one output (no allocation timed); on CUDA the device is
+    synchronized before the clock starts and before it stops. One size's matrices are held at a time."""
+
+    def __init__(self, device, dtype):
+        import torch
+
+        self.device, self.dtype = torch.device(device), dtype
+        self._held: tuple | None = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self, n: int, reps: int) -> float:
+        import torch
+
+        if self._held is None or self._held[0].shape[0] != n:
+            self._held = None  # the last size's matrices go before the next ones are made
+            self._held = tuple(torch.randn(n, n, device=self.device, dtype=self.dtype) for _ in range(3))
+        a, b, out = self._held
+        self._sync()
         start = time.perf_counter()
-        a @ b
-        if device != "cpu":
-            torch.cuda.synchronize()
+        for _ in range(reps):
+            torch.mm(a, b, out=out)
+        self._sync()
         return time.perf_counter() - start
 
-    a = b = None
-    for n in gemm_sizes(device):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        if timed(a, b) >= PROBE_SECONDS:
-            break
-    best, spent = float("inf"), 0.0
-    while spent < seconds:  # the fastest product: a peak, and robust to a moment of contention
-        t = timed(a, b)
-        best, spent = min(best, t), spent + t
-    return 2.0 * a.shape[0] ** 3 / best
 
-
-PROBE_SECONDS = 0.02
-
-
-def gemm_sizes(device: str) -> list[int]:
-    """The GEMM sizes measure_peak tries, smallest first."""
-    top = 2048 if device == "cpu" else 8192
+def gemm_sizes(device) -> list[int]:
+    """The GEMM sizes measure_peak tries, smallest first: up to 2048 on a CPU, 8192 elsewhere."""
+    top = 2048 if str(device).split(":")[0] == "cpu" else 8192
     return [n for n in (256, 512, 1024, 2048, 4096, 8192) if n <= top]
 
 

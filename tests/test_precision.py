@@ -90,20 +90,69 @@ def test_manifest_records_the_choice_and_why(flags, expected, tiny_model_dir, tm
     assert "avx2" in record["cpu_flags"]
 
 
-def test_the_peak_measurement_stops_growing_at_the_first_slow_gemm(monkeypatch):
-    """measure_peak sizes its GEMM to the device: once a product takes PROBE_SECONDS it stops
-    growing, so a CPU with slow bf16 (40 s per 2048 product on AVX2) is measured in about a second."""
-    import torch
+class FakeGemm:
+    """A simulated device for measure_peak's ``timer``: the wall seconds of ``reps`` products of two
+    n x n matrices are a one-time initialisation on the first call (cuBLAS's handle, kernel
+    selection), a fixed cost per timing (launch and synchronize), and the products at ``rate`` FLOP/s.
+    ``elapsed`` sums what every call cost."""
 
+    def __init__(self, rate: float, init: float = 0.0, overhead: float = 0.0):
+        self.rate, self.init, self.overhead = rate, init, overhead
+        self.calls: list[tuple[int, int]] = []
+        self.elapsed = 0.0
+
+    def __call__(self, n: int, reps: int) -> float:
+        t = (0.0 if self.calls else self.init) + self.overhead + reps * 2.0 * n ** 3 / self.rate
+        self.calls.append((n, reps))
+        self.elapsed += t
+        return t
+
+    @property
+    def sizes(self) -> set[int]:
+        return {n for n, _ in self.calls}
+
+
+def test_the_peak_on_a_gpu_amortises_init_and_launches():
+    """The H200 of 2026-12-04 (bf16 GEMM ~790 TFLOP/s) read 2.1 TFLOP/s: its first product (cuBLAS
+    initialisation) outlasted the probe, so the size stayed 256, where one product per timing is
+    mostly launch and synchronize. Warmed up, several products a timing, it reaches 8192."""
     from harness import flops
 
-    sizes = []
-    real = torch.randn
-    monkeypatch.setattr(torch, "randn", lambda *shape, **kw: sizes.append(shape[0]) or real(*shape, **kw))
-    monkeypatch.setattr(flops, "PROBE_SECONDS", 0.0)  # every product counts as slow
-    assert flops.measure_peak("cpu", torch.float32, seconds=0.01) > 0
-    assert set(sizes) == {256}
-    sizes.clear()
-    monkeypatch.setattr(flops, "PROBE_SECONDS", float("inf"))  # none does: up to the CPU's largest size
-    flops.measure_peak("cpu", torch.float32, seconds=0.01)
-    assert sorted(set(sizes)) == flops.gemm_sizes("cpu") == [256, 512, 1024, 2048]
+    gpu = FakeGemm(rate=790e12, init=0.5, overhead=20e-6)
+    peak = flops.measure_peak("cuda", torch.bfloat16, seconds=0.5, timer=gpu)
+    assert abs(peak / 790e12 - 1) < 0.10, peak / 1e12
+    assert max(gpu.sizes) == 8192 and gpu.sizes == set(flops.gemm_sizes("cuda"))
+    assert max(reps for n, reps in gpu.calls if n == 8192) > 1   # launch and sync amortised
+    assert gpu.elapsed < 0.5 + 0.5 + 1.0                           # seconds + init + the probes
+
+
+def test_the_peak_on_a_slow_cpu_stops_early_and_stays_bounded():
+    """bf16 on an AVX2-only CPU: 40 s a 2048 product (78 ms at 256). Every size is slow, so the
+    probe stops at the first, and the whole measurement costs about ``seconds`` and a few products."""
+    from harness import flops
+
+    cpu = FakeGemm(rate=2.0 * 2048 ** 3 / 40.0)
+    one = 2.0 * 256 ** 3 / cpu.rate
+    peak = flops.measure_peak("cpu", torch.bfloat16, seconds=0.5, timer=cpu)
+    assert cpu.sizes == {256}
+    assert cpu.elapsed < 0.5 + 3 * one
+    assert abs(peak / cpu.rate - 1) < 1e-9
+
+
+@pytest.mark.parametrize("rate, stop", [(1e12, 2048), (100e9, 1024), (1e9, 256)])
+def test_the_peak_stops_growing_at_the_first_slow_gemm(rate, stop):
+    """The GEMM grows until one product takes PROBE_SECONDS, and on a CPU no further than 2048."""
+    from harness import flops
+
+    cpu = FakeGemm(rate=rate, overhead=1e-6)
+    peak = flops.measure_peak("cpu", torch.float32, seconds=0.2, timer=cpu)
+    assert max(cpu.sizes) == stop and cpu.sizes == {n for n in flops.gemm_sizes("cpu") if n <= stop}
+    assert abs(peak / rate - 1) < 0.10
+    assert cpu.elapsed < 0.2 + 0.5
+
+
+def test_the_peak_of_this_cpu_is_measured():
+    """The default timer runs real GEMMs here (fp32: every CPU computes it natively)."""
+    from harness import flops
+
+    assert flops.measure_peak("cpu", torch.float32, seconds=0.01) > 1e8

@@ -16,14 +16,15 @@ import gpu_bundle  # noqa: E402
 
 sys.path.pop(0)
 
+from tests.conftest import run_main  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    """The bundle's files (the wheels are downloaded by hand: no network here)."""
+    """The bundle's files (the wheels are downloaded by hand: no network here), built by the
+    script's own command line in this interpreter (its smoke below runs in a restricted one)."""
     out = tmp_path_factory.mktemp("bundle") / "b"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_bundle.py"), "--out", str(out), "--no-wheels"],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_main(gpu_bundle, "--out", str(out), "--no-wheels")
     return out
 
 
@@ -59,15 +60,25 @@ def smoke(bundle, tmp_path_factory):
 
 
 def read(out: Path, phase: str) -> dict:
-    record = json.loads((out / f"{phase}.json").read_text())
+    record = json.loads((out / "check.json").read_text())[phase]
     assert record["ok"], record.get("traceback")
     return record
 
 
 def test_every_phase_runs_with_only_the_bundle_and_records_its_figures(smoke):
     out = smoke
+    assert sorted(p.name for p in out.iterdir()) == ["check.json", "summary.md"]   # what the machine hands back
     env = read(out, "env")
     assert env["attention"]["eval"] == "sdpa" and env["measured_peak_tflops"] > 0
+    prefill = read(out, "prefill")   # the plain forward against the backend's variants, agreeing
+    (row,) = prefill["rows"]
+    variants = [v for v in row.values() if isinstance(v, dict)]
+    assert len(variants) == 3 and all(v["seconds"] > 0 and v["chunk"] > 0 for v in variants)
+    assert max(v["target_logprob"] for v in variants) - min(v["target_logprob"] for v in variants) < 2e-2
+    decode = read(out, "decode")
+    assert all(r["split"]["ms_per_token"] > 0 and r["plain"]["ms_per_token"] > 0 for r in decode["rows"])
+    profile = read(out, "profile")   # the top kernels of a prefill chunk and a decode step: matmuls among them
+    assert all(any(k["name"] == "aten::mm" for k in profile[part]) for part in ("prefill_chunk", "decode_step"))
     ev = read(out, "eval")
     assert len(ev["cells"]) == 9 and all(c["peak_gib"] > 0 and c["seconds"] > 0 for c in ev["cells"])
     assert sum(c["reused_tokens"] for c in ev["cells"]) > 0          # the prefix tree shared the haystack
@@ -77,10 +88,15 @@ def test_every_phase_runs_with_only_the_bundle_and_records_its_figures(smoke):
     assert ev["exactness"]["max_abs_logprob_diff"] < (1e-3 if ev["dtype"] == "float32" else 2e-2)
     grid = ev["paper_grid"]
     assert (grid["cells"], grid["lengths"], grid["depths"]) == (400, 40, 10) and grid["estimated_seconds"] > 0
+    assert grid["new_tokens"] == 50 and grid["prefill_seconds"] > 0 and grid["decode_seconds"] > 0
+    assert all(0 < c["decode_seconds"] < c["seconds"] for c in ev["cells"])
     train = read(out, "train")
     assert [(r["seq_len"], r["doc_mask"]) for r in train["runs"]] == [(256, False), (256, True)]
     for run in train["runs"]:
         assert run["finite"] and run["steps"] == 2 and run["peak_gib"] > 0 and 0 < run["mfu_measured"] < 1
+    assert any(k["name"] == "aten::mm" for k in train["profile"])
+    big = read(out, "train7b")   # the smoke runs both engines: the torch one and ZeRO-3 with the optimizer offloaded
+    assert [r["engine"] for r in big["runs"]] == ["torch", "deepspeed"] and all(r["finite"] for r in big["runs"])
     flex = read(out, "flex")   # a 40-token prompt: under one block (CPU pads it: harness/flex_cpu.py)
     assert [r["length"] for r in flex["lengths"]] == [40]
     assert all(r["finite"] and r["same_greedy_tokens"] and r["max_abs_logit_diff"] < 0.1 for r in flex["lengths"])

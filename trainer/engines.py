@@ -5,6 +5,9 @@ and ``deepspeed`` (ZeRO stage from a JSON config; started with ``deepspeed`` or 
     engine.step() -> grad_norm                                 # once per global batch
     engine.save(dir) / engine.load(dir)                        # optimizer, scheduler, weights
     engine.full_state_dict() -> dict | None                    # HF weights, on rank 0
+
+With flex_attention both engines pass the model a block mask built here from ``position_ids``
+(:func:`document_block_mask`): one compilation per shape, whatever the documents' layout.
 """
 
 from __future__ import annotations
@@ -39,6 +42,63 @@ def load_state(path: Path, map_location=None) -> dict:
                     f"start the run again")
 
 
+def document_block_mask(position_ids: torch.Tensor, block: int = 128):
+    """flex_attention's BlockMask for causal attention within documents, from tensors alone.
+
+    A document starts wherever a row's positions do not go up by one (transformers' rule for packed
+    rows: ``masking_utils.find_packed_sequence_indices``), so the mask is the one transformers builds
+    from ``position_ids``. transformers builds it with ``create_block_mask(_compile=True)``: a compiled
+    graph of its own per shape, and its ``mask_mod`` is another function (plain causal) when no row of
+    the batch has a second document, which recompiles both that graph and flex_attention's kernel. Here
+    the blocks come from each block's first and last document number (documents are contiguous, so
+    that decides every block pair) and ``mask_mod`` is always the same function over a tensor: the
+    only compilation is flex_attention's, once per (batch, length) shape."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    batch, length = position_ids.shape
+    blocks = -(-length // block)
+    pos = position_ids
+    doc = (torch.diff(pos, dim=-1, prepend=pos[:, :1] - 1) != 1).cumsum(-1, dtype=torch.int32)
+    starts = torch.arange(blocks, device=pos.device) * block
+    first, last = doc[:, starts], doc[:, (starts + block - 1).clamp(max=length - 1)]     # (batch, blocks)
+    q, kv = starts[:, None] // block, starts[None, :] // block
+    whole = (starts + block <= length)
+    # some key of block kv shares a document with some query of block q; every pair does
+    touched = (kv <= q) & (last[:, None, :] >= first[:, :, None])
+    full = (kv < q) & (first[:, None, :] == last[:, :, None]) & whole[:, None] & whole[None, :]
+    padded = torch.nn.functional.pad(doc, (0, blocks * block - length), value=-1)   # a padded key: no real query's
+    return BlockMask.from_kv_blocks(*_ordered(touched & ~full), *_ordered(full), BLOCK_SIZE=block,
+                                    mask_mod=_within_documents(padded), seq_lengths=(length, length))
+
+
+def _ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, indices) per query block of a (batch, q blocks, kv blocks) choice, as BlockMask holds
+    them: one head, int32, the chosen kv blocks first and in order."""
+    counts = blocks.sum(-1, dtype=torch.int32)
+    indices = torch.argsort((~blocks).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return counts[:, None].contiguous(), indices[:, None].contiguous()
+
+
+def _within_documents(doc: torch.Tensor):
+    """The mask_mod: causal, within one document. Always this code over a tensor, whatever the layout,
+    so dynamo's guards see the same function and a tensor of the same shape."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (doc[b, q_idx] == doc[b, kv_idx])
+
+    return mask_mod
+
+
+def attention_mask(model, input_ids: torch.Tensor, position_ids: torch.Tensor | None):
+    """What a training forward passes as ``attention_mask``: with flex_attention the block mask built
+    here (per-document from ``position_ids``, causal over each row without them); otherwise None
+    (transformers masks from ``position_ids``: sdpa's dense mask on CPU, FlashAttention-2's varlen)."""
+    if getattr(model.config, "_attn_implementation", None) != "flex_attention":
+        return None
+    if position_ids is None:
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape[0], -1)
+    return document_block_mask(position_ids)
+
+
 def _optimizer(model, lr: float, weight_decay: float, warmup: int):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
     # Linear warm-up, then constant: the paper's schedule (constant 2e-5).
@@ -65,14 +125,19 @@ class TorchEngine:
         self.chunked = bool(loss_chunk)
         self.opt, self.sched = _optimizer(self.model, lr, weight_decay, warmup)
 
-    def backward(self, input_ids, labels, position_ids) -> float:
+    def loss(self, input_ids, labels, position_ids) -> torch.Tensor:
+        """One micro-batch's mean loss (the forward half of ``backward``)."""
         ids, labels = input_ids.to(self.device), labels.to(self.device)
         pos = None if position_ids is None else position_ids.to(self.device)
+        mask = attention_mask(self.model, ids, pos)
         with self.autocast:
             if self.chunked:
-                loss = self.wrapped(ids, labels, pos)
-            else:
-                loss = self.wrapped(input_ids=ids, labels=labels, position_ids=pos, use_cache=False).loss
+                return self.wrapped(ids, labels, pos, mask)
+            return self.wrapped(input_ids=ids, labels=labels, position_ids=pos, attention_mask=mask,
+                                use_cache=False).loss
+
+    def backward(self, input_ids, labels, position_ids) -> float:
+        loss = self.loss(input_ids, labels, position_ids)
         (loss / self.accum).backward()
         return float(loss.detach())
 
@@ -164,8 +229,8 @@ class DeepSpeedEngine:
         self.chunk = loss_chunk
         if loss_chunk:  # the engine calls model(ids, labels, pos) -> loss; the HF weights and keys are unchanged
             fuse_head(model)
-            model.forward = lambda input_ids, labels, position_ids=None: causal_lm_loss(
-                model, input_ids, labels, position_ids, loss_chunk)
+            model.forward = lambda input_ids, labels, position_ids=None, attention_mask=None: causal_lm_loss(
+                model, input_ids, labels, position_ids, loss_chunk, attention_mask)
         self.engine, self.opt, _, self.sched = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                                                     config=config)
         self.model, self.device, self.config = self.engine.module, self.engine.device, config
@@ -174,10 +239,11 @@ class DeepSpeedEngine:
     def backward(self, input_ids, labels, position_ids) -> float:
         ids, labels = input_ids.to(self.device), labels.to(self.device)
         pos = None if position_ids is None else position_ids.to(self.device)
+        mask = attention_mask(self.model, ids, pos)
         if self.chunk:
-            loss = self.engine(ids, labels, pos)
+            loss = self.engine(ids, labels, pos, mask)
         else:
-            loss = self.engine(input_ids=ids, labels=labels, position_ids=pos, use_cache=False).loss
+            loss = self.engine(input_ids=ids, labels=labels, position_ids=pos, attention_mask=mask, use_cache=False).loss
         self.engine.backward(loss)
         self.engine.step()  # DeepSpeed accumulates; it updates only at the accumulation boundary
         return float(loss.detach())

@@ -70,10 +70,13 @@ def fuse_head(model: torch.nn.Module) -> None:
     head.fused_loss = True
 
 
-def causal_lm_loss(model: torch.nn.Module, input_ids, labels, position_ids=None, chunk: int = 1024) -> torch.Tensor:
+def causal_lm_loss(model: torch.nn.Module, input_ids, labels, position_ids=None, chunk: int = 1024,
+                   attention_mask=None) -> torch.Tensor:
     """Mean next-token loss of a ``*ForCausalLM`` whose head :func:`fuse_head` fused: the decoder's
-    hidden states, then the head's call with the labels shifted by one."""
-    hidden = model.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden states, then the head's call with the labels shifted by one. ``attention_mask``: None, or
+    a ready mask (flex_attention's BlockMask: engines.attention_mask) that transformers uses as given."""
+    hidden = model.model(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                         use_cache=False).last_hidden_state
     return model.lm_head(hidden[:, :-1], labels[:, 1:], chunk)
 
 
@@ -85,5 +88,5 @@ class ChunkedLossModel(torch.nn.Module):
         fuse_head(model)
         self.model, self.chunk = model, chunk
 
-    def forward(self, input_ids, labels, position_ids=None):
-        return causal_lm_loss(self.model, input_ids, labels, position_ids, self.chunk)
+    def forward(self, input_ids, labels, position_ids=None, attention_mask=None):
+        return causal_lm_loss(self.model, input_ids, labels, position_ids, self.chunk, attention_mask)

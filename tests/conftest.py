@@ -94,3 +94,17 @@ def one_line_error(capsys, argv: list[str]) -> str:
     assert exc.value.code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     return err
+
+
+def run_main(module, *argv: str) -> None:
+    """``module.main()`` (a bench script's command line, which reads ``sys.argv``) run in this
+    interpreter with ``argv``: what ``python bench/x.py ARGV`` runs, without a second interpreter
+    importing torch, transformers and the harness again. Its refusal (SystemExit) fails the caller."""
+    saved = sys.argv
+    sys.argv = [module.__file__, *argv]
+    try:
+        module.main()
+    except SystemExit as exc:
+        pytest.fail(f"{Path(module.__file__).name} {' '.join(argv)}: exited with {exc.code}")
+    finally:
+        sys.argv = saved

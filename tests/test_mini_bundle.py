@@ -17,13 +17,15 @@ import mini_bundle  # noqa: E402
 
 sys.path.pop(0)
 
+from tests.conftest import run_main  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
+    """Both parts, built by the script's own command line in this interpreter (the parts then run in a
+    restricted one)."""
     out = tmp_path_factory.mktemp("mini") / "b"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "mini_bundle.py"), "--out", str(out), "--no-wheels"],
-                          capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_main(mini_bundle, "--out", str(out), "--no-wheels")
     return out
 
 

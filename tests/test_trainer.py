@@ -66,6 +66,23 @@ def test_resume_gives_the_uninterrupted_losses(tiny_model_dir, shards, tmp_path)
     assert _losses(split) == b
 
 
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_metrics_record_the_rate_each_step_updated_with(tiny_model_dir, shards, tmp_path, engine):
+    """metrics.jsonl's lr is the rate of that step's update: lr * k / warmup for step k of the warm-up
+    (it was the next step's rate: 2/4, 3/4, 1, ... for a 4-step warm-up). A warm-up of 1 is none."""
+    if engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed")
+    out = tmp_path / engine
+    loop.train(_cfg(tiny_model_dir, shards, out, tokens=128 * 4 * 6, batch_tokens=128 * 2, micro_batch=1,
+                    warmup_steps=4, lr=1e-3, engine=engine))
+    rates = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rates == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
+    from harness.trainer.engines import _optimizer
+
+    opt, sched = _optimizer(torch.nn.Linear(2, 2), 1e-4, 0.0, warmup=1)
+    assert sched.get_last_lr() == [1e-4]   # the first update at the full rate
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "flex_attention"])
 def test_document_masking_matches_documents_run_separately(tiny_model_dir, attn):
     """Packed rows with per-document positions equal each document run alone, with sdpa (a dense

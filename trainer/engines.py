@@ -101,7 +101,8 @@ def attention_mask(model, input_ids: torch.Tensor, position_ids: torch.Tensor | 
 
 def _optimizer(model, lr: float, weight_decay: float, warmup: int):
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=weight_decay)
-    # Linear warm-up, then constant: the paper's schedule (constant 2e-5).
+    # Linear warm-up, then constant: the paper's schedule (constant 2e-5). Step k (1-based) updates at
+    # lr * min(1, k / warmup): a warm-up of 1 (or 0) step is none, the first update at the full rate.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(1, warmup)))
     return opt, sched
 

@@ -455,6 +455,7 @@ def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: in
         while step < run.steps:
             started = time.perf_counter()
             meter.memory.reset()
+            lr = engine.lr   # the rate this step's update uses (DeepSpeed steps its scheduler inside backward)
             losses, counted, fitted = [], 0.0, False
             try:
                 for micro in range(run.accum):
@@ -478,7 +479,7 @@ def _loop(run: Run, engine, meter: _Meter, source: dict, step: int, position: in
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss} at step {step}; training stopped; last good checkpoint: "
                                f"{last_good or 'none (the base model is unchanged)'}")
-            meter.record(step, loss, grad_norm, engine.lr, time.perf_counter() - started, counted)
+            meter.record(step, loss, grad_norm, lr, time.perf_counter() - started, counted)
             progress.update(task, completed=run.tokens_at(step), loss=f"{loss:.4f}")
             state = {"step": step, "position": position, "tokens": run.tokens_at(step), "config_hash": run.digest}
             if cfg.save_every and step % cfg.save_every == 0 and step < run.steps:

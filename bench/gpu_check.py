@@ -596,6 +596,7 @@ def _train_run(ctx, shape: str, length: int, doc_mask: bool, steps: int, warmup:
                                doc_mask=doc_mask, dtype=plan["dtype"], engine=engine, deepspeed_config=ds_config,
                                out=f"{tmp}/run")
         started = time.perf_counter()
+        counters = _compile_counters()
         try:   # one configuration failing (say flex_attention under autocast) is a finding: the next runs
             loop.train(cfg, console=_quiet(), stop_after=steps)
         except Exception as exc:
@@ -608,11 +609,28 @@ def _train_run(ctx, shape: str, length: int, doc_mask: bool, steps: int, warmup:
            "tokens_per_s": round(last["tokens_per_s"], 1), "mfu_stated": round(last["mfu"], 4),
            "step_seconds": [round(r["seconds"], 3) for r in rows], "first_step_seconds": round(rows[0]["seconds"], 2),
            "peak_gib": max(r["peak_gib"] for r in rows), "wall_seconds": round(time.perf_counter() - started, 1),
-           "finite": all(math.isfinite(r["loss"]) for r in rows)}
+           "finite": all(math.isfinite(r["loss"]) for r in rows), "compiled": counters()}
     for name, peak in _peaks(ctx).items():
         if peak:
             run[f"mfu_{name}"] = round(last["flops"] / last["seconds"] / peak, 4)
     return run
+
+
+def _compile_counters():
+    """Zero dynamo's counters; the returned function reads what compiled since: graphs (one per
+    shape is the aim: tests/test_compile_once.py), recompilations, and compile seconds by part."""
+    import torch._dynamo.utils as dynamo
+
+    dynamo.counters.clear()
+
+    def read() -> dict:
+        try:
+            spent = {k: round(v, 2) for k, v in dynamo.calculate_time_spent().items()}
+        except Exception:   # its shape changes between torch versions: the counts still stand
+            spent = {}
+        return {"unique_graphs": dynamo.counters["stats"]["unique_graphs"],
+                "recompiles": sum(dynamo.counters["recompiles"].values()), "seconds": spent}
+    return read
 
 
 def _peaks(ctx) -> dict:
@@ -794,7 +812,8 @@ def _train_lines(tr) -> list[str]:
             continue
         extra = ", ".join(f"{k} {v}" for k, v in r.items() if k.startswith("mfu_"))
         out.append(f"- train {r['shape']} {r['seq_len']} doc-mask {r['doc_mask']} warm-up {r['warmup_steps']} "
-                   f"{r['engine']}: {r['tokens_per_s']} tok/s, {extra}, first step {r['first_step_seconds']} s, "
+                   f"{r['engine']}: {r['tokens_per_s']} tok/s, {extra}, first step {r['first_step_seconds']} s "
+                   f"({r['compiled']['unique_graphs']} graphs compiled), lr {r['lr']}, "
                    f"peak {r['peak_gib']} GiB, losses {[round(x, 3) for x in r['loss']]}")
     return out
 

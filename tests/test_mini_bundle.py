@@ -29,12 +29,12 @@ def bundle(tmp_path_factory) -> Path:
     return out
 
 
-def _machine_env(tmp: Path, stage: Path) -> dict:
+def _machine_env(tmp: Path, stage: Path, tmp_path_factory) -> dict:
     from tests.test_gpu_check import machine_site
 
     gb = mini_bundle.gpu_bundle
     allowed = gb.on_machine((*gb.MACHINE_ROOTS, *sorted(mini_bundle.MACHINE_EXTRAS))) | set(mini_bundle.BUNDLED)
-    site = machine_site(tmp / "machine", allowed)
+    site = machine_site(tmp_path_factory.getbasetemp().parent, allowed)
     return {**os.environ, "PYTHON": f"{sys.executable} -S", "PYTHONPATH": str(site), "MINI_STAGE": str(stage),
             "OUT": str(tmp / "out")}
 
@@ -48,8 +48,8 @@ def test_parts_fit_one_call_each_and_carry_the_model_whole(bundle):
     assert any(name.startswith("cache/corpus/") for name in manifest["parts"]["part2"]["files"])
 
 
-def test_part2_without_part1_exits_3_in_one_line(bundle, tmp_path):
-    env = _machine_env(tmp_path, tmp_path / "stage")
+def test_part2_without_part1_exits_3_in_one_line(bundle, tmp_path, tmp_path_factory):
+    env = _machine_env(tmp_path, tmp_path / "stage", tmp_path_factory)
     proc = subprocess.run(["sh", str(bundle / "part2" / "run.sh"), "--smoke"], capture_output=True, text=True,
                           env=env, timeout=120)
     assert proc.returncode == 3, proc.stdout + proc.stderr
@@ -57,9 +57,10 @@ def test_part2_without_part1_exits_3_in_one_line(bundle, tmp_path):
     assert not (tmp_path / "out").exists() and not (tmp_path / "stage" / "site").exists()
 
 
-def test_both_parts_run_every_stage_and_write_the_verdicts(bundle, tmp_path, smollm2_dir, tiny_model_dir):
+def test_both_parts_run_every_stage_and_write_the_verdicts(bundle, tmp_path, tmp_path_factory, smollm2_dir,
+                                                           tiny_model_dir):
     stage = tmp_path / "stage"
-    env = _machine_env(tmp_path, stage)
+    env = _machine_env(tmp_path, stage, tmp_path_factory)
     proc = subprocess.run(["sh", str(bundle / "part1" / "stage.sh")], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     # The conversion is the CPU's 15 s and tested elsewhere (tests/test_crash.py): the model converted

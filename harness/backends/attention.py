@@ -48,18 +48,15 @@ def prefix_sdpa_forward(module, query, key, value, attention_mask=None, dropout=
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     past = kv_len - q_len
-    key_chosen = ("continue", query.device.type, query.dtype, query.shape[-1])
-    for name in ([_CHOSEN[key_chosen]] if key_chosen in _CHOSEN else KERNELS[query.device.type]):
-        try:
-            old, old_lse = _attend(name, query, key[:, :, :past], value[:, :, :past], False, scaling)
-            new, new_lse = _attend(name, query, key[:, :, past:], value[:, :, past:], True, scaling)
-        except torch.OutOfMemoryError:
-            raise
-        except RuntimeError:   # this kernel does not take these shapes or this GPU: the next one
-            continue
-        _CHOSEN[key_chosen] = name
-        return _merge(old, old_lse, new, new_lse).to(query.dtype).transpose(1, 2).contiguous(), None
-    _CHOSEN[key_chosen] = "masked"
+
+    def parts(name):
+        old, old_lse = _attend(name, query, key[:, :, :past], value[:, :, :past], False, scaling)
+        new, new_lse = _attend(name, query, key[:, :, past:], value[:, :, past:], True, scaling)
+        return _merge(old, old_lse, new, new_lse)
+
+    out = _first_kernel("continue", query, parts, fallback="masked")
+    if out is not None:
+        return out.to(query.dtype).transpose(1, 2).contiguous(), None
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=_lower_right(q_len, kv_len, query.device),
                                          scale=scaling)
     return out.transpose(1, 2).contiguous(), None
@@ -93,22 +90,35 @@ def split_kv_decode(query, key, value, scale, splits: int | None = None) -> torc
     keys = key[0, :, :body].unflatten(1, (splits, piece)).transpose(0, 1)
     values = value[0, :, :body].unflatten(1, (splits, piece)).transpose(0, 1)
     queries = query.expand(splits, -1, -1, -1).contiguous()
-    key_chosen = ("decode", query.device.type, query.dtype, query.shape[-1])
-    if _CHOSEN.get(key_chosen) == "sdpa":
+
+    def parts(name):
+        out, lse = _attend(name, queries, keys, values, False, scale)
+        pieces = [(out[i:i + 1], lse[i:i + 1]) for i in range(splits)]
+        if body < kv_len:
+            pieces.append(_attend(name, query, key[:, :, body:], value[:, :, body:], False, scale))
+        return _merge_all(pieces)
+
+    out = _first_kernel("decode", query, parts, fallback="sdpa")
+    return None if out is None else out.to(query.dtype)
+
+
+def _first_kernel(use: str, query, attempt, fallback: str):
+    """``attempt(kernel)`` with the first of the device's KERNELS that takes the shapes, the kernel
+    remembered per use, device, dtype and head size; None, with ``fallback`` remembered, where none
+    does. Out of memory is no refusal of the shapes: it propagates."""
+    key = (use, query.device.type, query.dtype, query.shape[-1])
+    if _CHOSEN.get(key) == fallback:
         return None
-    for name in ([_CHOSEN[key_chosen]] if key_chosen in _CHOSEN else KERNELS[query.device.type]):
+    for name in [_CHOSEN[key]] if key in _CHOSEN else KERNELS[query.device.type]:
         try:
-            out, lse = _attend(name, queries, keys, values, False, scale)
-            parts = [(out[i:i + 1], lse[i:i + 1]) for i in range(splits)]
-            if body < kv_len:
-                parts.append(_attend(name, query, key[:, :, body:], value[:, :, body:], False, scale))
+            result = attempt(name)
         except torch.OutOfMemoryError:
             raise
-        except RuntimeError:
+        except RuntimeError:   # this kernel does not take these shapes or this GPU: the next one
             continue
-        _CHOSEN[key_chosen] = name
-        return _merge_all(parts).to(query.dtype)
-    _CHOSEN[key_chosen] = "sdpa"   # no kernel takes these shapes: plain sdpa from now on
+        _CHOSEN[key] = name
+        return result
+    _CHOSEN[key] = fallback
     return None
 
 

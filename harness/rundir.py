@@ -92,11 +92,12 @@ _HELD: set[Path] = set()   # lock files this process holds
 
 
 @contextlib.contextmanager
-def locked(path: str | os.PathLike, what: str) -> Iterator[None]:
+def locked(path: str | os.PathLike, what: str, wait: bool = False) -> Iterator[None]:
     """Hold the writer's lock of directory ``path`` (``what``: "a run", "a build", ...).
 
     A second process aiming at the same directory is refused with one line naming the holder's
-    PID, instead of interleaving its writes. The lock is an ``flock`` on ``.<name>.lock`` beside
+    PID, instead of interleaving its writes; with ``wait`` (a cache directory, which the user did
+    not name and cannot rename) it waits for the holder instead, and then finds its work done. The lock is an ``flock`` on ``.<name>.lock`` beside
     the directory (so nothing is created inside it before the work starts); the kernel drops it
     when its process dies, so a killed writer never leaves a stale lock. Re-entrant within one
     process.
@@ -111,7 +112,7 @@ def locked(path: str | os.PathLike, what: str) -> Iterator[None]:
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)

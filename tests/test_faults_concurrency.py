@@ -34,6 +34,24 @@ def test_a_directory_lock_refuses_another_process_and_dies_with_its_holder(tmp_p
             pass
 
 
+def test_a_cache_directory_lock_waits_for_its_holder(tmp_path):
+    """A build the harness keeps in its cache has no --out to change: a second process waits (and
+    then finds the build done) instead of being refused."""
+    target = tmp_path / "cached-build"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from harness import rundir\n"
+        f"with rundir.locked({str(target)!r}, 'a build'):\n"
+        "    print('held', flush=True); time.sleep(1)\n"
+        "print('released', flush=True)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with rundir.locked(target, "a build", wait=True):
+            assert holder.stdout.readline().strip() == "released"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_two_runs_into_one_out_one_is_refused_every_cell_once(tiny_model_dir, tmp_path):
     out = tmp_path / "shared"
     args = ["run", "--model", str(tiny_model_dir), "--suite", "needle", "--lengths", "256,512,1k",

@@ -88,7 +88,8 @@ def build_prepared(prepared: Prepared, out: Path, *, num_proc: int | None = None
     console = console or Console(stderr=True)
     config = prepared.config
     rundir.check_writable(out)
-    with rundir.locked(out, "a build"):  # a second build into the same --out is refused
+    # A second build into the same --out is refused; into the same cache directory, it waits.
+    with rundir.locked(out, "a build", wait=key_file):
         keyed = rundir.KeyedDir(out, "manifest.json", "a build")  # written last: the build's completion mark
         old = keyed.existing(config)
         if old is not None:

@@ -185,17 +185,18 @@ class TorchEngine:
 
 
 def _single_process_group(deepspeed, device: torch.device) -> None:
-    """``--engine deepspeed`` without a launcher: a process group of one. DeepSpeed would otherwise look
-    for an MPI launcher (mpi4py) when RANK and WORLD_SIZE are not set."""
-    import socket
+    """``--engine deepspeed`` without a launcher: a process group of one, on an in-process store.
+    DeepSpeed would otherwise look for an MPI launcher (mpi4py) when RANK and WORLD_SIZE are not set;
+    and a TCP store on a port picked free beforehand can lose it to another process before it
+    listens (two such trainings at once: EADDRINUSE)."""
+    import torch.distributed as dist
 
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
         os.environ.setdefault(key, value)
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
 
 
 class DeepSpeedEngine:

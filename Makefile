@@ -47,8 +47,15 @@ demo-needle: $(STAMP)
 demo-ablate: $(STAMP)
 	$(VENV)/bin/harness ablate --preset tiny --seeds 2 --out runs/ablate-tiny-seeds2
 
+# The suite on TEST_WORKERS processes (pytest-xdist), one file per worker at a time (module
+# fixtures such as the ablation are built once), one compute thread each: the VM's two cores stay
+# busy through the suite's many subprocess starts, imports and compiles, where one process kept
+# 1.2 of them busy. The harness's caches are shared by the workers (they wait on each other's builds).
+TEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP) system-deps
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 tests
+	$(PYTEST) --durations=15 tests
 
 # The suite as an AVX2-only CPU runs it, on an AVX512 one: ATen's kernels and inductor's compiled
 # ones at AVX2 (conftest gives inductor a cache of its own), oneDNN capped at AVX2, fp32 by default.
@@ -56,7 +63,7 @@ test: $(STAMP) system-deps
 # clock and memory are the fast machine's (BENCHMARKS.md).
 test-avx2: $(STAMP) system-deps
 	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 HARNESS_DTYPE=fp32 \
-		$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
+		$(PYTEST) --durations=25 tests
 
 # A smaller ablation than --preset tiny (same stages, every suite, smaller budgets), its report
 # rebuilt from the stored runs by `harness report`, then checked page by page. Sized for CI on a
@@ -105,7 +112,7 @@ $(LOWEST_STAMP): pyproject.toml Makefile constraints/lowest.txt
 	touch $@
 
 test-lowest: $(LOWEST_STAMP) system-deps
-	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests
+	OMP_NUM_THREADS=1 $(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(LOWEST_VENV) runs

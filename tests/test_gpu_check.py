@@ -28,6 +28,12 @@ def bundle(tmp_path_factory) -> Path:
     return out
 
 
+def user_root(tmp_path_factory) -> Path:
+    """pytest's per-user temp root (kept across sessions); under xdist a worker's base is one deeper."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent.parent if os.environ.get("PYTEST_XDIST_WORKER") else base.parent
+
+
 def machine_site(root: Path, allowed: set[str] | None = None) -> Path:
     """A site directory holding only what the GPU machine has and what the bundle's wheels install
     (``allowed``, normalized names; default: this bundle's): links to those distributions' files here.
@@ -68,7 +74,7 @@ def smoke(bundle, tmp_path_factory):
     """run.sh --smoke in an interpreter that sees the standard library, the machine's set and the
     bundle, nothing else (python -S: no site-packages; PYTHONPATH: the links above)."""
     root = tmp_path_factory.mktemp("gpu-check")
-    site = machine_site(tmp_path_factory.getbasetemp().parent)
+    site = machine_site(user_root(tmp_path_factory))
     env = {**os.environ, "PYTHON": f"{sys.executable} -S", "PYTHONPATH": str(site), "OUT": str(root / "out")}
     proc = subprocess.run(["sh", str(bundle / "run.sh"), "--smoke"], capture_output=True, text=True, timeout=900,
                           env=env, cwd=root)

@@ -30,11 +30,11 @@ def bundle(tmp_path_factory) -> Path:
 
 
 def _machine_env(tmp: Path, stage: Path, tmp_path_factory) -> dict:
-    from tests.test_gpu_check import machine_site
+    from tests.test_gpu_check import machine_site, user_root
 
     gb = mini_bundle.gpu_bundle
     allowed = gb.on_machine((*gb.MACHINE_ROOTS, *sorted(mini_bundle.MACHINE_EXTRAS))) | set(mini_bundle.BUNDLED)
-    site = machine_site(tmp_path_factory.getbasetemp().parent, allowed)
+    site = machine_site(user_root(tmp_path_factory), allowed)
     return {**os.environ, "PYTHON": f"{sys.executable} -S", "PYTHONPATH": str(site), "MINI_STAGE": str(stage),
             "OUT": str(tmp / "out")}
 

@@ -138,9 +138,10 @@ class AblateConfig:
 
     def __post_init__(self):
         from harness.data import corpus, mixture
-        from harness.trainer.config import check_engine
 
-        check_engine(self.engine)  # every training stage's TrainConfig checks the rest
+        # The training stages' settings checked now, before the corpus or a model is opened: a bad
+        # --lr used to surface after a corpus fetch.
+        self.train_config(base=self.base, data="", out=self.out, seed=self.seed)
         mixture.check_mix(self.mix)
         corpus.check_source(self.source)
         if not 1 <= self.seeds <= 100:
@@ -149,6 +150,15 @@ class AblateConfig:
         check_seed(self.seed + self.seeds - 1, "--seed + --seeds - 1")
         if self.launcher is not None:
             launcher_argv(self.launcher)
+
+    def train_config(self, *, base: str, data: str, out: str, seed: int):
+        """One training stage's config (its __post_init__ checks every value)."""
+        from harness.trainer.config import TrainConfig
+
+        return TrainConfig(base=base, data=data, seq_len=self.seq_len, tokens=self.tokens, out=out,
+                           rope_theta=self.rope_theta, lr=self.lr, batch_tokens=self.batch_tokens, engine=self.engine,
+                           seed=seed, save_every=self.save_every, dtype=self.evaluation.dtype,
+                           micro_batch=self.micro_batch, grad_ckpt=self.grad_ckpt)
 
     def hashed(self) -> dict:
         d = asdict(self)
@@ -348,7 +358,6 @@ def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str
     from the same base (once per seed), then every suite on the base and on each trained model.
     ``prepared``: label -> the opened inputs of a build that lands in the cache (:func:`_data_dir`)."""
     from harness.data import build
-    from harness.trainer import loop
 
     out = Path(cfg.out)
     plan, base_path = [], cfg.base
@@ -367,11 +376,7 @@ def stages(cfg: AblateConfig, prep, mixtures: list[Mixture], tokenizer_name: str
             make = lambda: None  # noqa: E731  (a prebuilt directory, checked by resolve_mixtures)
         plan.append(Stage(f"data:{m.label}", cfg.tokens, make, {"path": m.data}))
         for name, seed in cfg.replicas(m.label):
-            tcfg = loop.TrainConfig(base=base_path, data=m.data, seq_len=cfg.seq_len, tokens=cfg.tokens,
-                                    out=str(out / "train" / name), rope_theta=cfg.rope_theta, lr=cfg.lr,
-                                    batch_tokens=cfg.batch_tokens, engine=cfg.engine, seed=seed,
-                                    save_every=cfg.save_every, dtype=cfg.evaluation.dtype,
-                                    micro_batch=cfg.micro_batch, grad_ckpt=cfg.grad_ckpt)
+            tcfg = cfg.train_config(base=base_path, data=m.data, out=str(out / "train" / name), seed=seed)
             plan.append(Stage(f"train:{name}", cfg.tokens, partial(_train, tcfg, console, cfg.launcher), {"seed": seed}))
             trained.append((name, str(out / "train" / name / "final")))
     plan += [Stage(f"eval:{label}", None, partial(_evaluate, label, model, prep, out / "eval" / label, console))

@@ -7,6 +7,7 @@ also passes ``--local_rank``, which harness.cli takes out of the arguments into 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -16,6 +17,26 @@ def launched() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the launcher's environment; (0, 1, 0) without one."""
     return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
             int(os.environ.get("LOCAL_RANK", "0")))
+
+
+LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def launch_env_kept():
+    """The launcher's variables as they were, once the block ends. A run in this process may set them
+    (DeepSpeed without a launcher: a group of one, LOCAL_RANK read by ZeRO) and must not hand them to
+    processes started after it: lm_eval's CLI, through accelerate, took an inherited LOCAL_RANK for a
+    launch and failed for want of MASTER_ADDR."""
+    before = {key: os.environ.get(key) for key in LAUNCH_ENV}
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def setup(device: str | None = None) -> tuple[int, int, torch.device]:

@@ -109,21 +109,22 @@ class Server:
                     failing = server.received <= server.fail_first
                     server.in_flight += 1
                     server.most_in_flight = max(server.most_in_flight, server.in_flight)
+                # The answer is made while counted and sent after: a client that hears back may send its
+                # next request at once, and must not find this one still counted.
                 try:
                     if failing:
-                        self._send(server.fail_status, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
-                        return
-                    if body.get("model") != server.name:
-                        self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
-                        return
-                    if len(body["prompt"]) + int(body.get("max_tokens", 16)) > server.max_model_len:
-                        self._send(400, {"error": {"message": "This model's maximum context length is "
-                                                              f"{server.max_model_len} tokens."}})
-                        return
-                    time.sleep(server.hold)
-                    self._send(200, server.complete(body))
+                        answer = (server.fail_status, {"error": {"message": "slow down"}}, {"Retry-After": "0"})
+                    elif body.get("model") != server.name:
+                        answer = (404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
+                    elif len(body["prompt"]) + int(body.get("max_tokens", 16)) > server.max_model_len:
+                        answer = (400, {"error": {"message": "This model's maximum context length is "
+                                                             f"{server.max_model_len} tokens."}})
+                    else:
+                        time.sleep(server.hold)
+                        answer = (200, server.complete(body))
                 finally:
                     with server.count:
                         server.in_flight -= 1
+                self._send(*answer)
 
         return Handler

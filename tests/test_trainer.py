@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from harness import models
+from harness import distributed, models
 from harness.cli import main
 from harness.errors import UserError
 from harness.data import build
@@ -73,8 +73,12 @@ def test_metrics_record_the_rate_each_step_updated_with(tiny_model_dir, shards, 
     if engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         pytest.skip("DeepSpeed is not installed")
     out = tmp_path / engine
+    launch_env = {key: os.environ.get(key) for key in distributed.LAUNCH_ENV}
     loop.train(_cfg(tiny_model_dir, shards, out, tokens=128 * 4 * 6, batch_tokens=128 * 2, micro_batch=1,
                     warmup_steps=4, lr=1e-3, engine=engine))
+    # DeepSpeed's group of one set RANK, LOCAL_RANK and WORLD_SIZE: gone when the run ends (a later
+    # lm_eval CLI took the inherited LOCAL_RANK for a launch).
+    assert {key: os.environ.get(key) for key in distributed.LAUNCH_ENV} == launch_env
     rates = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rates == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3])
     from harness.trainer.engines import _optimizer

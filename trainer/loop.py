@@ -244,7 +244,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, console=None, stop_after: i
     console = console or Console(stderr=True)
     run = _setup(cfg, console)
     # One writer per run directory: rank 0 holds the lock for its ranks (another launch is refused).
-    with rundir.locked(run.out, "a training run") if run.rank == 0 else contextlib.nullcontext():
+    with rundir.locked(run.out, "a training run") if run.rank == 0 else contextlib.nullcontext(), \
+            distributed.launch_env_kept():
         return _train(run, resume, console, stop_after)
 
 

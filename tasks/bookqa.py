@@ -202,6 +202,7 @@ def resolve_config(*, preset: str | None, lengths: str | None, bookqa: str | Non
     grid = spec["presets"][name]
     if decoding not in DECODINGS:
         raise UserError(f"--bookqa-decoding: unknown {decoding!r}; known: {', '.join(DECODINGS)}")
+    grid_lengths = tuple(parse_lengths(lengths or str(grid["lengths"])))  # checked before the corpus is built
     file_digest = None
     if bookqa:
         books, items = read_infinitebench(Path(bookqa))
@@ -216,7 +217,7 @@ def resolve_config(*, preset: str | None, lengths: str | None, bookqa: str | Non
         source = "offline:embedded-plays"
     digest = hashlib.sha256(json.dumps([[i.id, i.question, i.answers] for i in items]).encode()
                             + "".join(books[k] for k in sorted(books)).encode()).hexdigest()[:16]
-    cfg = BookQAConfig(tuple(parse_lengths(lengths or str(grid["lengths"]))), int(grid["per_book"]), spec["prompt"],
+    cfg = BookQAConfig(grid_lengths, int(grid["per_book"]), spec["prompt"],
                        int(spec["max_new_tokens"]), bool(spec["stop_at_eos"]), source, digest, len(items),
                        file_digest, bool(spec.get("skip_leading_eos", False)), decoding=decoding, seed=seed)
     return cfg, books, items

@@ -77,10 +77,6 @@ def resolve_config(*, tasks: str | None, num_fewshot: int, limit: int | None, ma
             close = difflib.get_close_matches(name, known, n=3)
             raise UserError(f"--regression-tasks: unknown lm-eval task {name!r}"
                             + (f"; did you mean {', '.join(close)}?" if close else "; see `lm_eval ls tasks`"))
-    if num_fewshot < 0:
-        raise UserError(f"--regression-fewshot: {num_fewshot} must be >= 0")
-    if limit is not None and limit < 1:
-        raise UserError(f"--regression-limit: {limit} is not accepted; give 1 or more documents per task")
     return RegressionConfig(names, num_fewshot, limit, max_length)
 
 
@@ -92,6 +88,15 @@ class Options:
                                           "MMLU: 5).", 0)
     regression_limit: int | None = base.option("--regression-limit", "Regression: at most this many documents "
                                                "per task.", kind=int)
+
+    def __post_init__(self):
+        """The numbers, checked when the options are made: before another suite's preparation
+        (BookQA's builds the corpus) can run first."""
+        if self.regression_fewshot < 0:
+            raise UserError(f"--regression-fewshot: {self.regression_fewshot} must be >= 0")
+        if self.regression_limit is not None and self.regression_limit < 1:
+            raise UserError(f"--regression-limit: {self.regression_limit} is not accepted; "
+                            "give 1 or more documents per task")
 
 
 class RegressionSuite(base.Suite):

@@ -184,11 +184,13 @@ class TorchEngine:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if rank == 0 else None
 
 
-def _single_process_group(deepspeed, device: torch.device) -> None:
-    """``--engine deepspeed`` without a launcher: a process group of one, on an in-process store.
-    DeepSpeed would otherwise look for an MPI launcher (mpi4py) when RANK and WORLD_SIZE are not set;
+def _process_group(deepspeed, device: torch.device) -> None:
+    """DeepSpeed's process group: the launcher's, else a group of one on an in-process store.
+    Without a launcher DeepSpeed would look for MPI (mpi4py) when RANK and WORLD_SIZE are not set,
     and a TCP store on a port picked free beforehand can lose it to another process before it
-    listens (two such trainings at once: EADDRINUSE)."""
+    listens (two such trainings at once: EADDRINUSE). The variables are set for every run, the group
+    made once: a run restores them when it ends (distributed.launch_env_kept), and ZeRO reads
+    LOCAL_RANK again in the next run of the same process."""
     import torch.distributed as dist
 
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -225,8 +227,7 @@ class DeepSpeedEngine:
         config.setdefault("bf16", {})["enabled"] = dtype == torch.bfloat16
         config.setdefault("fp16", {})["enabled"] = False
         config["steps_per_print"] = 10 ** 9
-        if not torch.distributed.is_initialized():
-            _single_process_group(deepspeed, device)
+        _process_group(deepspeed, device)
         opt, sched = _optimizer(model, lr, weight_decay, warmup)
         self.chunk = loss_chunk
         if loss_chunk:  # the engine calls model(ids, labels, pos) -> loss; the HF weights and keys are unchanged

@@ -82,6 +82,13 @@ class Options:
     loss_length: str | None = base.option("--loss-length", "Loss suite: tokens per document (default: the "
                                           "model's max positions).")
 
+    def __post_init__(self):
+        """The lengths, checked when the options are made: before another suite's preparation
+        (BookQA's builds the corpus) can run first."""
+        for flag, value in (("--loss-bucket", self.loss_bucket), ("--loss-length", self.loss_length)):
+            if value:
+                parse_length(value, flag)
+
 
 class LossSuite(base.Suite):
     name = NAME

@@ -32,6 +32,29 @@ def test_run_refuses_numbers_out_of_range(capsys, tmp_path, tiny_model_dir, extr
     assert not out.exists()
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--loss-bucket", "0"], "--loss-bucket: '0' must be a positive whole number"),
+    (["--loss-length", "-5"], "--loss-length: '-5' is not a number"),
+    (["--regression-limit", "0"], "--regression-limit: 0 is not accepted"),
+    (["--regression-fewshot", "-1"], "--regression-fewshot: -1 must be >= 0"),
+])
+def test_suite_numbers_are_refused_before_any_suite_prepares(capsys, monkeypatch, tmp_path, tiny_model_dir,
+                                                             extra, message):
+    """A suite's numbers are checked when its options are made: BookQA prepares first and builds the
+    corpus (a minute on an empty cache), which a later suite's bad number must not wait for."""
+    from harness.data import embedded
+
+    def no_corpus(*args, **kwargs):
+        raise AssertionError("the corpus was built before the options were checked")
+
+    monkeypatch.setattr(embedded, "build", no_corpus)
+    out = tmp_path / "never"
+    err = one_line_error(capsys, ["run", "--model", str(tiny_model_dir), "--suite", "bookqa,regression,loss",
+                                  "--out", str(out), *extra])
+    assert message in err
+    assert not out.exists()
+
+
 def test_lengths_far_past_the_positions_need_a_rope_override(capsys, tmp_path, tiny_model_dir):
     """Past the positions runs (that is the finding), up to 32x; 5,000x is a typo, refused after the
     config is read and before the run directory exists."""

@@ -141,12 +141,11 @@ class AblateConfig:
 
         # The training stages' settings checked now, before the corpus or a model is opened: a bad
         # --lr used to surface after a corpus fetch.
-        self.train_config(base=self.base, data="", out=self.out, seed=self.seed)
+        self.train_config(base=self.base, data="", out=self.out, seed=self.seed)  # --seed among them
         mixture.check_mix(self.mix)
         corpus.check_source(self.source)
         if not 1 <= self.seeds <= 100:
             raise UserError(f"--seeds: {self.seeds} must be between 1 and 100 (training runs per mixture)")
-        check_seed(self.seed)
         check_seed(self.seed + self.seeds - 1, "--seed + --seeds - 1")
         if self.launcher is not None:
             launcher_argv(self.launcher)

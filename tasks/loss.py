@@ -85,9 +85,12 @@ class Options:
     def __post_init__(self):
         """The lengths, checked when the options are made: before another suite's preparation
         (BookQA's builds the corpus) can run first."""
-        for flag, value in (("--loss-bucket", self.loss_bucket), ("--loss-length", self.loss_length)):
-            if value:
-                parse_length(value, flag)
+        self.lengths()
+
+    def lengths(self) -> dict:
+        """{"bucket", "length"}: the flags' token counts (None: not given)."""
+        return {"bucket": parse_length(self.loss_bucket, "--loss-bucket") if self.loss_bucket else None,
+                "length": parse_length(self.loss_length, "--loss-length") if self.loss_length else None}
 
 
 class LossSuite(base.Suite):
@@ -126,9 +129,9 @@ class LossSuite(base.Suite):
 
     @classmethod
     def prepare(cls, grid: base.Grid, options: Options) -> dict:
-        """The flags, checked (the documents are cut to the model's positions, known at bind)."""
-        return {"bucket": parse_length(options.loss_bucket, "--loss-bucket") if options.loss_bucket else None,
-                "length": parse_length(options.loss_length, "--loss-length") if options.loss_length else None}
+        """The flags' lengths (checked when the options were made; the documents are cut to the
+        model's positions, known at bind)."""
+        return options.lengths()
 
     @classmethod
     def bind(cls, prepared: dict, loaded) -> "LossSuite":

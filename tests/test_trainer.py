@@ -117,7 +117,7 @@ def test_document_masking_matches_documents_run_separately(tiny_model_dir, attn)
         assert not torch.allclose(crossed[40:110], packed[0, 40:110], atol=1e-2)
     labels = shard_io.labels(batch, doc_mask=True)
     assert labels[0, 40] == -100 and labels[0, 110] == -100 and labels[0, 0] != -100
-    if attn != "sdpa":  # the one-row layout is shard_io's: once is enough (a third flex compile: 30 s cold on AVX2)
+    if attn != "sdpa":  # the one-row layout is shard_io's: once is enough (a third flex compile: 28 s cold on AVX2)
         return
     # The micro-batch as one row (what FlashAttention-2's varlen path needs): the same loss, exactly
     # the same targets (a row's first token does not become the previous row's last target).
